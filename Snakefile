@@ -1,0 +1,46 @@
+# rlsparsity: does RL update only a small, full-rank subnetwork of an LLM?
+# Thin entry point: config validation, shared helpers, stage includes, `rule all`.
+# All logic lives in the `rlsparsity` package (src/rlsparsity); rules call its CLI.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from rlsparsity.config import validate_config, write_resolved_config  # noqa: E402
+from rlsparsity import grid as G  # noqa: E402
+
+
+configfile: "config/config.yaml"
+
+
+config = validate_config(config)
+R = config["results"]  # every output lives under this folder
+# The validated config (with --config/--configfile overrides merged) is what every
+# CLI call reads; it is rewritten only when it changes, so it triggers no reruns.
+CONFIG_JSON = write_resolved_config(config, Path(R) / "config.resolved.json")
+RUNS = G.expand_runs(config)
+FAMILIES = G.family_names(config)
+ENVS = str(Path(workflow.basedir) / "envs")
+
+
+wildcard_constraints:
+    family="[A-Za-z0-9_.-]+",
+    algorithm="|".join(G.ALGORITHMS),
+    data="|".join(G.DATA_SOURCES),
+    precision="|".join(G.PRECISIONS),
+    seed=r"\d+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/base.smk"
+include: "workflow/rules/train.smk"
+# include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,139 @@
+"""What every training algorithm shares: the run spec, precision, checkpoint series,
+resumable state, masks (subnetwork finetuning) and run.json provenance.
+
+An algorithm is a function ``train(spec: TrainSpec) -> dict`` that trains
+``spec.base_dir`` for ``spec.steps`` optimiser steps and leaves in ``spec.out_dir``:
+
+* the final model saved with :func:`rlsparsity.modeling.save_model` in the run's precision,
+* ``checkpoints/step-NNNNNN/model.safetensors`` every ``spec.checkpoint_every`` steps
+  (weights only, storage precision; see :func:`save_checkpoint_weights`),
+* whatever it needs to resume under ``resume/`` (deleted when the run completes).
+
+It returns a dict of training statistics (``steps``, ``seconds_per_step``, per-step
+``history`` with loss / reward ...). The caller (:mod:`rlsparsity.train`) evaluates before
+and after, and writes ``run.json``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rlsparsity.grid import Run
+from rlsparsity.modeling import save_weights
+from rlsparsity.tasks import Task
+
+
+@dataclass
+class TrainSpec:
+    run: Run                      # family, algorithm, data, precision, seed
+    base_dir: Path                # HF folder of the base model (bf16 storage)
+    out_dir: Path                 # run folder
+    task: Task
+    steps: int = 20
+    checkpoint_every: int = 5
+    hparams: dict[str, Any] = field(default_factory=dict)  # algorithm defaults merged with config overrides
+    mask: dict[str, Any] | None = None  # name -> bool tensor: only True entries may move (None: all)
+    device: str = "cpu"
+    stop_after: int | None = None  # testing hook: stop (as if killed) after this many steps
+
+    @property
+    def precision(self) -> str:
+        return self.run.precision
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+
+TrainFn = Callable[[TrainSpec], dict[str, Any]]
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step-{step:06d}" / "model.safetensors"
+
+
+def save_checkpoint_weights(model: Any, spec: TrainSpec, step: int) -> None:
+    """Weights at ``step`` in storage precision, for the dynamics analysis."""
+    save_weights(model, checkpoint_path(spec.out_dir, step), spec.precision)
+
+
+class Interrupted(RuntimeError):
+    """Raised by a trainer when ``spec.stop_after`` is reached (simulates a kill)."""
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_resume_state(spec: TrainSpec, model: Any, optimizer: Any, step: int,
+                      extra: dict[str, Any] | None = None, extra_models: dict[str, Any] | None = None) -> None:
+    """Everything needed to continue bit-identically: weights in the training dtype,
+    optimiser state, RNG states, step, and any extra (e.g. value head, PRM)."""
+    import torch
+
+    d = Path(spec.out_dir) / "resume"
+    d.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": rng_state(), "extra": extra or {},
+        "extra_models": {k: m.state_dict() for k, m in (extra_models or {}).items()},
+    }
+    tmp = d / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(d / "state.pt")
+
+
+def load_resume_state(spec: TrainSpec) -> dict[str, Any] | None:
+    import torch
+
+    p = Path(spec.out_dir) / "resume" / "state.pt"
+    if not p.exists():
+        return None
+    # our own file, written by save_resume_state: contains numpy RNG tuples, so not weights_only
+    return torch.load(p, map_location="cpu", weights_only=False)
+
+
+def apply_mask_to_grads(model: Any, mask: dict[str, Any] | None) -> None:
+    """Zero gradients of entries outside the mask (call after backward)."""
+    if mask is None:
+        return
+    for name, p in model.named_parameters():
+        if p.grad is not None and name in mask:
+            p.grad.mul_(mask[name].to(p.grad.dtype))
+
+
+def restore_masked(model: Any, mask: dict[str, Any] | None, frozen: dict[str, Any] | None) -> None:
+    """After the optimiser step, put masked-out entries back to their base values, so
+    neither weight decay nor Adam momentum can move them."""
+    if mask is None or frozen is None:
+        return
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in mask:
+                p.copy_(torch.where(mask[name], p, frozen[name]))

@@ -1,0 +1,219 @@
+"""Algorithms that TRL 1.16 implements: grpo, rloo, dpo, kto, orpo, simpo, sft.
+
+Each wrapper only builds the data and config and hands over to the TRL trainer; what is
+ours is the precision handling, the weight-checkpoint series, exact resume and the
+optional update mask. Precision: ``bf16`` loads the parameters in bf16 with TRL's
+``bf16=False`` (no autocast), so parameters, gradients and AdamW updates are bf16;
+``fp32``/``fp32-master`` train in fp32 (the latter is rounded to bf16 when saved).
+
+* grpo  - GRPOTrainer: group-relative advantages from the task reward, no value model.
+* rloo  - RLOOTrainer: REINFORCE with leave-one-out baselines.
+* dpo   - DPOTrainer (sigmoid loss) on preference pairs.
+* kto   - KTOTrainer on unpaired good/bad completions.
+* orpo  - trl.experimental ORPOTrainer: NLL + odds-ratio penalty, no reference model.
+* simpo - trl.experimental CPOTrainer with loss_type="simpo", cpo_alpha=0: length-
+          normalised reward margin with target margin gamma, no reference model.
+* sft   - SFTTrainer, loss on the completion only (the dense contrast).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, restore_masked,
+                                          save_checkpoint_weights, seed_everything)
+from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, save_model
+
+_TINY_RL = dict(lr=1e-4, batch_size=16, num_generations=8, temperature=1.0, beta=0.0, weight_decay=0.0)
+_TINY_PREF = dict(lr=1e-4, batch_size=16, beta=0.1, weight_decay=0.0, n_prompts=256, k=4)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "grpo": dict(_TINY_RL, epsilon=0.2, epsilon_high=0.2, loss_type="dapo", top_entropy_quantile=1.0),
+    "rloo": dict(_TINY_RL, beta=0.0),
+    "dpo": dict(_TINY_PREF),
+    "kto": dict(_TINY_PREF),
+    "orpo": dict(_TINY_PREF, beta=0.1),
+    "simpo": dict(_TINY_PREF, beta=2.0, simpo_gamma=0.5),
+    "sft": dict(_TINY_PREF, lr=1e-4),
+}
+
+
+def _callback(spec: TrainSpec, model: Any) -> Any:
+    """Weight checkpoints every k steps, mask enforcement, simulated kill."""
+    from transformers import TrainerCallback
+
+    frozen = None
+    if spec.mask is not None:
+        sd = dict(model.named_parameters())
+        frozen = {n: sd[n].detach().clone() for n in spec.mask}
+
+    class _CB(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kw):  # after backward + clipping
+            apply_mask_to_grads(model, spec.mask)
+
+        def on_optimizer_step(self, args, state, control, **kw):
+            restore_masked(model, spec.mask, frozen)
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step % spec.checkpoint_every == 0:
+                save_checkpoint_weights(model, spec, state.global_step)
+
+        def on_save(self, args, state, control, **kw):
+            if spec.stop_after is not None and state.global_step >= spec.stop_after:
+                raise Interrupted(f"stopped after step {state.global_step} (stop_after)")
+
+    return _CB()
+
+
+def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
+    import torch
+
+    return cls(
+        output_dir=str(Path(spec.out_dir) / "resume"), max_steps=spec.steps, learning_rate=hp["lr"],
+        per_device_train_batch_size=hp["batch_size"], gradient_accumulation_steps=1,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=hp["weight_decay"],
+        max_grad_norm=hp.get("max_grad_norm", 1.0), seed=spec.seed, data_seed=spec.seed,
+        bf16=False, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
+        save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=1,
+        report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[str, Any]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer.add_callback(_callback(spec, model))
+    resume_dir = Path(spec.out_dir) / "resume"
+    last = get_last_checkpoint(str(resume_dir)) if resume_dir.exists() else None
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    dt = time.time() - t0
+    save_model(model, tok, spec.out_dir, spec.precision)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    keep = ("loss", "reward", "rewards/reward/mean", "entropy", "rewards/margins", "rewards/accuracies",
+            "grad_norm", "kl")
+    history = [{k: v for k, v in h.items() if k in keep or k == "step"} for h in trainer.state.log_history
+               if "loss" in h]
+    return {"steps": trainer.state.global_step, "seconds_per_step": dt / max(1, spec.steps),
+            "resumed_from": last, "history": history}
+
+
+def _load(spec: TrainSpec) -> tuple[Any, Any]:
+    seed_everything(spec.seed)
+    model = load_model(spec.base_dir, spec.precision, spec.device)
+    tok = load_tokenizer(spec.base_dir)
+    return model, tok
+
+
+def _reward_fn(spec: TrainSpec) -> Callable[..., list[float]]:
+    task = spec.task
+
+    def reward(prompts: list[str], completions: list[str], entry: list[str], **_: Any) -> list[float]:
+        return task.rewards(completions, [json.loads(e) for e in entry])
+
+    reward.__name__ = f"{task.name}_correct"
+    return reward
+
+
+def _online_dataset(spec: TrainSpec, tok: Any) -> Any:
+    from datasets import Dataset
+
+    rows = [{"prompt": spec.task.prompt(e, tok), "entry": json.dumps(e, default=list)} for e in spec.task.train]
+    return Dataset.from_list(rows)
+
+
+def train_grpo(spec: TrainSpec) -> dict[str, Any]:
+    from trl import GRPOConfig, GRPOTrainer
+
+    hp = {**DEFAULTS["grpo"], **spec.hparams}
+    model, tok = _load(spec)
+    args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
+                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
+                 loss_type=hp["loss_type"], top_entropy_quantile=hp["top_entropy_quantile"])
+    tr = GRPOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
+                     train_dataset=_online_dataset(spec, tok), processing_class=tok)
+    return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
+
+
+def train_rloo(spec: TrainSpec) -> dict[str, Any]:
+    from trl import RLOOConfig, RLOOTrainer
+
+    hp = {**DEFAULTS["rloo"], **spec.hparams}
+    model, tok = _load(spec)
+    args = _args(RLOOConfig, spec, hp, num_generations=hp["num_generations"],
+                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 beta=hp["beta"])
+    tr = RLOOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
+                     train_dataset=_online_dataset(spec, tok), processing_class=tok)
+    return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
+
+
+def _offline(spec: TrainSpec, name: str, kind: str,
+             make: Callable[[Any, Any, Any, dict[str, Any]], Any]) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from rlsparsity.preference import build_dataset
+
+    hp = {**DEFAULTS[name], **spec.hparams}
+    model, tok = _load(spec)
+    rows, stats = build_dataset(kind, spec.run.data, model, tok, spec.task, hp["n_prompts"], hp["k"], spec.seed)
+    seed_everything(spec.seed)
+    trainer = make(model, tok, Dataset.from_list(rows), hp)
+    return {**_run_trainer(spec, trainer, model, tok), "hparams": hp, "data_stats": stats}
+
+
+def train_dpo(spec: TrainSpec) -> dict[str, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
+        args = _args(DPOConfig, spec, hp, beta=hp["beta"], max_length=256)
+        return DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+
+    return _offline(spec, "dpo", "pairs", make)
+
+
+def train_kto(spec: TrainSpec) -> dict[str, Any]:
+    from trl import KTOConfig, KTOTrainer
+
+    def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
+        args = _args(KTOConfig, spec, hp, beta=hp["beta"], max_length=256)
+        return KTOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+
+    return _offline(spec, "kto", "unpaired", make)
+
+
+def train_orpo(spec: TrainSpec) -> dict[str, Any]:
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
+        args = _args(ORPOConfig, spec, hp, beta=hp["beta"], max_length=256)
+        return ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+
+    return _offline(spec, "orpo", "pairs", make)
+
+
+def train_simpo(spec: TrainSpec) -> dict[str, Any]:
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
+        args = _args(CPOConfig, spec, hp, loss_type="simpo", cpo_alpha=0.0, beta=hp["beta"],
+                     simpo_gamma=hp["simpo_gamma"], max_length=256)
+        return CPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+
+    return _offline(spec, "simpo", "pairs", make)
+
+
+def train_sft(spec: TrainSpec) -> dict[str, Any]:
+    from trl import SFTConfig, SFTTrainer
+
+    def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
+        args = _args(SFTConfig, spec, hp, max_length=256, completion_only_loss=True)
+        return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+
+    return _offline(spec, "sft", "sft", make)

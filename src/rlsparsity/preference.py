@@ -1,0 +1,79 @@
+"""Training data for the offline algorithms (dpo, kto, orpo, simpo, sft).
+
+``on_policy`` (the paper's in-distribution condition): completions sampled from the base
+model itself at temperature 1 and labelled by the task scorer — chosen = a correct
+sample, rejected = an incorrect sample of the same prompt; for ``sft``, the model's own
+correct samples (rejection sampling). ``off_policy``: text the model did not produce —
+chosen = the reference solution, rejected = a corrupted reference answer; for ``sft``
+the reference solutions. (SPEC Table 5: DPO off-policy 6.8-7.7% sparsity vs 81.4%.)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from rlsparsity.modeling import generate, max_new_tokens_for
+from rlsparsity.tasks import Task
+
+
+def sample_labelled(model: Any, tokenizer: Any, task: Task, entries: list[dict[str, Any]], k: int,
+                    temperature: float = 1.0) -> list[tuple[dict[str, Any], str, list[str], list[float]]]:
+    """For each entry: (entry, prompt, k sampled completions, their rewards)."""
+    prompts = [task.prompt(e, tokenizer) for e in entries]
+    comps = generate(model, tokenizer, prompts, max_new_tokens_for(model), do_sample=True,
+                     temperature=temperature, batch_size=64, num_return_sequences=k)
+    out = []
+    for i, e in enumerate(entries):
+        cs = [c.strip() for c in comps[i * k : (i + 1) * k]]
+        out.append((e, prompts[i], cs, task.rewards(cs, [e] * k)))
+    return out
+
+
+def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, n_prompts: int, k: int,
+                  seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows in TRL's format for ``kind`` ∈ {pairs, unpaired, sft}, and statistics.
+
+    pairs    -> {prompt, chosen, rejected}       (dpo, orpo, simpo)
+    unpaired -> {prompt, completion, label}      (kto)
+    sft      -> {prompt, completion}             (sft)
+    """
+    rng = random.Random(seed)
+    entries = rng.sample(task.train, min(n_prompts, len(task.train)))
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {"data": data, "n_prompts": len(entries)}
+    if data == "off_policy":
+        for e in entries:
+            p = task.prompt(e, tokenizer)
+            good, bad = task.solution(e), task.corrupted_solution(e, rng)
+            if kind == "pairs":
+                rows.append({"prompt": p, "chosen": good, "rejected": bad})
+            elif kind == "unpaired":
+                rows += [{"prompt": p, "completion": good, "label": True},
+                         {"prompt": p, "completion": bad, "label": False}]
+            else:
+                rows.append({"prompt": p, "completion": good})
+    elif data == "on_policy":
+        import torch
+
+        torch.manual_seed(seed)
+        samples = sample_labelled(model, tokenizer, task, entries, k)
+        n_correct = sum(sum(r) for *_, r in samples)
+        stats["sample_accuracy"] = n_correct / max(1, len(entries) * k)
+        for e, p, cs, rs in samples:
+            good = [c for c, r in zip(cs, rs) if r >= 1.0]
+            bad = [c for c, r in zip(cs, rs) if r < 1.0]
+            if kind == "pairs":
+                rows += [{"prompt": p, "chosen": g, "rejected": b} for g, b in zip(good, bad)]
+            elif kind == "unpaired":
+                rows += [{"prompt": p, "completion": c, "label": r >= 1.0} for c, r in zip(cs, rs)]
+            else:
+                rows += [{"prompt": p, "completion": g} for g in dict.fromkeys(good)]
+    else:
+        raise ValueError(f"unknown data source {data!r}")
+    if not rows:
+        raise RuntimeError(f"no {kind} training rows from {data} data: the base model never solved "
+                           f"a sampled problem (raise n_prompts or k)")
+    rng.shuffle(rows)
+    stats["n_rows"] = len(rows)
+    return rows, stats

@@ -1,0 +1,178 @@
+"""Verifiable tasks: reasoning-gym generators + scorers behind one small interface.
+
+Every task uses one prompt format (``question + INSTRUCTION``, wrapped in the model's
+chat template) and one reward: the reasoning-gym scorer applied to the answer extracted
+from the completion, counted correct only at a score of 1.0 (the default scorers give
+partial credit for substrings and 0.01 for any number on gsm_symbolic).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Sequence
+
+INSTRUCTION = "Give the final answer as 'Answer: <number>'."
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_AFTER_ANSWER = re.compile(r"answer\W*?(?:is\W*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def extract_answer(completion: Any) -> str | None:
+    """Robust answer extraction; never raises.
+
+    Order: the last ``\\boxed{...}``; else the number right after the last "answer"
+    (``Answer: 7``, ``the answer is -3``); else the last number in the text; else None.
+    """
+    if not isinstance(completion, str):
+        return None
+    boxed = _BOXED.findall(completion)
+    if boxed:
+        return boxed[-1].strip()
+    after = _AFTER_ANSWER.findall(completion)
+    if after:
+        return after[-1]
+    nums = _NUMBER.findall(completion)
+    return nums[-1] if nums else None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    dataset: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("tiny_arith", "basic_arithmetic",
+                 dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2, operators=["+", "-"],
+                      allow_parentheses=False, allow_negation=False),
+                 "a ± b with 1–2 digit operands; sized for the tiny from-scratch families"),
+        TaskSpec("arith2d", "basic_arithmetic",
+                 dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2, operators=["+", "-"],
+                      allow_parentheses=False, allow_negation=False),
+                 "same generator, meant for SmolLM2-135M (31% greedy as shipped)"),
+        TaskSpec("chain_sum", "chain_sum", dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2),
+                 "a ± b phrased differently"),
+        TaskSpec("gsm_symbolic", "gsm_symbolic", dict(difficulty=1.0),
+                 "grade-school word problems; for 1B+ models (SmolLM2-135M scores 0%)"),
+    ]
+}
+
+
+class TaskError(ValueError):
+    pass
+
+
+@dataclass
+class Task:
+    """A task instance with deterministic, disjoint train/test splits."""
+
+    spec: TaskSpec
+    n_train: int = 2000
+    n_test: int = 200
+    seed: int = 1234
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @cached_property
+    def _dataset(self) -> Any:
+        import reasoning_gym
+
+        size = 2 * (self.n_train + 2 * self.n_test) + 100
+        kw = {**self.spec.kwargs, **self.extra_kwargs}
+        return reasoning_gym.create_dataset(self.spec.dataset, size=size, seed=self.seed, **kw)
+
+    @cached_property
+    def _splits(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Test = the first ``n_test`` distinct questions; validation (early stopping of
+        base training) = the next ``n_test`` distinct ones; train = later items whose
+        question is in neither (duplicates allowed: train is a sampling stream)."""
+        ds = self._dataset
+        held: list[list[dict[str, Any]]] = [[], []]
+        seen: set[str] = set()
+        i = 0
+        for part in held:
+            while len(part) < self.n_test and i < len(ds):
+                e = ds[i]
+                if e["question"] not in seen:
+                    seen.add(e["question"])
+                    part.append(e)
+                i += 1
+        test, val = held
+        train = [ds[j] for j in range(i, len(ds)) if ds[j]["question"] not in seen][: self.n_train]
+        if len(val) < self.n_test or len(train) < self.n_train:
+            raise TaskError(f"task {self.name}: generator gave only {len(test)} test / {len(val)} val / "
+                            f"{len(train)} train problems; lower n_train/n_test or widen the task")
+        return train, val, test
+
+    @property
+    def train(self) -> list[dict[str, Any]]:
+        return self._splits[0]
+
+    @property
+    def val(self) -> list[dict[str, Any]]:
+        return self._splits[1]
+
+    @property
+    def test(self) -> list[dict[str, Any]]:
+        return self._splits[2]
+
+    def user_message(self, entry: dict[str, Any]) -> str:
+        return f"{entry['question']} {INSTRUCTION}"
+
+    def prompt(self, entry: dict[str, Any], tokenizer: Any) -> str:
+        """The single prompt format: the user message in the model's chat template."""
+        msgs = [{"role": "user", "content": self.user_message(entry)}]
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return f"{msgs[0]['content']}\n"
+
+    @staticmethod
+    def solution(entry: dict[str, Any]) -> str:
+        """Reference completion used for supervised training (without EOS)."""
+        return f"Answer: {entry['answer']}"
+
+    def corrupted_solution(self, entry: dict[str, Any], rng: Any) -> str:
+        """A wrong reference-style answer (off-policy rejected side)."""
+        ans = entry["answer"]
+        try:
+            val = int(ans)
+            wrong = val + int(rng.choice([-3, -2, -1, 1, 2, 3, 10, -10]))
+            return f"Answer: {wrong}"
+        except ValueError:
+            return f"Answer: {ans}0"
+
+    def score(self, completion: Any, entry: dict[str, Any]) -> float:
+        """1.0 if the extracted answer scores exactly 1.0 with the task's scorer, else 0.0."""
+        ans = extract_answer(completion)
+        if ans is None:
+            return 0.0
+        try:
+            s = float(self._dataset.score_answer(ans, entry))
+        except Exception:  # a scorer that chokes on odd input means "wrong"
+            return 0.0
+        return 1.0 if s >= 1.0 else 0.0
+
+    def rewards(self, completions: Sequence[Any], entries: Sequence[dict[str, Any]]) -> list[float]:
+        return [self.score(c, e) for c, e in zip(completions, entries, strict=True)]
+
+
+def get_task(name: str, n_train: int = 2000, n_test: int = 200, seed: int = 1234,
+             kwargs: dict[str, Any] | None = None) -> Task:
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    return Task(TASKS[name], n_train=n_train, n_test=n_test, seed=seed, extra_kwargs=dict(kwargs or {}))
+
+
+def task_from_config(cfg: dict[str, Any]) -> Task:
+    t = cfg["task"]
+    return get_task(t["name"], t.get("n_train", 2000), t.get("n_test", 200), t.get("seed", 1234),
+                    t.get("kwargs"))

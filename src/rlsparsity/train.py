@@ -1,0 +1,141 @@
+"""Training stage: run a group of training runs in one process and record each.
+
+Process start-up of torch + transformers + trl costs seconds, so the DAG trains every
+run of one (family, algorithm) pair in a single ``rlsparsity train-group`` process.
+Each run folder receives the model, checkpoint series and ``run.json`` (algorithm, seed,
+precision, data source, hyperparameters, steps, wall time, versions, held-out accuracy
+before and after). A finished run (``run.json`` present) is skipped; an interrupted one
+resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rlsparsity import grid as G
+
+
+def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = None,
+              device: str = "cpu", stop_after: int | None = None) -> dict[str, Any]:
+    from rlsparsity.algorithms import TrainSpec, get_algorithm
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads, versions, write_json
+    from rlsparsity.tasks import task_from_config
+
+    torch_threads()
+    results = results or config["results"]
+    base = G.base_dir(run.family, results)
+    out = run.dir(results)
+    if not (base / "config.json").exists():
+        raise FileNotFoundError(f"base model missing: {base} (build it first: snakemake {base}/metrics.json)")
+    base_metrics = json.loads((base / "metrics.json").read_text())
+    task = task_from_config(config)
+    tc = config["train"]
+    spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
+                     checkpoint_every=tc["checkpoint_every"],
+                     hparams=dict(tc.get("hparams", {}).get(run.algorithm, {})), device=device,
+                     stop_after=stop_after)
+    t0 = time.time()
+    stats = get_algorithm(run.algorithm)(spec)
+    wall = time.time() - t0
+    model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
+    tok = load_tokenizer(out)
+    after = evaluate(model, tok, task, n=tc["eval_n"])
+    record = {
+        **run.as_dict(), "experiment": config.get("experiment"), "task": task.name,
+        "base": str(base), "acc_base": base_metrics["accuracy"], "acc_trained": after["accuracy"],
+        "mean_reward_trained": after["mean_reward"], "n_eval": after["n"],
+        "steps": stats.get("steps"), "seconds_per_step": stats.get("seconds_per_step"),
+        "wall_seconds": round(wall, 3), "hparams": stats.get("hparams"),
+        "data_stats": stats.get("data_stats"), "history": stats.get("history"),
+        "checkpoint_every": spec.checkpoint_every, "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
+        "samples": after["samples"], "versions": versions(), "config": config,
+    }
+    write_json(out / "run.json", record)
+    return record
+
+
+def train_group(config: dict[str, Any], family: str, algorithm: str, device: str = "cpu",
+                log: Any = print) -> list[dict[str, Any]]:
+    out = []
+    for run in G.runs_for(config, family, algorithm):
+        if (run.dir(config["results"]) / "run.json").exists():
+            log(f"[train] {run.rel}: done already, skipped")
+            continue
+        rec = train_run(run, config, device=device)
+        log(f"[train] {run.rel}: acc {rec['acc_base']:.3f} -> {rec['acc_trained']:.3f} "
+            f"({rec['seconds_per_step']:.3f} s/step)")
+        out.append(rec)
+    return out
+
+
+def accuracy_table(config: dict[str, Any], out_csv: str | Path) -> Any:
+    """``results/tables/accuracy.csv``: one row per run."""
+    import pandas as pd
+
+    rows = []
+    for run in G.expand_runs(config):
+        rec = json.loads((run.dir(config["results"]) / "run.json").read_text())
+        rows.append({**run.as_dict(), "acc_base": rec["acc_base"], "acc_trained": rec["acc_trained"],
+                     "delta": rec["acc_trained"] - rec["acc_base"], "steps": rec["steps"],
+                     "seconds_per_step": rec["seconds_per_step"], "wall_seconds": rec["wall_seconds"]})
+    df = pd.DataFrame(rows)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_csv, index=False)
+    return df
+
+
+def _cmd_train_group(args: argparse.Namespace) -> int:
+    from rlsparsity.config import load_config
+
+    cfg = load_config(args.config)
+    if args.results:
+        cfg["results"] = args.results
+    train_group(cfg, args.family, args.algorithm, device=args.device)
+    return 0
+
+
+def _cmd_train_run(args: argparse.Namespace) -> int:
+    from rlsparsity.config import load_config
+
+    cfg = load_config(args.config)
+    run = G.Run(args.family, args.algorithm, args.data, args.precision, args.seed)
+    rec = train_run(run, cfg, device=args.device)
+    print(json.dumps({k: rec[k] for k in ("acc_base", "acc_trained", "steps", "seconds_per_step")}))
+    return 0
+
+
+def _cmd_accuracy_table(args: argparse.Namespace) -> int:
+    from rlsparsity.config import load_config
+
+    accuracy_table(load_config(args.config), args.out)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train-group", help="train every configured run of one family x algorithm")
+    p.add_argument("family")
+    p.add_argument("algorithm", choices=G.ALGORITHMS)
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--results", default=None, help="override config 'results'")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_train_group)
+
+    p = sub.add_parser("train", help="train one run")
+    p.add_argument("family")
+    p.add_argument("algorithm", choices=G.ALGORITHMS)
+    p.add_argument("--data", default="on_policy", choices=G.DATA_SOURCES)
+    p.add_argument("--precision", default="bf16", choices=G.PRECISIONS)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_train_run)
+
+    p = sub.add_parser("accuracy-table", help="collect run.json files into accuracy.csv")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_accuracy_table)
