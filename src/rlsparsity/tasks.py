@@ -16,7 +16,7 @@ from typing import Any, Sequence
 INSTRUCTION = "Give the final answer as 'Answer: <number>'."
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_AFTER_ANSWER = re.compile(r"answer\W*?(?:is\W*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_AFTER_ANSWER = re.compile(r"answer[\s:=*]*(?:is[\s:=*]*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def extract_answer(completion: Any) -> str | None:
