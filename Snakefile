@@ -13,7 +13,12 @@ from rlsparsity.config import validate_config, write_resolved_config  # noqa: E4
 from rlsparsity import grid as G  # noqa: E402
 
 
-configfile: "config/config.yaml"
+# The default grid applies only when no --configfile is given: a user's config file
+# replaces it whole (Snakemake would otherwise deep-merge the two, e.g. keep all ten
+# tiny families next to the user's). --config KEY=VALUE still overrides single keys.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 config = validate_config(config)
@@ -37,7 +42,7 @@ wildcard_constraints:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/base.smk"
 include: "workflow/rules/train.smk"
-# include: "workflow/rules/analysis.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

@@ -80,6 +80,9 @@ def _deepseek_v3(vocab_size: int, special: dict[str, int], **size: Any) -> Any:
     size = dict(size)
     n_experts = size.pop("n_routed_experts", 4)
     size.pop("head_dim", None)
+    # MLA has no grouped KV heads here: with fewer KV heads than query heads the padded
+    # (batched, left-padded) attention path fails in transformers 5.24
+    size["num_key_value_heads"] = size["num_attention_heads"]
     return DeepseekV3Config(
         vocab_size=vocab_size,
         moe_intermediate_size=size["intermediate_size"] // 2,

@@ -140,7 +140,7 @@ def max_new_tokens_for(model_or_folder: Any) -> int:
         vocab = cfg.get("vocab_size", 0)
     else:
         vocab = cfg.vocab_size
-    return 16 if vocab <= 256 else 64
+    return 16 if vocab <= 1024 else 64
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,170 @@
+"""PPO for language models (Ouyang et al. 2022; "The N implementation details of RLHF with PPO",
+Huang et al. 2024), written small on torch + transformers (TRL dropped its PPO after 1.12).
+
+What it is
+----------
+The policy π_θ (loaded from the base) generates completions for prompts of the task; the
+episode reward is the task's verifier score at the LAST completion token (the EOS, or the
+last token of a truncated completion), and every completion token t also gets a KL
+penalty against the frozen reference π_ref (the base itself):
+
+    r_t = −β · (log π_old(y_t|·) − log π_ref(y_t|·))   [+ score on the last token]
+
+(the k1 per-token estimator, as in the recipe; π_ref is loaded in the run's training dtype,
+so the penalty is exactly 0 before the first update). A value model V_ψ predicts, from the
+state before each completion token, the return. Advantages come from GAE with γ = 1,
+λ = 0.95:  δ_t = r_t + γ V(t+1) − V(t),  A_t = δ_t + γλ A_{t+1}  (V = 0 past the last
+token); value targets are A_t + V(t); the advantages are then whitened over all completion
+tokens of the rollout batch. Each rollout batch is reused for ``epochs`` passes of
+shuffled minibatches:
+
+    policy loss  = token-mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)),  ρ = π_θ/π_old, ε = 0.2
+    value loss   = ½ · token-mean of max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²)
+
+with separate AdamW optimisers for policy and value model, gradient-norm clipping, and
+no dropout (models in eval mode, so the log-probs of the update equal the sampler's).
+
+Value model
+-----------
+A SEPARATE critic: the base model's transformer trunk (``base_model``, i.e. without the
+LM head) with a fresh scalar linear head (weights ~ N(0, 1/(d+1)), bias 0, as the
+recipe initialises its heads), trained in fp32 whatever the run precision. Why separate
+rather than a value head on the policy's own trunk: with a shared trunk the value loss
+would update the policy's parameters too, and this project measures exactly which
+policy parameters RL changes; a separate critic (the recipe's and TRL's choice, which
+initialises it from the reward model — here there is none, the reward is a verifier, so
+from the base) keeps the policy's update purely the policy-gradient one. Its parameters
+are saved only in the resume state, never with the policy.
+
+What a "step" is
+----------------
+``spec.steps`` counts POLICY optimiser steps. One rollout batch = ``prompts_per_rollout``
+prompts × ``samples_per_prompt`` completions (B rows); it is used for ``epochs`` passes,
+each a fresh permutation cut into minibatches of ``minibatch_size`` rows, and every
+minibatch is one policy step (and one value-model step). So a rollout yields
+``epochs × ceil(B / minibatch_size)`` steps (defaults: 2 × 16/8 = 4); a new rollout is
+sampled from the current policy when they are used up, and the last rollout of a run may
+be used only partly.
+
+What it leaves out
+------------------
+No reward model (the reward is the task's verifier, as in RLVR), no adaptive KL
+controller (fixed β), no reward whitening/clipping, no EOS-missing penalty, no
+learning-rate schedule, no mixed-in pretraining gradient (PPO-ptx), no entropy bonus,
+single process (no gradient accumulation or distributed rollouts).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rlsparsity.algorithms.common import TrainSpec, seed_everything
+from rlsparsity.algorithms.rollout import (Aux, adamw, finish, gae, masked_mean, masked_whiten, position_ids,
+                                           ppo_clip_loss, run_steps, sample, token_logprobs)
+from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,                 # policy AdamW learning rate (tiny bases; as the TRL-backed grpo/rloo)
+    "weight_decay": 0.0,        # AdamW decoupled weight decay (policy and value model)
+    "vf_lr": 1e-3,              # value-model learning rate
+    "prompts_per_rollout": 4,
+    "samples_per_prompt": 4,    # rollout batch B = 16 rows
+    "minibatch_size": 8,
+    "epochs": 2,                # passes over each rollout batch -> 4 policy steps per rollout
+    "kl_coef": 0.05,            # β of the per-token KL penalty in the reward
+    "gamma": 1.0,
+    "lam": 0.95,
+    "clip": 0.2,                # ε of the policy ratio
+    "vf_clip": 0.2,             # ε of the value clipping
+    "vf_coef": 0.5,
+    "max_grad_norm": 1.0,
+    "temperature": 1.0,
+    "max_new_tokens": None,     # None: modeling.max_new_tokens_for(model) (16 for tiny vocabularies)
+}
+
+
+class ValueModel(nn.Module):
+    """Transformer trunk of the base + scalar head; V for the state before each completion token."""
+
+    def __init__(self, trunk: nn.Module, hidden_size: int):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
+        h = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+        return self.head(h[:, prompt_len - 1:-1].float()).squeeze(-1)
+
+
+def build_value_model(base_dir: Any) -> ValueModel:
+    lm = load_model(base_dir, "fp32")
+    trunk = lm.base_model
+    hidden = lm.config.get_text_config().hidden_size
+    return ValueModel(trunk, hidden)
+
+
+def train(spec: TrainSpec) -> dict[str, Any]:
+    torch_threads()
+    hp = {**DEFAULTS, **spec.hparams}
+    seed_everything(spec.seed)
+    tok = load_tokenizer(spec.base_dir)
+    policy = load_model(spec.base_dir, spec.precision, spec.device)
+    ref = load_model(spec.base_dir, spec.precision, spec.device).eval().requires_grad_(False)
+    critic = build_value_model(spec.base_dir).to(spec.device).eval()
+    if hp["max_new_tokens"] is None:
+        hp["max_new_tokens"] = max_new_tokens_for(policy)
+    opt = adamw(policy.parameters(), hp["lr"], hp["weight_decay"])
+    vopt = adamw(critic.parameters(), hp["vf_lr"], hp["weight_decay"])
+    task, train_set = spec.task, spec.task.train
+    T = float(hp["temperature"])
+    beta = float(hp["kl_coef"])
+
+    def make_rollout(rng: Any) -> tuple[dict[str, Any], dict[str, float]]:
+        entries = rng.sample(train_set, int(hp["prompts_per_rollout"]))
+        prompts = [task.prompt(e, tok) for e in entries]
+        ro = sample(policy, tok, prompts, int(hp["samples_per_prompt"]), int(hp["max_new_tokens"]), T)
+        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())])
+        ids, att, P, cm = ro.input_ids, ro.attention_mask, ro.prompt_len, ro.completion_mask
+        with torch.no_grad():
+            old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
+            ref_logp = token_logprobs(ref, ids, att, P, T)
+            values = critic(ids, att, P) * cm
+        kl = (old_logp - ref_logp) * cm
+        rewards = -beta * kl
+        last = ro.lengths - 1
+        rewards[torch.arange(len(last)), last] += scores.to(rewards.dtype)
+        adv, returns = gae(rewards, values, cm, float(hp["gamma"]), float(hp["lam"]))
+        adv = masked_whiten(adv, cm)
+        buffer = {"input_ids": ids, "attention_mask": att, "prompt_len": P, "completion_mask": cm,
+                  "old_logp": old_logp, "values": values, "returns": returns, "advantages": adv}
+        stats = {"reward_mean": scores.mean().item(), "kl": kl.sum(-1).mean().item(),
+                 "non_score_reward": (-beta * kl).sum(-1).mean().item(),
+                 "entropy": masked_mean(ent, cm).item(), "completion_length": ro.lengths.float().mean().item()}
+        return buffer, stats
+
+    def policy_loss(b: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        cm, P = b["completion_mask"], b["prompt_len"]
+        # value model step on the same minibatch
+        v = critic(b["input_ids"], b["attention_mask"], P)
+        v_clipped = b["values"] + torch.clamp(v - b["values"], -float(hp["vf_clip"]), float(hp["vf_clip"]))
+        vf_loss = 0.5 * masked_mean(torch.maximum((v - b["returns"]) ** 2, (v_clipped - b["returns"]) ** 2), cm)
+        vopt.zero_grad(set_to_none=True)
+        (float(hp["vf_coef"]) * vf_loss).backward()
+        if hp.get("max_grad_norm"):
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), float(hp["max_grad_norm"]))
+        vopt.step()
+        # policy loss (the caller backpropagates and steps)
+        logp = token_logprobs(policy, b["input_ids"], b["attention_mask"], P, T)
+        pg, st = ppo_clip_loss(logp, b["old_logp"], b["advantages"], cm, float(hp["clip"]))
+        return pg, {**st, "value_loss": float(vf_loss.detach())}
+
+    stats = run_steps(spec, hp, policy, opt, make_rollout, policy_loss, aux={"value": Aux(critic, vopt)})
+    finish(spec, policy, tok)
+    return stats

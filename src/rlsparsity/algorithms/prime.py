@@ -1,0 +1,225 @@
+"""PRIME: Process Reinforcement through IMplicit rEwards (Cui et al. 2025, arXiv 2502.01456),
+written small on torch + transformers (TRL has no PRIME; the official code is a verl recipe).
+
+What it is
+----------
+Dense (per-token) rewards without process labels. An *implicit PRM* π_φ — a causal LM
+initialised from the base/SFT model, like the policy — defines, against the frozen
+reference π_ref (the base),
+
+    per-token process reward   r_φ(y_t) = β · log π_φ(y_t|x,y<t) / π_ref(y_t|x,y<t)
+    sequence implicit reward   r_φ(y)   = Σ_t r_φ(y_t)
+
+and is trained ONLINE on the policy's own rollouts with the cross-entropy (outcome-reward
+model) loss against the verifier's 0/1 outcome labels r_o:
+
+    L_CE(φ) = −[ r_o · log σ(r_φ(y)) + (1 − r_o) · log(1 − σ(r_φ(y))) ]
+
+Per rollout batch (prompts × K samples, K ≥ 2):
+  1. sample K completions per prompt from π_θ; outcome reward r_o = the task's verifier score;
+  2. online prompt filtering: keep only prompts whose group accuracy lies in
+     ``accuracy_filter`` (paper: [0.2, 0.8]); we sample ``oversample`` × the prompts in one
+     go and keep at most ``prompts_per_rollout`` groups that pass (variable batch size, as
+     in the paper); if none passes, the unfiltered groups are used so the step still runs;
+  3. process rewards r_φ(y_t) from the CURRENT PRM ("single forward"; set
+     ``double_forward`` to recompute them after the PRM update);
+  4. update the PRM with L_CE (``prm_epochs`` passes of ``prm_minibatch_size`` rows);
+  5. advantages, exactly as the official ``compute_rloo_advantage_return``: each reward
+     stream gets a leave-one-out baseline within its group — for a stream with per-token
+     rewards r_t on response i of K and per-response mean m_i (mean over the tokens that
+     carry that stream: all completion tokens for the process stream, the last token for
+     the outcome stream), r_t ← r_t · K/(K−1) − Σ_j m_j/(K−1); for the outcome stream this
+     is exactly r_o^i − mean_{j≠i} r_o^j placed on the last token. The streams are mixed as
+     ``process_coef`` · process + ``outcome_coef`` · outcome, returns are the γ = 1
+     reverse cumulative sums over completion tokens, and the advantages are the returns
+     whitened over the batch's completion tokens;
+  6. update π_θ with the PPO clipped surrogate (ε = 0.2, token mean) over ``epochs``
+     passes of minibatches; optional KL loss to π_ref (k3 estimator, ``kl_coef``; the
+     PRIME recipe runs without it, the default here is 0).
+
+What a "step" is
+----------------
+``spec.steps`` counts POLICY optimiser steps, as for PPO: a rollout batch of B rows
+(B = kept prompts × K) gives ``epochs × ceil(B / minibatch_size)`` policy steps (defaults:
+1 × 16/8 = 2 when all prompts pass the filter); PRM optimiser steps happen once per
+rollout batch, before the policy steps, and are not counted.
+
+What it leaves out
+------------------
+The paper's PRM is initialised from the SFT model and its reference is that same SFT
+model — here both are the base (the only model we have), as in the paper's default.
+No value model (PRIME does not need one), no learned reward-model warm-up, no separate
+verifier format rewards, no learning-rate schedule, single process. The PRM is kept in
+fp32 whatever the run precision (it is never saved with the policy); its reference is
+an fp32 copy of the base, so the implicit reward is exactly 0 before the first PRM update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as Fnn
+from torch import Tensor
+
+from rlsparsity.algorithms.common import TrainSpec, seed_everything
+from rlsparsity.algorithms.rollout import (Aux, adamw, finish, masked_mean, masked_whiten, ppo_clip_loss,
+                                           run_steps, sample, select, token_logprobs, trim)
+from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,                  # policy AdamW learning rate (tiny bases; as the TRL-backed grpo/rloo)
+    "weight_decay": 0.0,
+    "prm_lr": 2e-4,              # implicit-PRM learning rate (paper: 2x the policy's, 1e-6 vs 5e-7)
+    "prompts_per_rollout": 4,
+    "samples_per_prompt": 4,     # K (paper: 4); B = 16 rows when every prompt passes the filter
+    "oversample": 2,             # prompts sampled per kept prompt, for the accuracy filter
+    "accuracy_filter": [0.2, 0.8],  # keep prompts with lo <= group accuracy <= hi; None: no filter
+    "minibatch_size": 8,
+    "epochs": 1,                 # policy passes over each rollout batch (PRIME: 1)
+    "prm_beta": 0.05,            # β of the implicit reward (paper: 0.05)
+    "prm_minibatch_size": None,  # None: the whole rollout batch is one PRM step
+    "prm_epochs": 1,
+    "process_coef": 5.0,         # reward_dpo_coef of the official recipe
+    "outcome_coef": 5.0,         # reward_gt_coef of the official recipe
+    "double_forward": False,
+    "kl_coef": 0.0,              # k3 KL loss to the reference (0: PRIME's default, KL only logged)
+    "clip": 0.2,
+    "max_grad_norm": 1.0,
+    "temperature": 1.0,
+    "max_new_tokens": None,      # None: modeling.max_new_tokens_for(model)
+}
+
+
+def rloo_stream(rewards: Tensor, mask: Tensor, group: Tensor) -> Tensor:
+    """The official PRIME ``masked_rloo``: r ← r·K/(K−1) − Σ_{j in group} mean_mask(r_j)/(K−1), on ``mask``."""
+    m = mask.to(rewards.dtype)
+    per_resp = (rewards * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+    out = torch.zeros_like(rewards)
+    for g in torch.unique(group).tolist():
+        sel = group == g
+        k = int(sel.sum())
+        if k < 2:
+            raise ValueError("PRIME needs at least 2 samples per prompt (samples_per_prompt >= 2)")
+        base = per_resp[sel].sum() / (k - 1)
+        out[sel] = (rewards[sel] * k / (k - 1) - base) * m[sel]
+    return out
+
+
+def prime_advantages(process: Tensor, scores: Tensor, cm: Tensor, group: Tensor, process_coef: float,
+                     outcome_coef: float) -> tuple[Tensor, Tensor]:
+    """RLOO of both streams, mixed; returns = reverse cumsum (γ = 1); advantages = whitened returns."""
+    last = cm.sum(-1).long() - 1
+    rows = torch.arange(cm.shape[0])
+    outcome = torch.zeros_like(cm)
+    outcome[rows, last] = scores.to(cm.dtype)
+    omask = torch.zeros_like(cm)
+    omask[rows, last] = 1.0
+    total = torch.zeros_like(cm)
+    if process_coef:
+        total = total + process_coef * rloo_stream(process, cm, group)
+    if outcome_coef:
+        total = total + outcome_coef * rloo_stream(outcome, omask, group)
+    returns = (total * cm).flip(-1).cumsum(-1).flip(-1)
+    return masked_whiten(returns, cm), returns
+
+
+def train(spec: TrainSpec) -> dict[str, Any]:
+    torch_threads()
+    hp = {**DEFAULTS, **spec.hparams}
+    seed_everything(spec.seed)
+    tok = load_tokenizer(spec.base_dir)
+    policy = load_model(spec.base_dir, spec.precision, spec.device)
+    ref = load_model(spec.base_dir, spec.precision, spec.device).eval().requires_grad_(False)
+    if policy.dtype == torch.float32:
+        prm_ref = ref
+    else:
+        prm_ref = load_model(spec.base_dir, "fp32", spec.device).eval().requires_grad_(False)
+    prm = load_model(spec.base_dir, "fp32", spec.device).eval()
+    if hp["max_new_tokens"] is None:
+        hp["max_new_tokens"] = max_new_tokens_for(policy)
+    K = int(hp["samples_per_prompt"])
+    if K < 2:
+        raise ValueError("PRIME needs samples_per_prompt >= 2 (leave-one-out baselines)")
+    opt = adamw(policy.parameters(), hp["lr"], hp["weight_decay"])
+    prm_opt = adamw(prm.parameters(), hp["prm_lr"], hp["weight_decay"])
+    task, train_set = spec.task, spec.task.train
+    T = float(hp["temperature"])
+    beta = float(hp["prm_beta"])
+
+    def prm_update(buf: dict[str, Any]) -> float:
+        B = buf["input_ids"].shape[0]
+        mb = int(hp["prm_minibatch_size"] or B)
+        losses = []
+        for _ in range(int(hp["prm_epochs"])):
+            perm = torch.randperm(B)
+            for i in range(0, B, mb):
+                b = trim(select(buf, perm[i:i + mb]))
+                lp = token_logprobs(prm, b["input_ids"], b["attention_mask"], b["prompt_len"], T)
+                seq_reward = beta * ((lp - b["prm_ref_logp"]) * b["completion_mask"]).sum(-1)
+                loss = Fnn.binary_cross_entropy_with_logits(seq_reward, b["scores"].to(seq_reward.dtype))
+                prm_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if hp.get("max_grad_norm"):
+                    torch.nn.utils.clip_grad_norm_(prm.parameters(), float(hp["max_grad_norm"]))
+                prm_opt.step()
+                losses.append(float(loss.detach()))
+        return sum(losses) / len(losses)
+
+    def make_rollout(rng: Any) -> tuple[dict[str, Any], dict[str, float]]:
+        n_prompts = int(hp["prompts_per_rollout"])
+        filt = hp.get("accuracy_filter")
+        n_sample = n_prompts * int(hp["oversample"]) if filt else n_prompts
+        entries = rng.sample(train_set, n_sample)
+        prompts = [task.prompt(e, tok) for e in entries]
+        ro = sample(policy, tok, prompts, K, int(hp["max_new_tokens"]), T)
+        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())])
+        acc = scores.view(n_sample, K).mean(-1)
+        if filt:
+            lo, hi = float(filt[0]), float(filt[1])
+            passing = [g for g in range(n_sample) if lo <= acc[g].item() <= hi][:n_prompts]
+            keep_groups = passing if passing else list(range(n_prompts))
+        else:
+            keep_groups = list(range(n_prompts))
+        rows = torch.cat([torch.arange(g * K, (g + 1) * K) for g in keep_groups])
+        buf = trim({"input_ids": ro.input_ids[rows], "attention_mask": ro.attention_mask[rows],
+                    "prompt_len": ro.prompt_len, "completion_mask": ro.completion_mask[rows]})
+        ids, att, P, cm = buf["input_ids"], buf["attention_mask"], buf["prompt_len"], buf["completion_mask"]
+        buf["scores"] = scores[rows]
+        buf["group"] = ro.group[rows]
+        with torch.no_grad():
+            old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
+            ref_logp = token_logprobs(ref, ids, att, P, T)
+            prm_ref_logp = ref_logp if prm_ref is ref else token_logprobs(prm_ref, ids, att, P, T)
+            process = beta * (token_logprobs(prm, ids, att, P, T) - prm_ref_logp) * cm
+        buf.update(old_logp=old_logp, ref_logp=ref_logp, prm_ref_logp=prm_ref_logp)
+        # PRM accuracy before its update: sign of the implicit reward vs the outcome label
+        prm_acc = ((process.sum(-1) > 0).float() == buf["scores"]).float().mean().item()
+        prm_loss = prm_update(buf)
+        if hp.get("double_forward"):
+            with torch.no_grad():
+                process = beta * (token_logprobs(prm, ids, att, P, T) - prm_ref_logp) * cm
+        adv, returns = prime_advantages(process, buf["scores"], cm, buf["group"], float(hp["process_coef"]),
+                                        float(hp["outcome_coef"]))
+        buf.update(advantages=adv, returns=returns)
+        kl = (old_logp - ref_logp) * cm
+        stats = {"reward_mean": scores.mean().item(), "reward_kept_mean": buf["scores"].mean().item(),
+                 "kept_prompts": float(len(keep_groups)), "filter_passed": float(bool(filt) and len(passing) > 0),
+                 "kl": kl.sum(-1).mean().item(), "entropy": masked_mean(ent, cm).item(),
+                 "process_reward_mean": process.sum(-1).mean().item(), "prm_loss": prm_loss,
+                 "prm_accuracy": prm_acc, "completion_length": cm.sum(-1).mean().item()}
+        return buf, stats
+
+    def policy_loss(b: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        cm = b["completion_mask"]
+        logp = token_logprobs(policy, b["input_ids"], b["attention_mask"], b["prompt_len"], T)
+        loss, st = ppo_clip_loss(logp, b["old_logp"], b["advantages"], cm, float(hp["clip"]))
+        if hp["kl_coef"]:
+            d = b["ref_logp"] - logp
+            k3 = torch.exp(d) - d - 1.0
+            loss = loss + float(hp["kl_coef"]) * masked_mean(k3, cm)
+        return loss, st
+
+    stats = run_steps(spec, hp, policy, opt, make_rollout, policy_loss, aux={"prm": Aux(prm, prm_opt)})
+    finish(spec, policy, tok)
+    return stats
