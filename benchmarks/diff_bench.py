@@ -1,0 +1,160 @@
+"""Benchmark `rlsparsity diff` against the paper script's approach and a raw read.
+
+Builds a synthetic Llama-shaped bf16 pair (sharded, with model.safetensors.index.json;
+tuned = base with a fraction of entries moved by one bf16 ulp) in a temp folder, then
+measures wall time and peak RSS, each in its own subprocess, of:
+
+  (a) rlsparsity diff BASE TUNED --json --out DIR (mask + CSV written too)
+  (b) the paper script's approach: AutoModelForCausalLM.from_pretrained both models,
+      subtract parameter by parameter, concatenate, torch.isclose(atol=1e-5)
+  (c) a raw read of both checkpoints' bytes (64 MiB reads)
+
+Peak RSS of a subprocess is read with getrusage(RUSAGE_CHILDREN) in a fresh wrapper
+process, so each number belongs to one command. Files are read from the page cache
+(they were just written and (c) runs first).
+
+    python benchmarks/diff_bench.py [--params 0.95e9] [--changed 0.2] [--skip-paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WRAP = ("import resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[1:]); "
+        "print('BENCH', rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+        "file=sys.stderr)")
+
+PAPER = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+a = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+b = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.bfloat16)
+diffs = []
+with torch.no_grad():
+    for (n1, p1), (n2, p2) in zip(a.named_parameters(), b.named_parameters()):
+        if p1.shape != p2.shape:
+            continue
+        diffs.append((p1 - p2).flatten())
+    d = torch.cat(diffs)
+    close = torch.isclose(d, torch.zeros_like(d), rtol=0, atol=1e-5)
+print("paper sparsity@1e-5", close.float().mean().item())
+"""
+
+RAW = """
+import sys, pathlib
+buf = bytearray(64 << 20)
+n = 0
+for folder in sys.argv[1:]:
+    for f in sorted(pathlib.Path(folder).glob('*.safetensors')):
+        with open(f, 'rb', buffering=0) as fh:
+            while (k := fh.readinto(buf)):
+                n += k
+print('raw bytes', n)
+"""
+
+
+def llama_shapes(hidden: int, inter: int, layers: int, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+    out = [("model.embed_tokens.weight", (vocab, hidden))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (hidden,)), (p + "post_attention_layernorm.weight", (hidden,))]
+        out += [(p + f"self_attn.{m}_proj.weight", (hidden, hidden)) for m in "qkvo"]
+        out += [(p + "mlp.gate_proj.weight", (inter, hidden)), (p + "mlp.up_proj.weight", (inter, hidden)),
+                (p + "mlp.down_proj.weight", (hidden, inter))]
+    return out + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
+
+
+def build_pair(root: Path, params: float, changed: float, shard_bytes: int = 1 << 30) -> int:
+    """Write base/ and tuned/ Llama-shaped bf16 checkpoints; returns the parameter count."""
+    import torch
+    from safetensors.torch import save_file
+
+    hidden, inter, vocab = 2048, 5632, 32000
+    per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
+    layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
+    shapes = llama_shapes(hidden, inter, layers, vocab)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+           "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
+           "num_key_value_heads": 16, "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+           "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2}
+    gen = torch.Generator().manual_seed(0)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in shapes:
+        nbytes = 2 * int(torch.tensor(shape).prod())
+        if size + nbytes > shard_bytes and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    for side in ("base", "tuned"):
+        (root / side).mkdir(parents=True, exist_ok=True)
+        (root / side / "config.json").write_text(json.dumps(cfg))
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        base, tuned = {}, {}
+        for name, shape in shard:
+            w = (torch.randn(shape, generator=gen) * 0.02).bfloat16()
+            flip = torch.rand(shape, generator=gen) < changed
+            base[name] = w
+            tuned[name] = (w.view(torch.int16) ^ flip.to(torch.int16)).view(torch.bfloat16)  # one ulp
+            weight_map[name] = fname
+            total += w.numel()
+        save_file(base, root / "base" / fname, metadata={"format": "pt"})
+        save_file(tuned, root / "tuned" / fname, metadata={"format": "pt"})
+        del base, tuned
+    for side in ("base", "tuned"):
+        (root / side / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": 2 * total}, "weight_map": weight_map}))
+    return total
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
+    """(exit code, wall seconds, peak RSS GiB, stdout) of one command in a fresh wrapper."""
+    p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env)
+    line = [ln for ln in p.stderr.splitlines() if ln.startswith("BENCH")][-1].split()
+    return int(line[1]), float(line[2]), int(line[3]) / 2**20, p.stdout.strip()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=float, default=0.95e9)
+    ap.add_argument("--changed", type=float, default=0.2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--skip-paper", action="store_true", help="skip (b) (needs ~17 GB RAM at 0.85B)")
+    ap.add_argument("--dir", help="work folder (default: a temp folder, removed afterwards)")
+    args = ap.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        n = build_pair(root, args.params, args.changed)
+        print(f"built {n / 1e9:.3f}B-parameter bf16 pair in {time.perf_counter() - t0:.1f}s", flush=True)
+        base, tuned = str(root / "base"), str(root / "tuned")
+        rows = [("(c) raw read of both", measure([sys.executable, "-c", RAW, base, tuned], env))]
+        diff = [sys.executable, "-m", "rlsparsity.analysis.cli", "diff", base, tuned, "--json", "--quiet",
+                "--out", str(root / "out")] + (["--threads", str(args.threads)] if args.threads else [])
+        rows.append(("(a) rlsparsity diff", measure(diff, env)))
+        if not args.skip_paper:
+            rows.append(("(b) paper script (HF load + isclose)", measure([sys.executable, "-c", PAPER, base, tuned], env)))
+        summary = json.loads(rows[1][1][3])
+        print(f"\nrlsparsity: n_params={summary['n_params']} sparsity={summary['sparsity']}")
+        if not args.skip_paper:
+            print(rows[2][1][3])
+        print(f"\n{'what':40s} {'rc':>3s} {'wall s':>8s} {'peak RSS GiB':>13s}")
+        for name, (rc, wall, rss, _) in rows:
+            print(f"{name:40s} {rc:3d} {wall:8.2f} {rss:13.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Analysis subcommands of the ``rlsparsity`` CLI (also runnable: python -m rlsparsity.analysis.cli).
+
+``register(subparsers)`` adds: diff, rank, overlap, layers, dynamics, analyze-family,
+analysis-table, public-pairs. Each handler returns an exit code; a bad checkpoint or path
+prints one line on stderr and exits 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rlsparsity.analysis.diff import DEFAULT_TOLERANCES
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guard(fn: Handler) -> Handler:
+    """Turn expected failures (bad checkpoint, missing file) into one stderr line and exit 2."""
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        from rlsparsity.analysis.io import CheckpointError
+
+        try:
+            return fn(args)
+        except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as err:
+            print(f"rlsparsity {getattr(args, 'command', None) or ''}: error: {err}".replace("  ", " "), file=sys.stderr)
+            return 2
+    return run
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None so the printed JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(_json_safe(obj)))
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+# ----------------------------------------------------------------- handlers
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.diff import delta_stream, diff_checkpoints, provenance, write_outputs
+    from rlsparsity.analysis.io import open_checkpoint
+    from rlsparsity.analysis.overlap import topk_mask
+
+    t0 = time.time()
+    base, tuned = open_checkpoint(args.base), open_checkpoint(args.tuned)
+    out = Path(args.out) if args.out else None
+    res = diff_checkpoints(base, tuned, tuple(args.tolerances), mask_path=out / "mask.safetensors" if out else None,
+                           mask_tol=args.mask_tol, threads=args.threads, device=args.device,
+                           progress=_progress(args))
+    summary = {**res.summary(), **provenance(args.base, args.tuned, res.tolerances, time.time() - t0)}
+    if out:
+        summary = write_outputs(out, res, provenance(args.base, args.tuned, res.tolerances, time.time() - t0))
+        if args.topk is not None:
+            stream, shapes = delta_stream(base, tuned)
+            summary["topk"] = topk_mask(stream, args.topk, shapes, out / f"mask_topk{args.topk:g}.safetensors")
+            (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{summary['n_params']} parameters compared; below bf16 half-ulp: {summary['below_bf16_half_ulp']:.6f}")
+        for k, v in summary["sparsity"].items():
+            print(f"  sparsity @ tol {k:>6}: {v:.6f}")
+        for key in ("mismatched", "missing", "nonfinite", "dtype_mismatch"):
+            if summary[key]:
+                print(f"  {key}: {len(summary[key])} tensor(s): {', '.join(x['name'] for x in summary[key][:5])}")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.io import open_checkpoint
+    from rlsparsity.analysis.rank import rank_checkpoints, rank_summary
+    from rlsparsity.analysis.tables import write_csv
+
+    rows = rank_checkpoints(open_checkpoint(args.base), open_checkpoint(args.tuned), args.rtol, args.margin,
+                            args.device, _progress(args))
+    if args.out:
+        write_csv(Path(args.out), rows)
+    summary = {**rank_summary(rows), "rtol": args.rtol, "margin": args.margin}
+    if args.json:
+        _print_json({**summary, "matrices": rows})
+    else:
+        print(json.dumps(_json_safe(summary), indent=1))
+    return 0
+
+
+def cmd_overlap(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.overlap import mask_file, overlap_masks
+    from rlsparsity.analysis.tables import write_csv
+
+    total, rows = overlap_masks(mask_file(args.mask_a, args.mask), mask_file(args.mask_b, args.mask))
+    if args.per_tensor:
+        write_csv(Path(args.per_tensor), rows)
+    if args.json:
+        _print_json(total)
+    else:
+        print(" ".join(f"{k}={total[k]:.4f}" for k in ("o1", "o2", "o1_random", "o2_random", "jaccard")))
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.layers import layer_table
+    from rlsparsity.analysis.tables import read_csv, write_csv
+
+    rows = read_csv(Path(args.tensors_csv))
+    tols = [c[len("changed_"):] for c in (rows[0] if rows else {}) if c.startswith("changed_")]
+    table = layer_table(rows, tols)
+    if args.out:
+        write_csv(Path(args.out), table)
+    if args.json or not args.out:
+        _print_json(table)
+    return 0
+
+
+def cmd_dynamics(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.dynamics import run_dynamics
+    from rlsparsity.analysis.tables import write_csv
+
+    rows = run_dynamics(args.base, Path(args.run_dir), tuple(args.tolerances), args.threads)
+    if args.out:
+        write_csv(Path(args.out), rows)
+    if args.json or not args.out:
+        _print_json(rows)
+    return 0
+
+
+def cmd_analyze_family(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.tables import analyze_family
+
+    analyze_family(Path(args.base), [Path(r) for r in args.runs], Path(args.diff_root), Path(args.out),
+                   tuple(args.tolerances), None if args.topk <= 0 else args.topk, args.threads, args.device)
+    return 0
+
+
+def cmd_analysis_table(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.tables import concat_tables
+
+    concat_tables([Path(p) for p in args.inputs], Path(args.out))
+    return 0
+
+
+def cmd_public_pairs(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rlsparsity.analysis.tables import public_pairs_table, write_csv
+
+    pairs = yaml.safe_load(Path(args.pairs).read_text())["pairs"]
+    rows = public_pairs_table(pairs, tuple(args.tolerances), args.threads, _progress(args))
+    write_csv(Path(args.out), rows)
+    return 0
+
+
+# ----------------------------------------------------------------- parsers
+
+
+def _common(p: argparse.ArgumentParser, tolerances: bool = True, threads: bool = True) -> None:
+    if tolerances:
+        p.add_argument("--tolerances", type=float, nargs="+", default=list(DEFAULT_TOLERANCES), metavar="T",
+                       help="unchanged iff |Δ| <= T (default: %(default)s)")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="worker threads (default: cores, at most 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add the analysis subcommands to the ``rlsparsity`` CLI."""
+    p = subparsers.add_parser("diff", help="update sparsity of TUNED vs BASE (streaming, exact)")
+    p.add_argument("base", help="HF folder, .safetensors file, or hub id")
+    p.add_argument("tuned", help="HF folder, .safetensors file, or hub id")
+    _common(p)
+    p.add_argument("--out", help="write tensors.csv, summary.json, mask.safetensors here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (compare/gather on the device)")
+    p.add_argument("--mask-tol", type=float, default=0.0, help="mask = |Δ| > this (default 0: Δ != 0)")
+    p.add_argument("--topk", type=float, default=None, metavar="P",
+                   help="also write mask_topkP.safetensors: top-P fraction of entries by |Δ| (needs --out)")
+    p.set_defaults(func=_guard(cmd_diff))
+
+    p = subparsers.add_parser("rank", help="numerical rank of every 2-D update matrix")
+    p.add_argument("base")
+    p.add_argument("tuned")
+    _common(p, tolerances=False, threads=False)
+    p.add_argument("--rtol", type=float, default=None, help="σ > rtol·σ_max (default: matrix_rank's max(m,n)·eps32)")
+    p.add_argument("--margin", type=float, default=0.05, help="SVD fallback if any σ within margin·τ of τ")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="per-matrix CSV")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_rank))
+
+    p = subparsers.add_parser("overlap", help="overlap of two update masks (o1, o2, chance, Jaccard)")
+    p.add_argument("mask_a", help="mask file or diff --out folder")
+    p.add_argument("mask_b", help="mask file or diff --out folder")
+    p.add_argument("--mask", default="exact", help="'exact' (Δ != 0) or 'topk:P' (for diff folders)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--per-tensor", help="per-tensor CSV")
+    p.set_defaults(func=_guard(cmd_overlap))
+
+    p = subparsers.add_parser("layers", help="sparsity per layer x matrix type from a tensors.csv")
+    p.add_argument("tensors_csv")
+    p.add_argument("--out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_layers))
+
+    p = subparsers.add_parser("dynamics", help="sparsity over a run's checkpoints + never/cancelled/final split")
+    p.add_argument("base")
+    p.add_argument("run_dir")
+    _common(p)
+    p.add_argument("--out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_dynamics))
+
+    p = subparsers.add_parser("analyze-family", help="DAG job: diff/rank/layers/dynamics/overlap of a family's runs")
+    p.add_argument("runs", nargs="+", help="run folders (.../runs/<family>/<alg>/<data>/<precision>/seed<N>)")
+    p.add_argument("--base", required=True, help="base model folder")
+    p.add_argument("--diff-root", required=True, help="per-run outputs go to DIFF_ROOT/<family>/.../seed<N>/")
+    p.add_argument("--out", required=True, help="folder for the family's five CSVs")
+    p.add_argument("--topk", type=float, default=0.01, help="top-p magnitude mask for overlap (<= 0: off)")
+    p.add_argument("--device", default="cpu", help="device for rank")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_analyze_family))
+
+    p = subparsers.add_parser("analysis-table", help="stack per-family CSVs with equal columns")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_guard(cmd_analysis_table))
+
+    p = subparsers.add_parser("public-pairs", help="diff the paper's public model pairs (config/public_pairs.yaml)")
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=_guard(cmd_public_pairs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlsparsity")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

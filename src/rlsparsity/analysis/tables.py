@@ -1,0 +1,155 @@
+"""DAG aggregation: one process per family diffs all its runs and writes tidy tables.
+
+Per run (under ``diff_root/<run.rel>/``): summary.json, tensors.csv, mask.safetensors and
+mask_topk<p>.safetensors. Per family (under ``out_dir``): sparsity.csv, rank.csv,
+overlap.csv, layers.csv, dynamics.csv; :func:`concat_tables` stacks the families.
+Every row starts with the run identity (family, algorithm, data, precision, seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from rlsparsity.analysis.diff import DEFAULT_TOLERANCES, delta_stream, diff_checkpoints, provenance, tol_key, write_outputs
+from rlsparsity.analysis.dynamics import run_dynamics
+from rlsparsity.analysis.io import Checkpoint, open_checkpoint
+from rlsparsity.analysis.layers import layer_table
+from rlsparsity.analysis.overlap import overlap_masks, topk_mask
+from rlsparsity.analysis.rank import rank_checkpoints
+from rlsparsity.grid import Run, parse_run_dir
+
+AXES: tuple[str, ...] = ("seed", "algorithm", "precision", "data")
+TABLES: tuple[str, ...] = ("sparsity", "rank", "overlap", "layers", "dynamics")
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Write rows (dicts) as CSV; ``columns`` fixes the header when rows may be empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = columns or (list(rows[0]) if rows else [])
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="raise")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def diff_run(base: Checkpoint, base_arg: str, run_path: Path, out: Path, tolerances: tuple[float, ...],
+             topk: float | None, threads: int | None) -> dict[str, Any]:
+    """Diff one run's final model against the base into ``out``; returns the summary."""
+    t0 = time.time()
+    tuned = open_checkpoint(run_path)
+    res = diff_checkpoints(base, tuned, tolerances, mask_path=out / "mask.safetensors", threads=threads)
+    summary = write_outputs(out, res, provenance(base_arg, str(run_path), res.tolerances, time.time() - t0))
+    if topk is not None:
+        stream, shapes = delta_stream(base, tuned)
+        summary["topk"] = topk_mask(stream, topk, shapes, out / f"mask_topk{topk:g}.safetensors")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def sparsity_rows(run: Run, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """sparsity.csv rows: one per tolerance."""
+    return [{**run.as_dict(), "tolerance": float(k), "sparsity": v,
+             "below_bf16_half_ulp": summary["below_bf16_half_ulp"]} for k, v in summary["sparsity"].items()]
+
+
+def overlap_pairs(runs: list[Run]) -> list[tuple[str, Run, Run]]:
+    """(axis, a, b) for every pair of runs differing in exactly that axis (a < b)."""
+    out = []
+    for a, b in combinations(sorted(runs), 2):
+        diff = [ax for ax in AXES if getattr(a, ax) != getattr(b, ax)]
+        if len(diff) == 1 and a.family == b.family:
+            out.append((diff[0], a, b))
+    return out
+
+
+def overlap_rows(runs: list[Run], diff_root: Path, mask_kinds: list[str]) -> list[dict[str, Any]]:
+    """overlap.csv rows: every one-axis pair x mask kind, totals over all tensors."""
+    from rlsparsity.analysis.overlap import mask_file
+
+    rows = []
+    for axis, a, b in overlap_pairs(runs):
+        for kind in mask_kinds:
+            tot, _ = overlap_masks(mask_file(diff_root / a.rel, kind), mask_file(diff_root / b.rel, kind))
+            rows.append({"family": a.family, "axis": axis, "mask": kind, "run_a": a.label, "run_b": b.label,
+                         **{k: tot[k] for k in ("o1", "o2", "o1_random", "o2_random", "jaccard", "s1", "s2")}})
+    return rows
+
+
+def analyze_family(base_path: Path, run_dirs: list[Path], diff_root: Path, out_dir: Path,
+                   tolerances: tuple[float, ...] = DEFAULT_TOLERANCES, topk: float | None = 0.01,
+                   threads: int | None = None, rank_device: str = "cpu") -> dict[str, Path]:
+    """Diff, rank, layer split and dynamics of every run of one family, then their overlaps."""
+    base = open_checkpoint(base_path)
+    tables: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    runs = []
+    for rd in run_dirs:
+        run = parse_run_dir(rd)
+        runs.append(run)
+        summary = diff_run(base, str(base_path), Path(rd), diff_root / run.rel, tolerances, topk, threads)
+        tables["sparsity"] += sparsity_rows(run, summary)
+        tensor_rows = read_csv(diff_root / run.rel / "tensors.csv")
+        tables["layers"] += [{**run.as_dict(), **r} for r in layer_table(tensor_rows, [tol_key(t) for t in tolerances])]
+        for r in rank_checkpoints(base, open_checkpoint(rd), device=rank_device):
+            tables["rank"].append({**run.as_dict(), **{k: r[k] for k in (
+                "tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method")}})
+        tables["dynamics"] += [{**run.as_dict(), **r} for r in run_dynamics(base, Path(rd), tolerances, threads)]
+    kinds = ["exact"] + ([f"topk:{topk:g}"] if topk is not None else [])
+    tables["overlap"] = overlap_rows(runs, diff_root, kinds)
+    paths = {}
+    for name, rows in tables.items():
+        paths[name] = out_dir / f"{name}.csv"
+        write_csv(paths[name], rows, COLUMNS[name])
+    return paths
+
+
+_ID = ["family", "algorithm", "data", "precision", "seed"]
+COLUMNS: dict[str, list[str]] = {
+    "sparsity": _ID + ["tolerance", "sparsity", "below_bf16_half_ulp"],
+    "rank": _ID + ["tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method"],
+    "overlap": ["family", "axis", "mask", "run_a", "run_b", "o1", "o2", "o1_random", "o2_random", "jaccard",
+                "s1", "s2"],
+    "layers": _ID + ["layer", "matrix_type", "n_tensors", "numel", "tolerance", "sparsity", "below_bf16_half_ulp"],
+    "dynamics": _ID + ["point", "step", "quantity", "tolerance", "value"],
+}
+
+
+def concat_tables(inputs: list[Path], out: Path) -> int:
+    """Stack CSVs with identical headers into ``out``; returns the number of data rows."""
+    header: list[str] | None = None
+    rows: list[dict[str, str]] = []
+    for p in inputs:
+        with open(p, newline="") as fh:
+            r = csv.DictReader(fh)
+            if header is None:
+                header = list(r.fieldnames or [])
+            elif list(r.fieldnames or []) != header:
+                raise ValueError(f"{p}: columns {r.fieldnames} differ from {header}")
+            rows += list(r)
+    write_csv(out, rows, header or [])
+    return len(rows)
+
+
+def public_pairs_table(pairs: list[dict[str, Any]], tolerances: tuple[float, ...] = DEFAULT_TOLERANCES,
+                       threads: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """One row per public pair: our sparsity at each tolerance next to the paper's number."""
+    rows = []
+    for p in pairs:
+        res = diff_checkpoints(open_checkpoint(p["base"]), open_checkpoint(p["tuned"]), tolerances,
+                               threads=threads, progress=progress)
+        s = res.summary()
+        rows.append({"pair": p["name"], "algorithm": p["algorithm"], "base": p["base"], "tuned": p["tuned"],
+                     "paper_sparsity": p.get("paper_sparsity"), "n_params": s["n_params"],
+                     **{f"sparsity_{k}": v for k, v in s["sparsity"].items()},
+                     "below_bf16_half_ulp": s["below_bf16_half_ulp"], "n_mismatched": len(s["mismatched"]),
+                     "n_missing": len(s["missing"])})
+    return rows

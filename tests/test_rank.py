@@ -1,0 +1,63 @@
+"""Update rank: the Gram fast path equals torch.linalg.matrix_rank on constructed matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _analysis_util import run_cli, save_model
+from rlsparsity.analysis.rank import fast_rank, rank_summary, reference_rank
+
+
+def _low_rank(m: int, n: int, r: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, r, generator=g) @ torch.randn(r, n, generator=g)
+
+
+def _cases() -> list[tuple[str, torch.Tensor, int]]:
+    dup = torch.randn(5, 30, generator=torch.Generator().manual_seed(1)).repeat(4, 1)  # 20 rows, rank 5
+    single = torch.zeros(17, 23)
+    single[3, 4] = 1e-3
+    sparse = torch.randn(40, 25, generator=torch.Generator().manual_seed(2))
+    sparse *= torch.rand(40, 25, generator=torch.Generator().manual_seed(3)) < 0.5
+    return [("rank3_tall", _low_rank(40, 30, 3), 3), ("rank7_wide", _low_rank(20, 50, 7), 7),
+            ("rank1", _low_rank(12, 12, 1), 1), ("full_square", _low_rank(16, 16, 16), 16),
+            ("duplicated_rows", dup, 5), ("zero", torch.zeros(9, 13), 0), ("single_entry", single, 1),
+            ("sparse_full", sparse, 25)]
+
+
+@pytest.mark.parametrize("name,mat,expected", _cases(), ids=[c[0] for c in _cases()])
+def test_fast_rank_equals_matrix_rank(name, mat, expected):
+    r = fast_rank(mat)
+    assert r.rank == expected
+    assert reference_rank(mat) == expected
+    assert r.max_rank == min(mat.shape)
+
+
+def test_rtol_and_fallback_near_threshold():
+    q1, _ = torch.linalg.qr(torch.randn(30, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(30, 30, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    s = torch.logspace(0, -4, 30, dtype=torch.float64)  # 1 ... 1e-4
+    a = (q1 @ torch.diag(s) @ q2.T).float()
+    assert fast_rank(a, rtol=1e-2).rank == int((s > 1e-2).sum()) == reference_rank(a, rtol=1e-2)
+    near = fast_rank(a, rtol=float(s[10]) * 1.0001, margin=0.01)  # σ_10 sits on the threshold
+    assert near.method == "svd" and near.rank == reference_rank(a, rtol=float(s[10]) * 1.0001)
+    assert fast_rank(a, rtol=float(s[10]) * 0.5 + float(s[11]) * 0.5).method == "gram"
+
+
+def test_rank_cli_and_means(tmp_path):
+    base = {"model.layers.0.self_attn.q_proj.weight": torch.zeros(12, 10),
+            "model.embed_tokens.weight": torch.zeros(20, 10), "model.norm.weight": torch.zeros(10)}
+    tuned = {"model.layers.0.self_attn.q_proj.weight": _low_rank(12, 10, 4),
+             "model.embed_tokens.weight": _low_rank(20, 10, 10), "model.norm.weight": torch.ones(10)}
+    p = run_cli("rank", str(save_model(tmp_path / "b", base)), str(save_model(tmp_path / "t", tuned)), "--json",
+                "--out", str(tmp_path / "rank.csv"))
+    assert p.returncode == 0, p.stderr
+    import json
+
+    out = json.loads(p.stdout)
+    ranks = {m["tensor"]: (m["rank"], m["max_rank"]) for m in out["matrices"]}
+    assert ranks == {"model.layers.0.self_attn.q_proj.weight": (4, 10), "model.embed_tokens.weight": (10, 10)}
+    assert out["mean_rank_fraction"] == (0.4 + 1.0) / 2
+    assert out["mean_rank_fraction_no_embed"] == 0.4
+    assert rank_summary([])["mean_rank_fraction"] is None
