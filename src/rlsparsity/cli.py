@@ -6,6 +6,7 @@ Snakemake rules call these commands; nothing important lives in a rule body.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -103,11 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tasks)
 
     for modname in SUBCOMMAND_MODULES:
-        try:
-            mod = __import__(modname, fromlist=["register"])
-        except ImportError:
-            continue
-        mod.register(sub)
+        importlib.import_module(modname).register(sub)
     return parser
 
 

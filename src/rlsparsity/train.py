@@ -1,11 +1,9 @@
-"""Training stage: run a group of training runs in one process and record each.
+"""Training stage: one run (family x algorithm x data x precision x seed) and its record.
 
-Process start-up of torch + transformers + trl costs seconds, so the DAG trains every
-run of one (family, algorithm) pair in a single ``rlsparsity train-group`` process.
 Each run folder receives the model, checkpoint series and ``run.json`` (algorithm, seed,
 precision, data source, hyperparameters, steps, wall time, versions, held-out accuracy
-before and after). A finished run (``run.json`` present) is skipped; an interrupted one
-resumes from its last checkpoint.
+before and after). An interrupted run resumes from its last checkpoint
+(the algorithm finds ``resume/`` in the run folder).
 """
 
 from __future__ import annotations
@@ -45,9 +43,12 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
     tok = load_tokenizer(out)
     after = evaluate(model, tok, task, n=tc["eval_n"])
+    acc_base = base_metrics["accuracy"]
+    if base_metrics.get("n_test") != after["n"] or base_metrics.get("task") != task.name:
+        acc_base = evaluate(load_model(base, "fp32", device), tok, task, n=tc["eval_n"])["accuracy"]
     record = {
         **run.as_dict(), "experiment": config.get("experiment"), "task": task.name,
-        "base": str(base), "acc_base": base_metrics["accuracy"], "acc_trained": after["accuracy"],
+        "base": str(base), "acc_base": acc_base, "acc_trained": after["accuracy"],
         "mean_reward_trained": after["mean_reward"], "n_eval": after["n"],
         "steps": stats.get("steps"), "seconds_per_step": stats.get("seconds_per_step"),
         "wall_seconds": round(wall, 3), "hparams": stats.get("hparams"),
@@ -57,20 +58,6 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     }
     write_json(out / "run.json", record)
     return record
-
-
-def train_group(config: dict[str, Any], family: str, algorithm: str, device: str = "cpu",
-                log: Any = print) -> list[dict[str, Any]]:
-    out = []
-    for run in G.runs_for(config, family, algorithm):
-        if (run.dir(config["results"]) / "run.json").exists():
-            log(f"[train] {run.rel}: done already, skipped")
-            continue
-        rec = train_run(run, config, device=device)
-        log(f"[train] {run.rel}: acc {rec['acc_base']:.3f} -> {rec['acc_trained']:.3f} "
-            f"({rec['seconds_per_step']:.3f} s/step)")
-        out.append(rec)
-    return out
 
 
 def accuracy_table(config: dict[str, Any], out_csv: str | Path) -> Any:
@@ -87,16 +74,6 @@ def accuracy_table(config: dict[str, Any], out_csv: str | Path) -> Any:
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     return df
-
-
-def _cmd_train_group(args: argparse.Namespace) -> int:
-    from rlsparsity.config import load_config
-
-    cfg = load_config(args.config)
-    if args.results:
-        cfg["results"] = args.results
-    train_group(cfg, args.family, args.algorithm, device=args.device)
-    return 0
 
 
 def _cmd_train_run(args: argparse.Namespace) -> int:
@@ -117,14 +94,6 @@ def _cmd_accuracy_table(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train-group", help="train every configured run of one family x algorithm")
-    p.add_argument("family")
-    p.add_argument("algorithm", choices=G.ALGORITHMS)
-    p.add_argument("--config", default="config/config.yaml")
-    p.add_argument("--results", default=None, help="override config 'results'")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cmd_train_group)
-
     p = sub.add_parser("train", help="train one run")
     p.add_argument("family")
     p.add_argument("algorithm", choices=G.ALGORITHMS)
