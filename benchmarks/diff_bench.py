@@ -14,6 +14,12 @@ process, so each number belongs to one command. Files are read from the page cac
 (they were just written and (c) runs first).
 
     python benchmarks/diff_bench.py [--params 0.95e9] [--changed 0.2] [--skip-paper]
+    python benchmarks/diff_bench.py --make-pair DIR --params 7e9   # only write DIR/base, DIR/tuned
+    python benchmarks/diff_bench.py --pair DIR                       # benchmark an existing pair
+
+``--params`` of 3e9 or more uses Llama-7B widths (hidden 4096, intermediate 11008), smaller
+counts TinyLlama widths (2048, 5632); the layer count is chosen to match ``--params``.
+``--device cuda`` generates the pair on the GPU (fast; same bits as on CPU are not promised).
 """
 
 from __future__ import annotations
@@ -72,12 +78,12 @@ def llama_shapes(hidden: int, inter: int, layers: int, vocab: int) -> list[tuple
     return out + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
 
 
-def build_pair(root: Path, params: float, changed: float, shard_bytes: int = 1 << 30) -> int:
+def build_pair(root: Path, params: float, changed: float, shard_bytes: int = 1 << 30, device: str = "cpu") -> int:
     """Write base/ and tuned/ Llama-shaped bf16 checkpoints; returns the parameter count."""
     import torch
     from safetensors.torch import save_file
 
-    hidden, inter, vocab = 2048, 5632, 32000
+    hidden, inter, vocab = (4096, 11008, 32000) if params >= 3e9 else (2048, 5632, 32000)
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
     shapes = llama_shapes(hidden, inter, layers, vocab)
@@ -85,7 +91,7 @@ def build_pair(root: Path, params: float, changed: float, shard_bytes: int = 1 <
            "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
            "num_key_value_heads": 16, "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
            "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2}
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
     for name, shape in shapes:
@@ -103,12 +109,13 @@ def build_pair(root: Path, params: float, changed: float, shard_bytes: int = 1 <
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         base, tuned = {}, {}
         for name, shape in shard:
-            w = (torch.randn(shape, generator=gen) * 0.02).bfloat16()
-            flip = torch.rand(shape, generator=gen) < changed
-            base[name] = w
-            tuned[name] = (w.view(torch.int16) ^ flip.to(torch.int16)).view(torch.bfloat16)  # one ulp
+            w = (torch.randn(shape, generator=gen, device=device) * 0.02).bfloat16()
+            flip = torch.rand(shape, generator=gen, device=device) < changed
+            base[name] = w.cpu()
+            tuned[name] = (w.view(torch.int16) ^ flip.to(torch.int16)).view(torch.bfloat16).cpu()  # one ulp
+            del w, flip
             weight_map[name] = fname
-            total += w.numel()
+            total += base[name].numel()
         save_file(base, root / "base" / fname, metadata={"format": "pt"})
         save_file(tuned, root / "tuned" / fname, metadata={"format": "pt"})
         del base, tuned
@@ -132,17 +139,27 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-paper", action="store_true", help="skip (b) (needs ~17 GB RAM at 0.85B)")
     ap.add_argument("--dir", help="work folder (default: a temp folder, removed afterwards)")
+    ap.add_argument("--make-pair", metavar="DIR", help="only write the pair to DIR/base, DIR/tuned and exit")
+    ap.add_argument("--pair", metavar="DIR", help="benchmark the existing pair DIR/base, DIR/tuned")
+    ap.add_argument("--device", default="cpu", help="where --make-pair generates the random weights")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        root = Path(tmp)
+    if args.make_pair:
         t0 = time.perf_counter()
-        n = build_pair(root, args.params, args.changed)
+        n = build_pair(Path(args.make_pair), args.params, args.changed, device=args.device)
         print(f"built {n / 1e9:.3f}B-parameter bf16 pair in {time.perf_counter() - t0:.1f}s", flush=True)
+        return 0
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(args.pair) if args.pair else Path(tmp)
+        if not args.pair:
+            t0 = time.perf_counter()
+            n = build_pair(root, args.params, args.changed)
+            print(f"built {n / 1e9:.3f}B-parameter bf16 pair in {time.perf_counter() - t0:.1f}s", flush=True)
+        out = Path(tmp) / "out"
         base, tuned = str(root / "base"), str(root / "tuned")
         rows = [("(c) raw read of both", measure([sys.executable, "-c", RAW, base, tuned], env))]
         diff = [sys.executable, "-m", "rlsparsity.analysis.cli", "diff", base, tuned, "--json", "--quiet",
-                "--out", str(root / "out")] + (["--threads", str(args.threads)] if args.threads else [])
+                "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
         rows.append(("(a) rlsparsity diff", measure(diff, env)))
         if not args.skip_paper:
             rows.append(("(b) paper script (HF load + isclose)", measure([sys.executable, "-c", PAPER, base, tuned], env)))

@@ -204,3 +204,62 @@ def test_topk_mask_exact(tmp_path, p, expected):
     info = topk_mask(stream, p, shapes, tmp_path / "top.safetensors")
     assert load_mask(tmp_path / "top.safetensors")["w"].int().tolist() == expected
     assert info["k"] == int(p * 8)
+
+
+def _reference_chunk(a, b, dt, tols, mask_tol):
+    """The all-float64 path (exact by TwoSum tie resolution) on the same chunk."""
+    m, idx, x, y = D.changed_positions(a, b, dt, dt)
+    st = D.Stats.zero(len(tols))
+    D._subset_into(st, m, idx, x, y, tols, mask_tol)
+    return st, m
+
+
+def _bits(values: np.ndarray, name: str) -> np.ndarray:
+    f32 = values.astype(np.float32)
+    if name == "BF16":
+        return (f32.view(np.uint32) >> 16).astype(np.uint16)  # truncation: any bf16 pattern will do
+    with np.errstate(over="ignore"):
+        return values.astype(np.float16).view(np.uint16) if name == "F16" else f32.view(np.uint32)
+
+
+@pytest.mark.parametrize("name", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])  # "cpu:0": the torch ops of the --device path
+def test_float32_fast_path_equals_float64_path(name, device):
+    from rlsparsity.analysis.io import DTYPES
+
+    dt, tols, rng = DTYPES[name], D.DEFAULT_TOLERANCES, np.random.default_rng(7)
+    sign = 1 << (8 * dt.itemsize - 1)
+    for _ in range(12):
+        n = 4000
+        base = rng.standard_normal(n) * 10.0 ** rng.integers(-12, 3, n)
+        base[rng.random(n) < 0.05] = 0.0
+        tuned = base + rng.standard_normal(n) * 10.0 ** rng.integers(-9, 0, n)
+        flip = rng.random(n) < 0.02
+        tuned[flip] = -base[flip]  # sign flips: not proven exact in float32
+        a, b = _bits(base, name), _bits(tuned, name)
+        same = rng.random(n) < 0.5
+        b[same] = a[same]
+        a[:3], b[:3] = 0, _bits(np.array([1e-5, 2e-5, 1e-6]), name)  # Δ on (rounded) tolerances
+        a[5], b[5] = 0, sign  # +0 vs -0: unchanged
+        b[6], b[7] = dt.nonfinite_at, dt.nonfinite_at + 1  # inf, NaN tuned
+        a[8], b[8] = dt.nonfinite_at - 1, (dt.nonfinite_at - 1) | sign  # max vs -max: float32 overflow
+        a[9], b[9] = 1, 2  # subnormals
+        for mask_tol in (0.0, 1e-6):
+            ref, ref_mask = _reference_chunk(a, b, dt, tols, mask_tol)
+            st, mask = D.chunk_stats(a, b, dt, dt, tols, mask_tol, device)
+            assert st.changed.tolist() == ref.changed.tolist()
+            assert (st.below_ulp, st.nonfinite, st.max_abs) == (ref.below_ulp, ref.nonfinite, ref.max_abs)
+            assert st.sumsq == pytest.approx(ref.sumsq, rel=1e-12)
+            assert np.array_equal(mask, ref_mask)
+
+
+def test_nonfinite_base_detected_in_both_signs():
+    from rlsparsity.analysis.io import DTYPES
+
+    for name in ("BF16", "F16", "F32"):
+        dt = DTYPES[name]
+        sign = 1 << (8 * dt.itemsize - 1)
+        finite = np.array([0, 1, dt.nonfinite_at - 1, (dt.nonfinite_at - 1) | sign, sign], dtype=dt.bits)
+        assert not D._has_nonfinite(finite, dt)
+        for bad in (dt.nonfinite_at, dt.nonfinite_at | sign, (1 << (8 * dt.itemsize)) - 1, sign - 1):
+            assert D._has_nonfinite(np.append(finite, dt.bits.type(bad)), dt)

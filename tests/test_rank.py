@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _analysis_util import run_cli, save_model
-from rlsparsity.analysis.rank import fast_rank, rank_summary, reference_rank
+from rlsparsity.analysis.rank import band, fast_rank, rank_summary, reference_rank
 
 
 def _low_rank(m: int, n: int, r: int, seed: int = 0) -> torch.Tensor:
@@ -61,3 +61,40 @@ def test_rank_cli_and_means(tmp_path):
     assert out["mean_rank_fraction"] == (0.4 + 1.0) / 2
     assert out["mean_rank_fraction_no_embed"] == 0.4
     assert rank_summary([])["mean_rank_fraction"] is None
+
+
+def _with_singular_values(s: torch.Tensor, m: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, len(s), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, len(s), generator=g, dtype=torch.float64))
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("m,n", [(64, 64), (96, 40), (40, 96)])
+def test_rank_deficient_and_near_threshold_equal_matrix_rank(m, n):
+    eps, k = torch.finfo(torch.float32).eps, min(m, n)
+    for seed in range(6):
+        tau_rel = max(m, n) * eps  # matrix_rank's default cut-off relative to σ_max
+        # ranks below k, exact zeros, a cluster right at τ (±0.1%), and σ's well clear of τ
+        s = torch.logspace(0, -3, k, dtype=torch.float64)
+        s[k // 2:] = 0.0
+        s[k // 2 - 3:k // 2] = tau_rel * torch.tensor([0.999, 1.0005, 1.5], dtype=torch.float64)
+        a = _with_singular_values(s, m, n, seed).float()
+        r = fast_rank(a)
+        assert r.rank == reference_rank(a)
+        assert r.method == "svd"  # σ at τ: decided by matrix_rank itself
+        clear = s.clone()
+        clear[k // 2 - 3:k // 2] = tau_rel * torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+        b = _with_singular_values(clear, m, n, seed).float()
+        rb = fast_rank(b)
+        assert rb.rank == reference_rank(b) == k // 2 - 1 and rb.method == "gram"
+
+
+def test_full_rank_certified_and_band_covers_noise():
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(300, 120, generator=g) * (torch.rand(300, 120, generator=g) < 0.2)
+    r = fast_rank(a)
+    assert r.method == "certified" and r.rank == 120 == reference_rank(a)
+    # the band is never narrower than 0.5·√max(m, n)·eps32·σ_max (fp32 SVD noise scale)
+    lo, hi = band(1.0, 1.0, (64, 64), margin=0.0)
+    assert hi - 1.0 == pytest.approx(0.5 * 8 * torch.finfo(torch.float32).eps) and lo < 1.0

@@ -89,14 +89,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.io import open_checkpoint
-    from rlsparsity.analysis.rank import rank_checkpoints, rank_summary
+    from rlsparsity.analysis.rank import DEFAULT_MARGIN, rank_checkpoints, rank_summary
     from rlsparsity.analysis.tables import write_csv
 
-    rows = rank_checkpoints(open_checkpoint(args.base), open_checkpoint(args.tuned), args.rtol, args.margin,
+    margin = DEFAULT_MARGIN if args.margin is None else args.margin
+    rows = rank_checkpoints(open_checkpoint(args.base), open_checkpoint(args.tuned), args.rtol, margin,
                             args.device, _progress(args))
     if args.out:
         write_csv(Path(args.out), rows)
-    summary = {**rank_summary(rows), "rtol": args.rtol, "margin": args.margin}
+    summary = {**rank_summary(rows), "rtol": args.rtol, "margin": margin}
     if args.json:
         _print_json({**summary, "matrices": rows})
     else:
@@ -201,7 +202,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("tuned")
     _common(p, tolerances=False, threads=False)
     p.add_argument("--rtol", type=float, default=None, help="σ > rtol·σ_max (default: matrix_rank's max(m,n)·eps32)")
-    p.add_argument("--margin", type=float, default=0.05, help="SVD fallback if any σ within margin·τ of τ")
+    p.add_argument("--margin", type=float, default=None,
+                   help="matrix_rank fallback if any σ lies within this band around τ, relative to τ "
+                        "(default: rank.DEFAULT_MARGIN, widened for fp64-Gram rounding)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="per-matrix CSV")
     p.add_argument("--json", action="store_true")

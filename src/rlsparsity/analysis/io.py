@@ -88,7 +88,14 @@ class TensorInfo:
 
 
 def values64(bits: np.ndarray, dtype: DType) -> np.ndarray:
-    """Exact float64 values of raw element bit patterns (every supported dtype fits float64)."""
+    """Exact float64 values of raw element bit patterns (every supported dtype fits float64).
+
+    Signalling NaN patterns become quiet NaNs (numpy's "invalid value" warning is silenced)."""
+    with np.errstate(invalid="ignore"):
+        return _values64(bits, dtype)
+
+
+def _values64(bits: np.ndarray, dtype: DType) -> np.ndarray:
     name = dtype.name
     if name == "F64":
         return bits.view(np.float64)

@@ -3,25 +3,53 @@
 ΔW = fp32(fp64(θ1) − fp64(θ0)); rank = #{σ_i > τ} with torch.linalg.matrix_rank's default
 τ = σ_max · max(m, n) · eps_fp32, or τ = rtol · σ_max when ``rtol`` is given.
 
-Fast path: the singular values are sqrt of the eigenvalues of the fp64 Gram matrix of
-the smaller side (ΔWᵀΔW or ΔWΔWᵀ, eigvalsh). Their error near τ is ~1e-6·τ for 4096-wide
-matrices, far below the noise of matrix_rank's own fp32 SVD near τ (measured: ~3e-4·τ on
-CPU LAPACK, ~2e-3·τ on an H100 with cuSOLVER; one H100 disagreement in 226 matrices
-was seen at a 1% band). Whenever any σ is within ``margin``·τ of τ (default 5%), the
-matrix falls back to torch.linalg.matrix_rank itself, so there the result is
-matrix_rank's by construction; elsewhere the decision is far outside the SVD's noise.
+The answer is defined as torch.linalg.matrix_rank's on the fp32 matrix. Its fp32 SVD is
+exact only up to a backward error of order eps_fp32·σ_max·p(m, n), so for a singular value
+close to τ *its* rounding decides; such matrices are handed to matrix_rank itself. The
+fast path only decides matrices whose singular values all sit at least ``margin``·τ away
+from τ (and at least ``noise_factor``·√max(m, n)·eps_fp32·σ_max away, the typical size of
+the fp32 SVD's error, which matters for small matrices), measured on an accurate fp64
+spectrum, so that matrix_rank's own error cannot flip a decision:
+
+1. G = fp64 Gram matrix of the smaller side (ΔWᵀΔW or ΔWΔWᵀ; fp32 products are exact in
+   fp64, so G's only error is the fp64 summation, |δλ| ≤ ``gram_error`` = 4·k·eps64·λ_max
+   with k the inner dimension, taken into account everywhere below).
+2. *Certificate* (cheap, decides most full-rank rectangular matrices): λ_max ≤ ‖G‖_∞
+   bounds τ from above; if a Cholesky factorisation of G − s²·I succeeds for s above that
+   bound plus the band, every σ exceeds the band and the rank is min(m, n). Method
+   ``certified``; σ_max is then not computed (reported as NaN).
+3. Otherwise the spectrum σ_i = √λ_i(G) from fp64 ``eigvalsh`` (method ``gram``), and if
+   any σ lies inside the band, the fallback torch.linalg.matrix_rank on the same fp32
+   matrix and device (method ``svd``): there the result is matrix_rank's by construction.
+
+Margin (benchmarks/rank_bench.py on an H100 80GB HBM3, Llama-7B-shaped random sparse
+updates): matrix_rank's fp32 SVD (cuSOLVER) put the singular values near τ of 4096²
+matrices 0.037–0.078% of τ away from the fp64 Gram values (16 matrices measured), i.e.
+≤ 3.2·eps32·σ_max ≈ 0.05·√n·eps32·σ_max. The default band, max(1%·τ, 0.5·√max(m, n)·
+eps32·σ_max), is ≥ 10× that for every shape (1% of τ is 41·eps32·σ_max at n = 4096); a
+wider band only costs time: each fallback is a full fp32 SVD (~1 s for 4096² on an H100,
+where ~15% of square random updates have a σ within 2% of τ).
 """
 
 from __future__ import annotations
 
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rlsparsity.analysis.io import Checkpoint, TensorInfo, read_bits, values64
 
-DEFAULT_MARGIN = 0.05
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MARGIN = 0.01  # band half-width relative to τ
+NOISE_FACTOR = 0.5  # band half-width at least this · √max(m, n) · eps32 · σ_max
+EPS32 = 2.0**-23  # torch.finfo(torch.float32).eps
+EPS64 = 2.0**-52
 _ROW_CHUNK_ELEMS = 1 << 22
 
 
@@ -31,49 +59,83 @@ class RankResult:
 
     rank: int
     max_rank: int
-    method: str  # "gram" or "svd"
-    sigma_max: float
-    threshold: float
-
-
-def _eps32() -> float:
-    import torch
-
-    return float(torch.finfo(torch.float32).eps)
+    method: str  # "certified", "gram" or "svd"
+    sigma_max: float  # NaN for "certified"
+    threshold: float  # NaN for "certified"
 
 
 def threshold(sigma_max: float, shape: tuple[int, int], rtol: float | None) -> float:
     """matrix_rank's cut-off: σ_max·(rtol if given else max(m, n)·eps_fp32)."""
-    return sigma_max * (rtol if rtol is not None else max(shape) * _eps32())
+    return sigma_max * (rtol if rtol is not None else max(shape) * EPS32)
 
 
-def reference_rank(delta: "torch.Tensor", rtol: float | None = None) -> int:  # noqa: F821
+def reference_rank(delta: "torch.Tensor", rtol: float | None = None) -> int:
     """torch.linalg.matrix_rank of the fp32 matrix (default tolerance unless rtol)."""
     import torch
 
     return int(torch.linalg.matrix_rank(delta.float(), rtol=rtol))
 
 
-def gram_singular_values(delta: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-    """Singular values (ascending) as sqrt(max(λ, 0)) of the fp64 Gram matrix of the smaller side."""
+def gram(delta: "torch.Tensor") -> "torch.Tensor":
+    """fp64 Gram matrix of the smaller side (its eigenvalues are the squared singular values)."""
+    a = delta.double()
+    return a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
+
+
+def gram_singular_values(delta: "torch.Tensor") -> "torch.Tensor":
+    """Singular values (ascending) as √max(λ, 0) of the fp64 Gram matrix of the smaller side."""
     import torch
 
-    a = delta.double()
-    g = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
-    return torch.linalg.eigvalsh(g).clamp_min(0).sqrt()
+    return torch.linalg.eigvalsh(gram(delta)).clamp_min(0).sqrt()
 
 
-def fast_rank(delta: "torch.Tensor", rtol: float | None = None, margin: float = DEFAULT_MARGIN) -> RankResult:  # noqa: F821
-    """Rank of a 2-D fp32 tensor, identical to matrix_rank (see module docstring)."""
+def gram_error(lam_max: float, inner: int) -> float:
+    """Bound on the eigenvalue error of the fp64 Gram matrix (summation over ``inner`` terms)."""
+    return 4.0 * inner * EPS64 * lam_max
+
+
+def band(tau: float, sigma_max: float, shape: tuple[int, int], margin: float) -> tuple[float, float]:
+    """(lo, hi) around τ inside which matrix_rank's fp32 SVD may decide either way."""
+    half = max(margin * tau, NOISE_FACTOR * math.sqrt(max(shape)) * EPS32 * sigma_max)
+    return max(tau - half, 0.0), tau + half
+
+
+def _certified_full_rank(g: "torch.Tensor", shape: tuple[int, int], rtol: float | None, margin: float) -> bool:
+    """True if every σ provably exceeds the band's upper edge (Cholesky of a shifted Gram)."""
+    import torch
+
+    lam_up = float(g.abs().sum(dim=1).max()) * (1 + 1e-9)  # ‖G‖_∞ ≥ λ_max (a valid upper bound)
+    s_up = math.sqrt(lam_up)
+    _, hi = band(threshold(s_up, shape, rtol), s_up, shape, margin)
+    err = gram_error(lam_up, max(shape))
+    shift = hi * hi + 2 * err  # success ⇒ λ_min ≥ shift − err > hi²
+    if shift >= lam_up:
+        return False
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    return int(torch.linalg.cholesky_ex(g - shift * eye).info) == 0
+
+
+def fast_rank(delta: "torch.Tensor", rtol: float | None = None, margin: float = DEFAULT_MARGIN) -> RankResult:
+    """Rank of a 2-D fp32 tensor, identical to torch.linalg.matrix_rank's (module docstring)."""
     m, n = delta.shape
-    if min(m, n) == 0 or not bool(delta.any()):
-        return RankResult(0, min(m, n), "gram", 0.0, 0.0)  # matrix_rank of a zero matrix is 0
-    sigma = gram_singular_values(delta)
-    smax = float(sigma[-1])
+    k = min(m, n)
+    if k == 0 or not bool(delta.any()):
+        return RankResult(0, k, "gram", 0.0, 0.0)  # matrix_rank of a zero matrix is 0
+    g = gram(delta)
+    if _certified_full_rank(g, (m, n), rtol, margin):
+        return RankResult(k, k, "certified", math.nan, math.nan)
+    import torch
+
+    lam = torch.linalg.eigvalsh(g)
+    lam_max = float(lam[-1])
+    smax = math.sqrt(lam_max)
     tau = threshold(smax, (m, n), rtol)
-    if bool(((sigma - tau).abs() <= margin * tau).any()):
-        return RankResult(reference_rank(delta, rtol), min(m, n), "svd", smax, tau)
-    return RankResult(int((sigma > tau).sum()), min(m, n), "gram", smax, tau)
+    lo, hi = band(tau, smax, (m, n), margin)
+    err = gram_error(lam_max, max(m, n))
+    in_band = (lam >= lo * lo - err) & (lam <= hi * hi + err)
+    if bool(in_band.any()):
+        return RankResult(reference_rank(delta, rtol), k, "svd", smax, tau)
+    return RankResult(int((lam > hi * hi).sum()), k, "gram", smax, tau)
 
 
 def delta_matrix(b: TensorInfo, t: TensorInfo) -> np.ndarray:
@@ -92,9 +154,11 @@ def delta_matrix(b: TensorInfo, t: TensorInfo) -> np.ndarray:
 def rank_checkpoints(base: Checkpoint, tuned: Checkpoint, rtol: float | None = None,
                      margin: float = DEFAULT_MARGIN, device: str = "cpu", progress: bool = False
                      ) -> list[dict[str, Any]]:
-    """One row per 2-D tensor present in both checkpoints (tied duplicates skipped)."""
-    import sys
+    """One row per 2-D tensor present in both checkpoints (tied duplicates skipped).
 
+    The next matrix's ΔW is read and built on a background thread while the current one
+    is ranked, so disk reads overlap the device's work.
+    """
     import torch
     from tqdm import tqdm
 
@@ -103,19 +167,23 @@ def rank_checkpoints(base: Checkpoint, tuned: Checkpoint, rtol: float | None = N
 
     pairs = [(b, t) for b, t in plan_pairs(base, tuned).pairs if len(b.shape) == 2 and len(t.shape) == 2]
     rows = []
-    for b, t in tqdm(pairs, desc="rank", file=sys.stderr, disable=not (progress and sys.stderr.isatty())):
-        d = torch.from_numpy(delta_matrix(b, t)).to(device)
-        layer, mtype = parse_name(t.name)
-        if not bool(torch.isfinite(d).all()):  # rank undefined: reported, excluded from means
-            rows.append({"tensor": t.name, "layer": layer, "matrix_type": mtype, "shape": f"{d.shape[0]}x{d.shape[1]}",
-                         "rank": None, "max_rank": min(d.shape), "rank_fraction": float("nan"), "method": "nonfinite",
-                         "sigma_max": float("nan"), "threshold": float("nan")})
-            continue
-        r = fast_rank(d, rtol, margin)
-        rows.append({"tensor": t.name, "layer": layer, "matrix_type": mtype, "shape": f"{d.shape[0]}x{d.shape[1]}",
-                     "rank": r.rank, "max_rank": r.max_rank,
-                     "rank_fraction": r.rank / r.max_rank if r.max_rank else float("nan"),
-                     "method": r.method, "sigma_max": r.sigma_max, "threshold": r.threshold})
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(delta_matrix, *pairs[0]) if pairs else None
+        for i, (b, t) in enumerate(tqdm(pairs, desc="rank", file=sys.stderr,
+                                        disable=not (progress and sys.stderr.isatty()))):
+            d = torch.from_numpy(pending.result()).to(device)
+            pending = pool.submit(delta_matrix, *pairs[i + 1]) if i + 1 < len(pairs) else None
+            layer, mtype = parse_name(t.name)
+            row: dict[str, Any] = {"tensor": t.name, "layer": layer, "matrix_type": mtype,
+                                   "shape": f"{d.shape[0]}x{d.shape[1]}"}
+            if not bool(torch.isfinite(d).all()):  # rank undefined: reported, excluded from means
+                rows.append({**row, "rank": None, "max_rank": min(d.shape), "rank_fraction": float("nan"),
+                             "method": "nonfinite", "sigma_max": float("nan"), "threshold": float("nan")})
+                continue
+            r = fast_rank(d, rtol, margin)
+            rows.append({**row, "rank": r.rank, "max_rank": r.max_rank,
+                         "rank_fraction": r.rank / r.max_rank if r.max_rank else float("nan"),
+                         "method": r.method, "sigma_max": r.sigma_max, "threshold": r.threshold})
     return rows
 
 
