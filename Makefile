@@ -28,6 +28,12 @@ run: venv
 test: venv
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q -rs tests
 
+# The Snakemake report (self-contained HTML: figures with captions, SUMMARY.md, provenance)
+# of the last `make run`; open results/report.html in a browser.
+report: venv
+	PATH=$(BIN):$$PATH snakemake --profile workflow/profiles/default --cores $(CORES) figures
+	PATH=$(BIN):$$PATH snakemake --profile workflow/profiles/default --report results/report.html figures
+
 dryrun: venv
 	PATH=$(BIN):$$PATH snakemake -n --profile workflow/profiles/default
 

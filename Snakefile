@@ -31,6 +31,9 @@ FAMILIES = G.family_names(config)
 ENVS = str(Path(workflow.basedir) / "envs")
 
 
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     family="[A-Za-z0-9_.-]+",
     algorithm="|".join(G.ALGORITHMS),
@@ -43,6 +46,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/base.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/entropy.smk"
+include: "workflow/rules/subnetwork.smk"
+include: "workflow/rules/figures.smk"  # keep last: wires figures for the tables registered above
 
 
 rule all:

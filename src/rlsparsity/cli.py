@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rlsparsity.train",
     "rlsparsity.analysis.cli",
+    "rlsparsity.entropy",
+    "rlsparsity.subnetwork",
+    "rlsparsity.figures.cli",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    # JSON (config.resolved.json) with json: YAML 1.1 reads json.dumps' "1e-05" as a string
+    text = p.read_text()
+    cfg = (json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)) or {}
     if overrides:
         cfg.update(overrides)
     return validate_config(cfg)
@@ -77,8 +80,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
 
 def write_resolved_config(config: dict[str, Any], path: str | Path) -> str:
     """Write the validated config as JSON if its content changed; return the path."""
-    import json
-
     p = Path(path)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     if not p.exists() or p.read_text() != text:

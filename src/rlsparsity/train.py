@@ -17,6 +17,24 @@ from typing import Any
 from rlsparsity import grid as G
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of an ``accelerate launch`` (torchrun sets RANK): only
+    rank 0 saves the model, evaluates and writes run.json, so a multi-GPU run leaves the
+    same files as a single-process one."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _rank_device(device: str) -> str:
+    """``cuda`` -> ``cuda:<LOCAL_RANK>`` under a multi-process launch (one GPU per rank)."""
+    import os
+
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
 def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = None,
               device: str = "cpu", stop_after: int | None = None) -> dict[str, Any]:
     from rlsparsity.algorithms import TrainSpec, get_algorithm
@@ -25,6 +43,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     from rlsparsity.tasks import task_from_config
 
     torch_threads()
+    device = _rank_device(device)
     results = results or config["results"]
     base = G.base_dir(run.family, results)
     out = run.dir(results)
@@ -40,6 +59,8 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     t0 = time.time()
     stats = get_algorithm(run.algorithm)(spec)
     wall = time.time() - t0
+    if not is_main_process():
+        return {**run.as_dict(), "main_process": False}
     model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
     tok = load_tokenizer(out)
     after = evaluate(model, tok, task, n=tc["eval_n"])
@@ -82,6 +103,8 @@ def _cmd_train_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     run = G.Run(args.family, args.algorithm, args.data, args.precision, args.seed)
     rec = train_run(run, cfg, device=args.device)
+    if not is_main_process():
+        return 0
     print(json.dumps({k: rec[k] for k in ("acc_base", "acc_trained", "steps", "seconds_per_step")}))
     return 0
 

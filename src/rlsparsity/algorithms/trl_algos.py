@@ -59,7 +59,7 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
             restore_masked(model, spec.mask, frozen)
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step % spec.checkpoint_every == 0:
+            if state.global_step % spec.checkpoint_every == 0 and state.is_world_process_zero:
                 save_checkpoint_weights(model, spec, state.global_step)
 
         def on_save(self, args, state, control, **kw):
@@ -80,6 +80,7 @@ def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
         bf16=False, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
         save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=1,
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        **({"use_vllm": True, "vllm_mode": "colocate"} if hp.get("use_vllm") else {}),  # grpo/rloo only
         **extra,
     )
 
@@ -93,8 +94,9 @@ def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[st
     t0 = time.time()
     trainer.train(resume_from_checkpoint=last)
     dt = time.time() - t0
-    save_model(model, tok, spec.out_dir, spec.precision)
-    shutil.rmtree(resume_dir, ignore_errors=True)
+    if trainer.accelerator.is_main_process:  # one writer under accelerate launch (DDP)
+        save_model(model, tok, spec.out_dir, spec.precision)
+        shutil.rmtree(resume_dir, ignore_errors=True)
     keep = ("loss", "reward", "rewards/reward/mean", "entropy", "rewards/margins", "rewards/accuracies",
             "grad_norm", "kl")
     history = [{k: v for k, v in h.items() if k in keep or k == "step"} for h in trainer.state.log_history

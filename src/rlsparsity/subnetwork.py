@@ -1,0 +1,558 @@
+"""Subnetwork finetuning and the causes ablations (SPEC §1 "Subnetwork finetune", "Causes").
+
+Subnetwork finetune
+-------------------
+For a full run θ_full of the main grid (same family, algorithm, data, precision, seed):
+
+1. mask m = |θ_full − θ_base| > ``mask_tol`` per stored tensor (default ``mask_tol`` = 0:
+   exact Δ ≠ 0), computed by the diff engine (:func:`rlsparsity.analysis.diff.diff_checkpoints`)
+   from the two checkpoints, or read from a stored exact mask file when ``mask_tol`` = 0;
+2. the same training (data, hyperparameters, seed, steps) is rerun from the base with
+   ``TrainSpec.mask = m``: masked-out entries get zero gradient and are put back to their
+   base values after every optimiser step (weight decay and Adam state cannot move them);
+3. the rerun is compared with the full run: held-out accuracy (base, full, subnetwork) and
+   the *agreement* — fraction of entries with |θ_sub − θ_full| ≤ t for t ∈ ``tolerances``
+   (paper: 94.0% DPO / 90.5% PRIME at 1e-5, 100% at 1e-4) — again with the diff engine
+   (full run as "base", subnetwork run as "tuned"; the sparsity of that diff IS the agreement);
+4. ``mask_violations`` = entries the rerun changed (vs base) outside its mask (must be 0).
+
+Random control: per tensor, a uniformly random mask with exactly the same number of True
+entries as m (``torch.randperm`` under a seeded generator), trained and compared the same way.
+
+Mask names are the stored tensor names; a tied ``lm_head.weight`` is stored once, so a
+mask without it is fine. Masks are aligned to ``model.named_parameters()`` before training:
+names that are not parameters (buffers, tied aliases) are dropped, and a parameter that the
+mask does not name is frozen whole (both recorded in ``run.json``).
+
+Causes (SPEC Table 5 and the KL result)
+---------------------------------------
+Update sparsity vs base in every configured precision for: DPO on on-policy vs off-policy
+pairs; SFT on the model's own correct samples (rejection sampling, data ``on_policy``) vs
+reference solutions (``off_policy``); GRPO with KL (TRL ``beta``) off vs on; PPO with KL
+(``kl_coef``) on vs off. Settings that equal a main-grid run (same data and effective
+hyperparameters) reuse it (``results/runs/...``); the others (KL variants) are trained
+under ``results/causes/runs/<family>/<algorithm>/kl<coef>/<precision>/seed<seed>/``.
+
+Layout::
+
+    results/subnetwork/<family>/<algorithm>/<data>/<precision>/seed<N>/<kind>/   kind: subnetwork | random
+        model.safetensors (+ config, tokenizer), mask.safetensors (training mask), run.json
+    results/subnetwork/<family>/subnetwork.csv      per family -> results/tables/subnetwork.csv
+    results/causes/runs/...                          KL variants  -> results/tables/causes.csv
+
+This module is imported by the Snakefile: keep its top level light (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from rlsparsity import grid as G
+
+MASK_KINDS: tuple[str, ...] = ("subnetwork", "random")
+DEFAULT_AGREEMENT_TOLS: tuple[float, ...] = (0.0, 1e-5, 1e-4)
+#: The KL knob of each online algorithm and its default when config train.hparams does
+#: not set it (tests check these against the algorithms' DEFAULTS).
+KL_PARAM: dict[str, tuple[str, float]] = {"grpo": ("beta", 0.0), "rloo": ("beta", 0.0),
+                                          "ppo": ("kl_coef", 0.05), "prime": ("kl_coef", 0.0)}
+DEFAULT_KL_ON: dict[str, float] = {"grpo": 0.04, "ppo": 0.05}
+SUBNETWORK_COLUMNS = ["family", "algorithm", "seed", "precision", "mask", "acc_base", "acc_full",
+                      "acc_subnetwork", "tolerance", "agreement", "data", "mask_tol", "mask_density",
+                      "mask_violations", "sparsity_full", "sparsity_subnetwork", "n_params", "steps",
+                      "wall_seconds"]
+CAUSES_COLUMNS = ["family", "ablation", "setting", "precision", "sparsity", "tolerance", "sparsity_exact",
+                  "below_bf16_half_ulp", "algorithm", "data", "seed", "detail", "source", "acc_base",
+                  "acc_trained", "run"]
+
+
+# ======================================================================= config -> jobs (light)
+
+
+def _as_list(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _families(config: dict[str, Any], spec: Any) -> list[str]:
+    fams = G.family_names(config)
+    if spec in (None, "all"):
+        return fams
+    out = _as_list(spec)
+    unknown = [f for f in out if f not in fams]
+    if unknown:
+        raise ValueError(f"subnetwork/causes name families {unknown} not listed under 'families'")
+    return out
+
+
+@dataclass(frozen=True)
+class SubJob:
+    """One masked rerun: the full run it copies and the kind of mask."""
+
+    run: G.Run
+    kind: str  # "subnetwork" | "random"
+
+    def dir(self, results: str | Path) -> Path:
+        return Path(results) / "subnetwork" / self.run.rel / self.kind
+
+
+def subnetwork_settings(config: dict[str, Any]) -> dict[str, Any]:
+    b = dict(config.get("subnetwork") or {})
+    return {"tolerances": tuple(float(t) for t in b.get("tolerances", DEFAULT_AGREEMENT_TOLS)),
+            "mask_tol": float(b.get("mask_tol", 0.0)), "random_control": bool(b.get("random_control", True)),
+            "random_seed": int(b.get("random_seed", 0))}
+
+
+def subnetwork_jobs(config: dict[str, Any]) -> list[SubJob]:
+    """Masked reruns asked for by the config's optional ``subnetwork`` block."""
+    b = config.get("subnetwork")
+    if not b:
+        return []
+    kinds = ["subnetwork"] + (["random"] if b.get("random_control", True) else [])
+    algs = _as_list(b.get("algorithms", list(G.PAPER_ALGORITHMS)))
+    jobs = []
+    for fam in _families(config, b.get("families", "all")):
+        for alg in algs:
+            data = b.get("data", "on_policy")
+            if data not in G.supported_data(alg):
+                data = "on_policy"
+            for prec in _as_list(b.get("precision", "bf16")):
+                for seed in _as_list(b.get("seeds", [1])):
+                    for k in kinds:
+                        jobs.append(SubJob(G.Run(fam, alg, data, prec, int(seed)), k))
+    return sorted(set(jobs), key=lambda j: (j.run, j.kind))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cell of the causes table: which run gives it, and where that run lives."""
+
+    family: str
+    ablation: str
+    setting: str
+    algorithm: str
+    data: str
+    precision: str
+    seed: int
+    detail: str
+    source: str                 # "grid": a main-grid run folder; "causes": trained by causes-train
+    hparams: tuple[tuple[str, Any], ...] = field(default=())  # overrides on top of config train.hparams
+
+    @property
+    def run(self) -> G.Run:
+        return G.Run(self.family, self.algorithm, self.data, self.precision, self.seed)
+
+    def dir(self, results: str | Path) -> Path:
+        if self.source == "grid":
+            return self.run.dir(results)
+        tag = "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in self.hparams) or "default"
+        return (Path(results) / "causes" / "runs" / self.family / self.algorithm / tag / self.precision
+                / f"seed{self.seed}")
+
+
+def _effective(config: dict[str, Any], alg: str, key: str, default: float) -> float:
+    return float(((config.get("train") or {}).get("hparams") or {}).get(alg, {}).get(key, default))
+
+
+def causes_settings(config: dict[str, Any]) -> list[Setting]:
+    """Every (ablation, setting, precision, seed) of the optional ``causes`` block."""
+    b = config.get("causes")
+    if not b:
+        return []
+    fams = _families(config, b.get("family", b.get("families", "all")))
+    kl_on = {**DEFAULT_KL_ON, **(b.get("kl_coef") or {})}
+    out: list[Setting] = []
+    for fam in fams:
+        for prec in _as_list(b.get("precisions", list(G.PRECISIONS))):
+            for seed in _as_list(b.get("seeds", [1])):
+                seed = int(seed)
+                out += [Setting(fam, "dpo_data", "on_policy", "dpo", "on_policy", prec, seed,
+                                "pairs sampled from the base, labelled by the scorer", "grid"),
+                        Setting(fam, "dpo_data", "off_policy", "dpo", "off_policy", prec, seed,
+                                "reference answer vs corrupted answer", "grid"),
+                        Setting(fam, "sft_data", "on_policy", "sft", "on_policy", prec, seed,
+                                "rejection sampling: own correct samples", "grid"),
+                        Setting(fam, "sft_data", "off_policy", "sft", "off_policy", prec, seed,
+                                "reference solutions", "grid")]
+                for alg in ("grpo", "ppo"):
+                    key, default = KL_PARAM[alg]
+                    grid_value = _effective(config, alg, key, default)
+                    for name, value in (("kl_off", 0.0), ("kl_on", float(kl_on[alg]))):
+                        src = "grid" if value == grid_value else "causes"
+                        hp = () if src == "grid" else ((key, value),)
+                        out.append(Setting(fam, f"{alg}_kl", name, alg, "on_policy", prec, seed,
+                                           f"{key}={value:g}", src, hp))
+    return out
+
+
+def causes_to_train(config: dict[str, Any], family: str | None = None) -> list[Setting]:
+    return [s for s in causes_settings(config) if s.source == "causes" and family in (None, s.family)]
+
+
+# ======================================================================= masks
+
+
+def _n(shape: Iterable[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def mask_from_diff(base: str | Path, tuned: str | Path, out_path: str | Path, mask_tol: float = 0.0,
+                   stored: str | Path | None = None) -> dict[str, Any]:
+    """Update mask |θ_tuned − θ_base| > mask_tol (name -> bool tensor), also written to ``out_path``.
+
+    ``stored``: an exact (tol 0) mask file of the same pair (e.g. results/diff/<run>/mask.safetensors),
+    used as is when ``mask_tol`` is 0; otherwise the mask is computed from the two checkpoints."""
+    from rlsparsity.analysis.diff import diff_checkpoints
+    from rlsparsity.analysis.io import load_mask, open_checkpoint
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if stored is not None and mask_tol == 0 and Path(stored).exists():
+        if Path(stored).resolve() != out_path.resolve():
+            shutil.copyfile(stored, out_path)
+    else:
+        diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), (0.0,), mask_path=out_path,
+                         mask_tol=float(mask_tol), threads=1)
+    return load_mask(out_path)
+
+
+def random_mask_like(mask: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Per tensor, a uniformly random bool mask with exactly as many True entries as ``mask``."""
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name in sorted(mask):
+        m = mask[name]
+        k = int(m.sum())
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        if k:
+            flat[torch.randperm(m.numel(), generator=g)[:k]] = True
+        out[name] = flat.reshape(m.shape)
+    return out
+
+
+def write_mask(mask: dict[str, Any], path: str | Path, meta: dict[str, str] | None = None) -> Path:
+    """Write a name -> bool tensor mask in the analysis stage's bit-packed format."""
+    from rlsparsity.analysis.io import MaskWriter
+
+    path = Path(path)
+    w = MaskWriter(path, {k: tuple(v.shape) for k, v in mask.items()}, meta)
+    try:
+        for k, v in mask.items():
+            w.write(k, 0, v.reshape(-1).numpy().astype(bool))
+    finally:
+        w.close()
+    return path
+
+
+def align_mask(mask: dict[str, Any], base_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restrict a stored-tensor mask to the model's parameters (``named_parameters`` names).
+
+    Names that are not parameters (buffers, tied aliases) are dropped; a parameter the mask
+    does not name is frozen whole (all False). Shapes must agree."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(str(base_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    params = dict(model.named_parameters())
+    out, frozen_whole = {}, []
+    for name, p in params.items():
+        if name in mask:
+            if tuple(mask[name].shape) != tuple(p.shape):
+                raise ValueError(f"mask for {name} has shape {tuple(mask[name].shape)}, parameter {tuple(p.shape)}")
+            out[name] = mask[name].bool()
+        else:
+            out[name] = torch.zeros(p.shape, dtype=torch.bool)
+            frozen_whole.append(name)
+    dropped = sorted(set(mask) - set(params))
+    n = sum(v.numel() for v in out.values())
+    k = sum(int(v.sum()) for v in out.values())
+    return out, {"dropped_not_parameters": dropped, "frozen_whole": frozen_whole, "n": n, "n_true": k,
+                 "density": k / n if n else float("nan")}
+
+
+def mask_violations(base: str | Path, tuned: str | Path, mask_path: str | Path, scratch: str | Path) -> int:
+    """Entries that changed (tuned vs base, exact) outside the mask (0 when the mask held)."""
+    import numpy as np
+
+    from rlsparsity.analysis.diff import diff_checkpoints
+    from rlsparsity.analysis.io import load_packed_mask, open_checkpoint
+
+    diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), (0.0,), mask_path=Path(scratch), threads=1)
+    changed, allowed = load_packed_mask(scratch), load_packed_mask(mask_path)
+    bad = 0
+    for name, (pc, _) in changed.items():
+        pa = allowed[name][0] if name in allowed else np.zeros_like(pc)
+        bad += int(np.bitwise_count(pc & ~pa).sum())
+    Path(scratch).unlink(missing_ok=True)
+    return bad
+
+
+def agreement(full: str | Path, sub: str | Path, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS
+              ) -> dict[str, float]:
+    """Fraction of entries with |θ_sub − θ_full| ≤ t, per t (format(t, 'g') keys): the
+    sparsity of the diff full → sub, computed exactly by the streaming diff engine."""
+    from rlsparsity.analysis.diff import diff_checkpoints
+    from rlsparsity.analysis.io import open_checkpoint
+
+    res = diff_checkpoints(open_checkpoint(full), open_checkpoint(sub), tuple(tolerances), threads=1)
+    return dict(res.summary()["sparsity"])
+
+
+def sparsity_vs(base: str | Path, tuned: str | Path, tolerances: Iterable[float]) -> dict[str, Any]:
+    from rlsparsity.analysis.diff import diff_checkpoints
+    from rlsparsity.analysis.io import open_checkpoint
+
+    return diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), tuple(tolerances), threads=1).summary()
+
+
+# ======================================================================= training
+
+
+def _print(*a: Any) -> None:
+    print(*a, flush=True)
+
+
+def _hparams(config: dict[str, Any], alg: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**dict(((config.get("train") or {}).get("hparams") or {}).get(alg, {})), **(extra or {})}
+
+
+def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str | Path,
+                  hparams: dict[str, Any] | None = None, mask: dict[str, Any] | None = None,
+                  extra_record: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Train ``run`` from ``base`` into ``out`` exactly as the main grid does (same data,
+    hyperparameters, seed, steps), with optional hparam overrides and update mask; evaluate
+    the stored weights and write ``run.json``. Any earlier partial state in ``out`` is removed."""
+    from rlsparsity.algorithms import TrainSpec, get_algorithm
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads, versions, write_json
+    from rlsparsity.tasks import task_from_config
+
+    torch_threads()
+    out = Path(out)
+    for stale in ("resume", "checkpoints"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    base = Path(base)
+    base_metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").exists() else {}
+    task = task_from_config(config)
+    tc = config["train"]
+    hp = _hparams(config, run.algorithm, hparams)
+    spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
+                     checkpoint_every=tc["checkpoint_every"], hparams=hp, mask=mask, device=device)
+    t0 = time.time()
+    stats = get_algorithm(run.algorithm)(spec)
+    wall = time.time() - t0
+    after = evaluate(load_model(out, "fp32", device), load_tokenizer(out), task, n=tc["eval_n"])
+    record = {**run.as_dict(), "experiment": config.get("experiment"), "task": task.name, "base": str(base),
+              "acc_base": base_metrics.get("accuracy"), "acc_trained": after["accuracy"],
+              "mean_reward_trained": after["mean_reward"], "n_eval": after["n"], "steps": stats.get("steps"),
+              "seconds_per_step": stats.get("seconds_per_step"), "wall_seconds": round(wall, 3),
+              "hparams": stats.get("hparams"), "hparam_overrides": hparams or {},
+              "data_stats": stats.get("data_stats"), "history": stats.get("history"),
+              "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
+              "samples": after["samples"], "versions": versions(), **(extra_record or {})}
+    write_json(out / "run.json", record)
+    return record
+
+
+def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path, out_root: str | Path,
+                       mask_tol: float = 0.0, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS,
+                       random_seed: int = 0, stored_mask: str | Path | None = None,
+                       log: Any = None) -> list[dict[str, Any]]:
+    """One masked rerun + its comparison; returns its rows of subnetwork.csv."""
+    from rlsparsity.analysis.diff import tol_key
+    from rlsparsity.analysis.io import load_mask
+
+    log = log or _print
+    run, tolerances = job.run, tuple(float(t) for t in tolerances)
+    base = G.base_dir(run.family, results)
+    full = run.dir(results)
+    if not (full / "model.safetensors").exists():
+        raise FileNotFoundError(f"full run missing: {full} (train it first: snakemake {full}/model.safetensors)")
+    full_rec = json.loads((full / "run.json").read_text())
+    out = job.dir(out_root)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    # the subnetwork mask of the full run (always computed/stored next to the subnetwork job)
+    sub_mask_path = SubJob(run, "subnetwork").dir(out_root) / "mask.safetensors"
+    if job.kind == "subnetwork" or not sub_mask_path.exists():
+        full_mask = mask_from_diff(base, full, sub_mask_path, mask_tol, stored_mask)
+    else:
+        full_mask = load_mask(sub_mask_path)
+    if job.kind == "random":
+        mask = random_mask_like(full_mask, random_seed + run.seed)
+        mask_path = write_mask(mask, out / "mask.safetensors", {"kind": "random", "seed": str(random_seed + run.seed),
+                                                               "mask_tol": repr(mask_tol)})
+    else:
+        mask, mask_path = full_mask, sub_mask_path
+    aligned, info = align_mask(mask, base)
+    rec = train_variant(run, config, out, base, mask=aligned,
+                        extra_record={"mask_kind": job.kind, "mask_tol": mask_tol, "mask_info": info,
+                                      "full_run": str(full)})
+    viol = mask_violations(base, out, mask_path, out / "changed.tmp.safetensors")
+    agr = agreement(full, out, tolerances)
+    sp_sub = sparsity_vs(base, out, (0.0,))
+    n_stored = sum(int(v.numel()) for v in mask.values())
+    density = sum(int(v.sum()) for v in mask.values()) / n_stored if n_stored else float("nan")
+    wall = round(time.time() - t0, 3)
+    rec.update({"mask_violations": viol, "agreement": agr, "sparsity_subnetwork": sp_sub["sparsity"]["0"],
+                "mask_density": density, "acc_full": full_rec["acc_trained"]})
+    (out / "run.json").write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    if viol:
+        log(f"WARNING [subnetwork] {run.rel} {job.kind}: {viol} entries moved outside the mask")
+    log(f"[subnetwork] {run.rel} {job.kind}: density {density:.4f}, acc base {full_rec['acc_base']:.3f} "
+        f"full {full_rec['acc_trained']:.3f} sub {rec['acc_trained']:.3f}, agreement "
+        + " ".join(f"{k}:{v:.4f}" for k, v in agr.items()) + f", violations {viol} ({wall:.1f} s)")
+    rows = []
+    for t in tolerances:
+        rows.append({"family": run.family, "algorithm": run.algorithm, "seed": run.seed, "precision": run.precision,
+                     "mask": job.kind, "acc_base": full_rec["acc_base"], "acc_full": full_rec["acc_trained"],
+                     "acc_subnetwork": rec["acc_trained"], "tolerance": t, "agreement": agr[tol_key(t)],
+                     "data": run.data, "mask_tol": mask_tol, "mask_density": density, "mask_violations": viol,
+                     "sparsity_full": 1.0 - density if job.kind == "subnetwork" else float("nan"),
+                     "sparsity_subnetwork": sp_sub["sparsity"]["0"], "n_params": sp_sub["n_params"],
+                     "steps": rec["steps"], "wall_seconds": wall})
+    return rows
+
+
+def subnetwork_family(config: dict[str, Any], family: str, out_csv: str | Path, results: str | Path | None = None,
+                      out_root: str | Path | None = None, algorithms: list[str] | None = None,
+                      kinds: list[str] | None = None, log: Any = None) -> list[dict[str, Any]]:
+    """Every configured masked rerun of one family (one process), rows -> ``out_csv``."""
+    from rlsparsity.analysis.tables import write_csv
+
+    log = log or _print
+    results = results or config["results"]
+    out_root = out_root or results
+    st = subnetwork_settings(config)
+    jobs = [j for j in subnetwork_jobs(config) if j.run.family == family
+            and (not algorithms or j.run.algorithm in algorithms) and (not kinds or j.kind in kinds)]
+    # subnetwork before random: the random job reuses the subnetwork mask file
+    jobs.sort(key=lambda j: (j.run, MASK_KINDS.index(j.kind)))
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        rows += run_subnetwork_job(job, config, results, out_root, st["mask_tol"], st["tolerances"],
+                                   st["random_seed"], log=log)
+    write_csv(Path(out_csv), rows, SUBNETWORK_COLUMNS)
+    return rows
+
+
+def causes_train(config: dict[str, Any], family: str, results: str | Path | None = None,
+                 log: Any = None) -> list[dict[str, Any]]:
+    """Train the causes settings that no main-grid run provides (the KL variants)."""
+    log = log or _print
+    results = results or config["results"]
+    todo = causes_to_train(config, family)
+    log(f"[causes] {family}: {len(todo)} setting(s) to train, the rest reuse main-grid runs")
+    recs = []
+    for s in todo:
+        out = s.dir(results)
+        rec = train_variant(s.run, config, out, G.base_dir(s.family, results), hparams=dict(s.hparams),
+                            extra_record={"causes": {"ablation": s.ablation, "setting": s.setting, "detail": s.detail}})
+        log(f"[causes] {out}: acc {rec['acc_base']} -> {rec['acc_trained']:.3f}")
+        recs.append(rec)
+    return recs
+
+
+def causes_table(config: dict[str, Any], out_csv: str | Path, results: str | Path | None = None) -> list[dict[str, Any]]:
+    """results/tables/causes.csv: update sparsity vs base of every causes setting."""
+    from rlsparsity.analysis.diff import tol_key
+    from rlsparsity.analysis.tables import write_csv
+
+    results = results or config["results"]
+    tol = float((config.get("causes") or {}).get("tolerance", 1e-5))
+    rows = []
+    for s in causes_settings(config):
+        d = s.dir(results)
+        summ = sparsity_vs(G.base_dir(s.family, results), d, (0.0, tol))
+        rec = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+        rows.append({"family": s.family, "ablation": s.ablation, "setting": s.setting, "precision": s.precision,
+                     "sparsity": summ["sparsity"][tol_key(tol)], "tolerance": tol,
+                     "sparsity_exact": summ["sparsity"]["0"], "below_bf16_half_ulp": summ["below_bf16_half_ulp"],
+                     "algorithm": s.algorithm, "data": s.data, "seed": s.seed, "detail": s.detail,
+                     "source": s.source, "acc_base": rec.get("acc_base"), "acc_trained": rec.get("acc_trained"),
+                     "run": str(d)})
+    write_csv(Path(out_csv), rows, CAUSES_COLUMNS)
+    return rows
+
+
+# ======================================================================= CLI
+
+
+def _load(args: argparse.Namespace) -> dict[str, Any]:
+    from rlsparsity.config import load_config
+
+    cfg = load_config(args.config)
+    if getattr(args, "results", None):
+        cfg["results"] = args.results
+    return cfg
+
+
+def _cmd_subnetwork_family(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.tolerances:
+        cfg.setdefault("subnetwork", {})["tolerances"] = args.tolerances
+    if args.mask_tol is not None:
+        cfg.setdefault("subnetwork", {})["mask_tol"] = args.mask_tol
+    subnetwork_family(cfg, args.family, args.out, out_root=args.out_root, algorithms=args.algorithms,
+                      kinds=args.kinds)
+    return 0
+
+
+def _cmd_subnetwork_table(args: argparse.Namespace) -> int:
+    from rlsparsity.analysis.tables import concat_tables
+
+    concat_tables([Path(p) for p in args.inputs], Path(args.out))
+    return 0
+
+
+def _cmd_causes_train(args: argparse.Namespace) -> int:
+    causes_train(_load(args), args.family)
+    return 0
+
+
+def _cmd_causes_table(args: argparse.Namespace) -> int:
+    causes_table(_load(args), args.out)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("subnetwork-family",
+                       help="masked reruns (subnetwork + random control) of one family's full runs, compared")
+    p.add_argument("family")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--out", required=True, help="per-family CSV")
+    p.add_argument("--results", default=None, help="where base/ and runs/ are read (default: config 'results')")
+    p.add_argument("--out-root", default=None, help="where subnetwork/ is written (default: --results)")
+    p.add_argument("--algorithms", nargs="*", default=None, help="only these algorithms")
+    p.add_argument("--kinds", nargs="*", default=None, choices=MASK_KINDS)
+    p.add_argument("--tolerances", nargs="*", type=float, default=None)
+    p.add_argument("--mask-tol", type=float, default=None)
+    p.set_defaults(func=_cmd_subnetwork_family)
+
+    p = sub.add_parser("subnetwork-table", help="stack per-family subnetwork CSVs")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_subnetwork_table)
+
+    p = sub.add_parser("causes-train", help="train the causes settings no main-grid run provides (KL variants)")
+    p.add_argument("family")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--results", default=None)
+    p.set_defaults(func=_cmd_causes_train)
+
+    p = sub.add_parser("causes-table", help="update sparsity of every causes setting -> causes.csv")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--results", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_causes_table)

@@ -1,0 +1,103 @@
+"""The cluster layer: the SLURM profile + config/paper.yaml dry-run lists every job with
+no cluster present, the multi-GPU launcher, and `snakemake --lint` on the default config."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# `snakemake --lint` categories present in the rules when this test was written: style
+# advice about provenance/shared filesystems, not errors. Any other category fails the
+# test (e.g. a rule without log:, an absolute path, a missing conda env).
+KNOWN_LINTS = (
+    "Shell command directly uses variable",        # {CONFIG_JSON}/{R}: the resolved config, on purpose
+    "is a prefix of input or output file but hardcoded",  # params out/base/diff_root: shared FS assumed
+    "Mixed rules and functions in same snakefile",
+    "Path composition with '+'",
+)
+
+
+def snakemake(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(BIN / "snakemake"), "--nolock", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(out: str) -> dict[str, int]:
+    counts = {}
+    for line in out.split("Job stats:")[1].splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_slurm_profile_dry_run_of_the_paper_config(tmp_path):
+    from rlsparsity.config import load_config
+    from rlsparsity.grid import PAPER_ALGORITHMS, expand_runs
+
+    cfg = load_config(REPO / "config" / "paper.yaml")
+    runs = expand_runs(cfg)
+    assert len(cfg["families"]) == 10 and all("path" in s for s in cfg["families"].values())
+    assert len(runs) == 10 * len(PAPER_ALGORITHMS) * 3 * 2 == 420
+    # --sdm env-modules: the profile's `conda` would call `conda info` even in a dry run, and
+    # there is no conda here (on a login node there is; the rules have no envmodules).
+    # The slurm executor itself needs no sinfo/sacct for a dry run, only `jobs` (profile).
+    r = snakemake("-n", "--profile", "workflow/profiles/slurm", "--configfile", "config/paper.yaml",
+                  "--config", f"results={tmp_path / 'res'}", "--sdm", "env-modules")
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    counts = job_counts(r.stdout)
+    assert counts["base"] == 10
+    assert counts["train"] == len(runs)
+    assert sum(counts[f"analyze_{f}"] for f in cfg["families"]) == 10
+    # multi-GPU families start through accelerate (DDP); ppo/prime and 1-GPU phi3 do not
+    cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c and " train " in c]
+    acc = [c for c in cmds if "accelerate launch --config_file config/accelerate/ddp.yaml --num_processes 2 -m rlsparsity.cli train" in c]
+    multi = [x for x in runs if cfg["families"][x.family]["gpus"] > 1 and x.algorithm not in ("ppo", "prime")]
+    assert len(acc) == len(multi) == 9 * 5 * 3 * 2
+    assert all(c.rstrip().endswith("2>&1") and "--device cuda" in c for c in cmds)
+    assert not [c for c in cmds if "phi3_mini" in c and "accelerate" in c]
+    assert (tmp_path / "res" / "config.resolved.json").exists()  # written at parse time, not in results/
+
+
+def test_default_config_keeps_the_single_process_cpu_command(tmp_path):
+    r = snakemake("-n", "-p", "--cores", "2", "--config", f"results={tmp_path / 'res'}", "--", "train_all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c and "rlsparsity train " in c]
+    assert cmds and not any("accelerate" in c or "--device" in c for c in cmds)
+    assert cmds[0].split("Shell command: ")[1].startswith("OMP_NUM_THREADS=1 rlsparsity train ")
+
+
+def test_lint_of_the_default_config_has_only_known_style_advice(tmp_path):
+    r = snakemake("--lint", "--config", f"results={tmp_path / 'res'}")
+    out = r.stdout + r.stderr
+    assert "Error" not in out and "Traceback" not in out, out[-3000:]
+    findings = re.findall(r"^    \* (.+?):?$", out, flags=re.M)
+    unknown = [f for f in findings if not any(k in f for k in KNOWN_LINTS)]
+    assert not unknown, unknown
+
+
+def test_profile_and_accelerate_config_are_complete():
+    prof = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert prof["executor"] == "slurm" and prof["software-deployment-method"] == "conda"
+    assert {"slurm_account", "slurm_partition", "mem_mb", "runtime"} <= set(prof["default-resources"])
+    assert {"base", "train"} <= set(prof["set-resources"])
+    assert all(k.startswith(("analyze_", "base", "train", "accuracy", "analysis")) for k in prof["set-resources"])
+    paper_fams = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["families"]
+    assert {f"analyze_{f}" for f in paper_fams} <= set(prof["set-resources"])
+    acc = yaml.safe_load((REPO / "config" / "accelerate" / "ddp.yaml").read_text())
+    assert acc["distributed_type"] == "MULTI_GPU" and acc["mixed_precision"] == "no"
+    for env in ("train", "analysis"):
+        pip = next(d["pip"] for d in yaml.safe_load((REPO / "envs" / f"{env}.yaml").read_text())["dependencies"]
+                   if isinstance(d, dict))
+        assert not [p for p in pip if p.startswith("-e")]  # relative paths break in .snakemake/conda/
+        assert "pip install --no-deps -e ." in (REPO / "envs" / f"{env}.post-deploy.sh").read_text()
