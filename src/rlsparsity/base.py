@@ -84,7 +84,7 @@ def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dic
         if step % eval_every == 0 or step == max_steps:
             val_acc = evaluate(model, tok, task, task.val, n=eval_n)["accuracy"]
             history.append({"step": step, "loss": loss.item(), "val_accuracy": val_acc})
-            log(f"[base {family}] step {step} loss {float(loss):.3f} val_acc {val_acc:.3f}")
+            log(f"[base {family}] step {step} loss {loss.item():.3f} val_acc {val_acc:.3f}")
             if val_acc >= target_accuracy:
                 break
     save_model(model, tok, out, "bf16")
