@@ -105,6 +105,17 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """Write ``rows`` to ``--out`` as CSV; print them as JSON with ``--json`` or without ``--out``."""
+    from rlsparsity.analysis.tables import write_csv
+
+    if args.out:
+        write_csv(Path(args.out), rows)
+    if args.json or not args.out:
+        _print_json(rows)
+    return 0
+
+
 def cmd_overlap(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.overlap import mask_file, overlap_masks
     from rlsparsity.analysis.tables import write_csv
@@ -121,28 +132,19 @@ def cmd_overlap(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.layers import layer_table
-    from rlsparsity.analysis.tables import read_csv, write_csv
+    from rlsparsity.analysis.tables import read_csv
 
     rows = read_csv(Path(args.tensors_csv))
     tols = [c[len("changed_"):] for c in (rows[0] if rows else {}) if c.startswith("changed_")]
     table = layer_table(rows, tols)
-    if args.out:
-        write_csv(Path(args.out), table)
-    if args.json or not args.out:
-        _print_json(table)
-    return 0
+    return _emit(table, args)
 
 
 def cmd_dynamics(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.dynamics import run_dynamics
-    from rlsparsity.analysis.tables import write_csv
 
     rows = run_dynamics(args.base, Path(args.run_dir), tuple(args.tolerances), args.threads)
-    if args.out:
-        write_csv(Path(args.out), rows)
-    if args.json or not args.out:
-        _print_json(rows)
-    return 0
+    return _emit(rows, args)
 
 
 def cmd_analyze_family(args: argparse.Namespace) -> int:
