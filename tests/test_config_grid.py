@@ -51,10 +51,33 @@ def test_grid_expansion_exact_count():
     assert G.parse_run_dir(r.dir("x/results")) == r
 
 
+def test_grouping_partitions_the_runs_into_jobs():
+    cfg = {"families": {"a": {}, "b": {}}, "grids": [
+        {"families": "all", "algorithms": ["grpo", "dpo"], "seeds": [1, 2], "precisions": ["bf16"],
+         "data": ["on_policy"]},
+        {"families": ["a"], "algorithms": ["dpo"], "seeds": [1], "precisions": ["fp32"], "data": ["on_policy"]},
+    ]}
+    runs = G.expand_runs(cfg)
+    groups = G.group_runs(runs, ["family", "precision", "seed"])
+    assert list(groups) == ["family=a,precision=bf16,seed=1", "family=a,precision=bf16,seed=2",
+                            "family=a,precision=fp32,seed=1", "family=b,precision=bf16,seed=1",
+                            "family=b,precision=bf16,seed=2"]
+    assert [r.algorithm for r in groups["family=a,precision=bf16,seed=1"]] == ["dpo", "grpo"]
+    assert sorted(r for g in groups.values() for r in g) == runs  # a partition: every run exactly once
+    assert G.runs_in_group(runs, "family=a,precision=fp32,seed=1") == [G.Run("a", "dpo", "on_policy", "fp32", 1)]
+    assert G.group_runs(runs, []) == {"": runs}
+    assert len(G.group_runs(runs, G.GROUP_FIELDS)) == len(runs)
+    with pytest.raises(ValueError, match="unknown run field"):
+        G.group_runs(runs, ["familly"])
+    with pytest.raises(ValueError, match="bad group"):
+        G.runs_in_group(runs, "fam=a")
+
+
 @pytest.mark.parametrize("mutate,match", [
     (lambda c: c.update(trian={}), r"<top level>: Additional properties are not allowed \('trian'"),
     (lambda c: c["grids"][0].update(precisions=["fp16"]), r"grids\.0\.precisions\.0: 'fp16' is not one of"),
     (lambda c: c["train"].update(steps=0), r"train\.steps: 0 is less than the minimum of 1"),
+    (lambda c: c["train"].update(group_by=["famly"]), r"train\.group_by\.0: 'famly' is not one of"),
     (lambda c: c["grids"][0].update(algorithms=["ppo2"]), r"grids\.0\.algorithms\.0"),
     (lambda c: c["families"]["llama"].update(hidden=3), r"families\.llama: Additional properties"),
     (lambda c: c["base"].update(target_accuracy=0.95), r"base\.target_accuracy"),

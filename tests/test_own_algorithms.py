@@ -57,7 +57,7 @@ class DigitTask:
 def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DigitTask]:
     torch_threads()
     task = DigitTask()
-    corpus = task_corpus(task) + [f"user: What is {a} + {b}?\nassistant: Answer: {a + b}"
+    corpus = task_corpus(task) + [f"user: What is {a} + {b}?\nassistant:\nAnswer: {a + b}"
                                   for a in range(20) for b in range(20)]
     tok = build_tokenizer(corpus)
     model = F.build_tiny("llama", len(tok), special_ids(tok))
@@ -88,7 +88,7 @@ def test_logprobs_left_padding_matches_unpadded_and_sampler(base: tuple[Path, Di
     folder, task = base
     torch.manual_seed(0)
     model, tok = load_model(folder, "fp32"), load_tokenizer(folder)
-    prompts = [task.prompt(task.train[0], tok), "user: hi\nassistant: "]
+    prompts = [task.prompt(task.train[0], tok), "user: hi\nassistant:\n"]
     ro = sample(model, tok, prompts, n=2, max_new_tokens=6, temperature=0.7)
     assert ro.input_ids.shape[0] == 4 and ro.group.tolist() == [0, 0, 1, 1]
     # tokens after EOS are pad and masked; attention covers exactly prompt + kept completion

@@ -1,5 +1,5 @@
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlsparsity.tasks import Task, TaskError, extract_answer, get_task
 from rlsparsity.tokenizer import build_tokenizer, task_corpus
@@ -17,8 +17,45 @@ def test_tokenizer_round_trip_and_reload(tmp_path, task):
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again(text, add_special_tokens=False)["input_ids"] == ids
     assert again.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                     add_generation_prompt=True) == "user: hi\nassistant: "
+                                     add_generation_prompt=True) == "user: hi\nassistant:\n"
     assert build_tokenizer(task_corpus(task)).get_vocab() == tok.get_vocab()  # deterministic
+
+
+def test_prompt_and_completion_tokenize_apart_as_together(task, tmp_path):
+    """What generation sees (prompt ids, then sampled ids) must be what the offline trainers
+    train on: TRL tokenizes prompt + completion jointly. A prompt ending in a space broke
+    this (" Answer" merged across the boundary) and made dpo/kto/orpo/sft train on a
+    context that evaluation never shows."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from rlsparsity.families import build_tiny
+    from rlsparsity.tokenizer import special_ids
+
+    tok = build_tokenizer(task_corpus(task))
+    for e in task.test[:20]:
+        p, c = task.prompt(e, tok), task.solution(e)
+        joint = tok(p + c, add_special_tokens=False)["input_ids"]
+        apart = tok(p, add_special_tokens=False)["input_ids"] + tok(c, add_special_tokens=False)["input_ids"]
+        assert joint == apart, (p, c)
+    e = task.test[0]
+    row = {"prompt": task.prompt(e, tok), "chosen": task.solution(e), "rejected": "Answer: 1"}
+    build_tiny("llama", len(tok), special_ids(tok)).save_pretrained(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    args = DPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=False)
+    ex = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok).train_dataset[0]
+    assert ex["prompt_ids"] == tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    assert ex["chosen_ids"] == tok(row["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    # ORPO and SimPO (CPO) prepend the tokenizer's bos_token_id when it has one: it has none
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    args = ORPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=False, max_length=64)
+    ex = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok).train_dataset[0]
+    assert tok.bos_token is None
+    assert ex["prompt_input_ids"] == tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    assert ex["chosen_input_ids"][: len(ex["prompt_input_ids"])] == ex["prompt_input_ids"]
+    assert [t for t in ex["chosen_labels"] if t != -100] == \
+        tok(row["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -69,5 +106,5 @@ def test_unknown_task_and_too_small_generator():
 def test_prompt_uses_chat_template_and_instruction(task):
     tok = build_tokenizer(task_corpus(task))
     p = task.prompt({"question": "Calculate 1 + 2."}, tok)
-    assert p == "user: Calculate 1 + 2. Give the final answer as 'Answer: <number>'.\nassistant: "
+    assert p == "user: Calculate 1 + 2. Give the final answer as 'Answer: <number>'.\nassistant:\n"
     assert isinstance(task, Task)

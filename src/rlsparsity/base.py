@@ -53,7 +53,7 @@ def sft_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int, device: Any
 def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dict[str, Any] | None = None,
                     seed: int = 0, max_steps: int = 3000, batch_size: int = 32, lr: float = 3e-3,
                     eval_every: int = 100, eval_n: int = 200, target_accuracy: float = 0.45,
-                    log: Any = print) -> dict[str, Any]:
+                    log: Any = print, test_n: int | None = None) -> dict[str, Any]:
     import torch
 
     from rlsparsity.tokenizer import build_tokenizer, special_ids, task_corpus
@@ -89,7 +89,7 @@ def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dic
                 break
     save_model(model, tok, out, "bf16")
     stored = load_model(out, "fp32")
-    test = evaluate(stored, tok, task, n=eval_n)
+    test = evaluate(stored, tok, task, n=test_n or eval_n)
     metrics = {
         "family": family, "kind": "tiny", "task": task.name, "accuracy": test["accuracy"],
         "mean_reward": test["mean_reward"], "val_accuracy": val_acc, "n_test": test["n"],
@@ -141,9 +141,10 @@ def build_base(family: str, config: dict[str, Any], out_dir: str | Path) -> dict
     if F.is_tiny(family) and "path" not in spec:
         m = train_tiny_base(family, task, out_dir, spec, seed=b["seed"], max_steps=b["max_steps"],
                             batch_size=b["batch_size"], lr=b["lr"], eval_every=b["eval_every"],
-                            eval_n=b["eval_n"], target_accuracy=b["target_accuracy"])
-    else:
-        m = build_pretrained_base(family, task, out_dir, spec, eval_n=b["eval_n"], seed=b["seed"])
+                            eval_n=b["eval_n"], target_accuracy=b["target_accuracy"],
+                            test_n=config["train"]["eval_n"])
+    else:  # held-out accuracy on the same problems the trained runs are scored on
+        m = build_pretrained_base(family, task, out_dir, spec, eval_n=config["train"]["eval_n"], seed=b["seed"])
     m["experiment"] = config.get("experiment")
     write_json(Path(out_dir) / "metrics.json", m)
     return m

@@ -110,3 +110,43 @@ def parse_run_dir(path: str | Path) -> Run:
     if not seed.startswith("seed"):
         raise ValueError(f"not a run folder: {path}")
     return Run(fam, alg, data, prec, int(seed[4:]))
+
+
+#: Run fields a training job may be grouped by (config ``train.group_by``).
+GROUP_FIELDS: tuple[str, ...] = ("family", "algorithm", "data", "precision", "seed")
+
+
+def group_key(run: Run, fields: Iterable[str]) -> str:
+    """``family=llama,precision=bf16,seed=1`` for ``fields = [family, precision, seed]``;
+    ``""`` (one group of everything) for no fields."""
+    d = run.as_dict()
+    return ",".join(f"{f}={d[f]}" for f in fields)
+
+
+def parse_group_key(key: str) -> dict[str, str]:
+    """Inverse of :func:`group_key`; raises ``ValueError`` naming a bad field."""
+    out: dict[str, str] = {}
+    for part in filter(None, key.split(",")):
+        field, sep, value = part.partition("=")
+        if not sep or field not in GROUP_FIELDS:
+            raise ValueError(f"bad group {key!r}: expected FIELD=VALUE pairs with FIELD in {GROUP_FIELDS}")
+        out[field] = value
+    return out
+
+
+def group_runs(runs: Iterable[Run], fields: Iterable[str]) -> dict[str, list[Run]]:
+    """Partition runs into training jobs: runs that agree on ``fields`` share one process
+    (torch + transformers + trl take ~7-10 s to import; a tiny run trains in 3-10 s)."""
+    fields = list(fields)
+    bad = [f for f in fields if f not in GROUP_FIELDS]
+    if bad:
+        raise ValueError(f"train.group_by: unknown run field(s) {bad}; choose from {list(GROUP_FIELDS)}")
+    groups: dict[str, list[Run]] = {}
+    for r in sorted(runs):
+        groups.setdefault(group_key(r, fields), []).append(r)
+    return groups
+
+
+def runs_in_group(runs: Iterable[Run], key: str) -> list[Run]:
+    want = parse_group_key(key)
+    return [r for r in sorted(runs) if all(str(r.as_dict()[f]) == v for f, v in want.items())]

@@ -17,6 +17,13 @@ from rlsparsity.modeling import generate, max_new_tokens_for
 from rlsparsity.tasks import Task
 
 
+#: On-policy samples already drawn in this process, keyed by (model folder, dtype, device,
+#: task, prompts, k, seed): dpo, kto, orpo, simpo and sft of one group job (same base,
+#: precision and seed) label the same samples, so they are drawn once. Drawing them
+#: again gives the same result (seeded), so the cache changes no run.
+_SAMPLES: dict[tuple[Any, ...], list[Any]] = {}
+
+
 def sample_labelled(model: Any, tokenizer: Any, task: Task, entries: list[dict[str, Any]], k: int,
                     temperature: float = 1.0) -> list[tuple[dict[str, Any], str, list[str], list[float]]]:
     """For each entry: (entry, prompt, k sampled completions, their rewards)."""
@@ -56,8 +63,17 @@ def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, 
     elif data == "on_policy":
         import torch
 
-        torch.manual_seed(seed)
-        samples = sample_labelled(model, tokenizer, task, entries, k)
+        p0 = next(model.parameters())
+        key = (getattr(model.config, "_name_or_path", None), str(p0.dtype), str(p0.device),
+               task.name, tuple(e["question"] for e in entries), k, seed)
+        samples = _SAMPLES.get(key) if key[0] else None
+        if samples is None:
+            torch.manual_seed(seed)
+            samples = sample_labelled(model, tokenizer, task, entries, k)
+            if len(_SAMPLES) >= 8:
+                _SAMPLES.clear()
+            if key[0]:  # a model loaded from a folder (not one built in memory)
+                _SAMPLES[key] = samples
         n_correct = sum(sum(r) for *_, r in samples)
         stats["sample_accuracy"] = n_correct / max(1, len(entries) * k)
         for e, p, cs, rs in samples:

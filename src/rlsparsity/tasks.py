@@ -83,10 +83,12 @@ class Task:
         return self.spec.name
 
     @cached_property
-    def _dataset(self) -> Any:
+    def _scorer(self) -> Any:
+        return self._dataset(1)
+
+    def _dataset(self, size: int) -> Any:
         import reasoning_gym
 
-        size = 2 * (self.n_train + 2 * self.n_test) + 100
         kw = {**self.spec.kwargs, **self.extra_kwargs}
         return reasoning_gym.create_dataset(self.spec.dataset, size=size, seed=self.seed, **kw)
 
@@ -94,8 +96,20 @@ class Task:
     def _splits(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """Test = the first ``n_test`` distinct questions; validation (early stopping of
         base training) = the next ``n_test`` distinct ones; train = later items whose
-        question is in neither (duplicates allowed: train is a sampling stream)."""
-        ds = self._dataset
+        question is in neither (duplicates allowed: train is a sampling stream).
+
+        reasoning-gym item i depends only on (seed, i), so a longer stream has the same
+        prefix: the stream is doubled until the splits fill, and splits that fit the first
+        size are unchanged by the retries."""
+        size = 2 * (self.n_train + 2 * self.n_test) + 100
+        for _ in range(5):
+            try:
+                return self._split(self._dataset(size))
+            except TaskError:
+                size *= 2
+        return self._split(self._dataset(size))
+
+    def _split(self, ds: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         held: list[list[dict[str, Any]]] = [[], []]
         seen: set[str] = set()
         i = 0
@@ -156,7 +170,7 @@ class Task:
         if ans is None:
             return 0.0
         try:
-            s = float(self._dataset.score_answer(ans, entry))
+            s = float(self._scorer.score_answer(ans, entry))
         except Exception:  # a scorer that chokes on odd input means "wrong"
             return 0.0
         return 1.0 if s >= 1.0 else 0.0

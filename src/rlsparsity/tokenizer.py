@@ -16,8 +16,13 @@ from typing import Any, Iterable
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
+    "{% if add_generation_prompt %}assistant:\n{% endif %}"
 )
+# The generation prompt ends in a newline, not a space: the byte-level pre-tokenizer never
+# merges across a newline, so tokenize(prompt + completion) == tokenize(prompt) +
+# tokenize(completion). TRL's offline trainers tokenize the two jointly; with a trailing
+# space they would train " Answer" after "assistant:" while generation sees "assistant: "
+# + "Answer" (tested in tests/test_tokenizer_tasks.py).
 DEFAULT_VOCAB = 320
 
 
@@ -37,8 +42,12 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = DEFAULT_VOCAB) -> A
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     core.train_from_iterator(list(corpus), trainer=trainer)
+    # "<bos>" stays in the vocabulary but is not the tokenizer's bos_token: nothing here
+    # (base SFT, generation, GRPO/DPO/KTO/SFT) puts it in front of a prompt, and TRL's
+    # experimental ORPO/CPO trainers prepend bos_token_id whenever one is set, which trained
+    # them in a context (BOS + shifted positions) that evaluation never shows.
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
         unk_token="<unk>", padding_side="left", model_max_length=256,
     )
     tok.chat_template = CHAT_TEMPLATE
@@ -49,12 +58,12 @@ def task_corpus(task: Any) -> list[str]:
     """The text a tiny tokenizer is trained on: chat-formatted prompts + solutions."""
     from rlsparsity.tasks import INSTRUCTION
 
-    users = [f"user: {e['question']} {INSTRUCTION}\nassistant: {task.solution(e)}" for e in task.train]
+    users = [f"user: {e['question']} {INSTRUCTION}\nassistant:\n{task.solution(e)}" for e in task.train]
     return users
 
 
 def special_ids(tok: Any) -> dict[str, int]:
-    return {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+    return {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.convert_tokens_to_ids("<bos>"),
             "eos_token_id": tok.eos_token_id}
 
 

@@ -81,6 +81,23 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     return record
 
 
+def train_group(config: dict[str, Any], key: str, device: str = "cpu") -> list[dict[str, Any]]:
+    """Train every run of the config's grid in group ``key`` (see :func:`rlsparsity.grid.group_runs`)
+    one after the other in this process. Each run seeds itself, so its weights are the
+    same as when it is trained alone (tested)."""
+    runs = G.runs_in_group(G.expand_runs(config), key)
+    if not runs:
+        raise ValueError(f"group {key!r} matches no run of the config's grids")
+    records = []
+    for i, run in enumerate(runs, 1):
+        t0 = time.time()
+        rec = train_run(run, config, device=device)
+        print(json.dumps({"run": run.rel, "index": f"{i}/{len(runs)}", "seconds": round(time.time() - t0, 2),
+                          **{k: rec.get(k) for k in ("acc_base", "acc_trained", "seconds_per_step")}}), flush=True)
+        records.append(rec)
+    return records
+
+
 def accuracy_table(config: dict[str, Any], out_csv: str | Path) -> Any:
     """``results/tables/accuracy.csv``: one row per run."""
     import pandas as pd
@@ -109,6 +126,13 @@ def _cmd_train_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_group(args: argparse.Namespace) -> int:
+    from rlsparsity.config import load_config
+
+    train_group(load_config(args.config), args.group, device=args.device)
+    return 0
+
+
 def _cmd_accuracy_table(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
 
@@ -126,6 +150,15 @@ def register(sub: Any) -> None:
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_train_run)
+
+    p = sub.add_parser("train-group", help="train every run of one group in one process "
+                                           "(saves the torch/transformers/trl start-up per run)")
+    p.add_argument("--group", required=True,
+                   help="FIELD=VALUE[,FIELD=VALUE...] over family/algorithm/data/precision/seed, "
+                        "e.g. family=llama,precision=bf16,seed=1")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_train_group)
 
     p = sub.add_parser("accuracy-table", help="collect run.json files into accuracy.csv")
     p.add_argument("--config", default="config/config.yaml")

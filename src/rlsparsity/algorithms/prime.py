@@ -41,7 +41,7 @@ What a "step" is
 ----------------
 ``spec.steps`` counts POLICY optimiser steps, as for PPO: a rollout batch of B rows
 (B = kept prompts × K) gives ``epochs × ceil(B / minibatch_size)`` policy steps (defaults:
-1 × 16/8 = 2 when all prompts pass the filter); PRM optimiser steps happen once per
+1 × 64/32 = 2 when all prompts pass the filter); PRM optimiser steps happen once per
 rollout batch, before the policy steps, and are not counted.
 
 What it leaves out
@@ -71,11 +71,11 @@ DEFAULTS: dict[str, Any] = {
     "lr": 1e-4,                  # policy AdamW learning rate (tiny bases; as the TRL-backed grpo/rloo)
     "weight_decay": 0.0,
     "prm_lr": 2e-4,              # implicit-PRM learning rate (paper: 2x the policy's, 1e-6 vs 5e-7)
-    "prompts_per_rollout": 4,
-    "samples_per_prompt": 4,     # K (paper: 4); B = 16 rows when every prompt passes the filter
+    "prompts_per_rollout": 16,
+    "samples_per_prompt": 4,     # K (paper: 4); B = 64 rows when every prompt passes the filter
     "oversample": 2,             # prompts sampled per kept prompt, for the accuracy filter
     "accuracy_filter": [0.2, 0.8],  # keep prompts with lo <= group accuracy <= hi; None: no filter
-    "minibatch_size": 8,
+    "minibatch_size": 32,
     "epochs": 1,                 # policy passes over each rollout batch (PRIME: 1)
     "prm_beta": 0.05,            # β of the implicit reward (paper: 0.05)
     "prm_minibatch_size": None,  # None: the whole rollout batch is one PRM step
