@@ -25,7 +25,7 @@ from rlsparsity.modeling import load_model, load_tokenizer, save_model, torch_th
 from rlsparsity.tokenizer import build_tokenizer, special_ids, task_corpus
 
 ALGOS = {"ppo": ppo, "prime": prime}
-FAST = {"max_new_tokens": 8, "lr": 3e-3}
+FAST = {"max_new_tokens": 8, "lr": 3e-3, "prompts_per_rollout": 4, "minibatch_size": 8}  # small rollouts: fast tests
 
 
 class DigitTask:
