@@ -113,3 +113,27 @@ def test_report_renders_in_headless_chromium(report_dag):
     assert gray.std() > 0.03  # not a blank page
     assert (gray < 0.5).mean() > 0.005  # text, the search box and the DAG were drawn
     assert len(np.unique((img * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_accuracy_verdict_needs_every_paper_algorithm_up():
+    import pandas as pd
+
+    from rlsparsity.figures.summary import FAILS, HOLDS, section_accuracy
+    from rlsparsity.grid import PAPER_ALGORITHMS
+
+    def table(kto_delta: float) -> pd.DataFrame:
+        rows = [{"family": f, "algorithm": a, "data": "on_policy", "precision": "bf16", "seed": 1,
+                 "acc_base": 0.30, "acc_trained": 0.30 + (kto_delta if a == "kto" else 0.01)}
+                for a in PAPER_ALGORITHMS for f in ("x", "y")]
+        # an fp32 llama row that went down must not count: the verdict is on the main (most runs) grid
+        rows.append({"family": "x", "algorithm": "dpo", "data": "on_policy", "precision": "fp32", "seed": 1,
+                     "acc_base": 0.30, "acc_trained": 0.10})
+        return pd.DataFrame(rows)
+
+    for kto, want in ((0.02, HOLDS), (-0.02, FAILS)):
+        V: list = []
+        text = "\n".join(section_accuracy(table(kto), V))
+        v = [x for x in V if x["claim"].startswith("Every paper algorithm")][0]
+        assert v["verdict"] == want, v
+        assert ("7/7" if want == HOLDS else "6/7") in v["ours"]
+        assert "| kto | 2 | 2 |" in text

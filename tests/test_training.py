@@ -137,3 +137,20 @@ def test_group_of_runs_in_one_process_equals_runs_trained_alone(trained_base, tm
     assert rec["steps"] == 3 and rec["precision"] == "fp32" and 0.0 <= rec["acc_trained"] <= 1.0
     with pytest.raises(ValueError, match="matches no run"):
         train_group(_group_config(tmp_path / "grouped"), "family=llama,seed=9")
+
+
+def test_accuracy_by_algorithm_exact_values():
+    import pandas as pd
+
+    from rlsparsity.train import accuracy_by_algorithm
+
+    df = pd.DataFrame({
+        "family": ["a", "b", "c", "a"], "algorithm": ["dpo", "dpo", "dpo", "ppo"], "data": ["on_policy"] * 4,
+        "precision": ["bf16"] * 4, "seed": [1, 1, 1, 1],
+        "acc_base": [0.20, 0.30, 0.25, 0.20], "acc_trained": [0.23, 0.29, 0.25, 0.21]})
+    t = accuracy_by_algorithm(df).set_index("algorithm")
+    dpo = t.loc["dpo"]
+    assert dpo["n_runs"] == 3 and (dpo["n_up"], dpo["n_down"], dpo["n_same"]) == (1, 1, 1)
+    assert dpo["delta_mean"] == pytest.approx((0.03 - 0.01 + 0.0) / 3)
+    assert dpo["delta_se"] == pytest.approx(pd.Series([0.03, -0.01, 0.0]).std(ddof=1) / 3 ** 0.5)
+    assert t.loc["ppo", "n_runs"] == 1 and pd.isna(t.loc["ppo", "delta_se"])

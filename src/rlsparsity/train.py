@@ -98,8 +98,9 @@ def train_group(config: dict[str, Any], key: str, device: str = "cpu") -> list[d
     return records
 
 
-def accuracy_table(config: dict[str, Any], out_csv: str | Path) -> Any:
-    """``results/tables/accuracy.csv``: one row per run."""
+def accuracy_table(config: dict[str, Any], out_csv: str | Path, by_algorithm_csv: str | Path | None = None) -> Any:
+    """``results/tables/accuracy.csv``: one row per run (and, if asked, the per-algorithm summary
+    :func:`accuracy_by_algorithm` as ``accuracy_by_algorithm.csv``)."""
     import pandas as pd
 
     rows = []
@@ -111,7 +112,25 @@ def accuracy_table(config: dict[str, Any], out_csv: str | Path) -> Any:
     df = pd.DataFrame(rows)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
+    if by_algorithm_csv is not None:
+        accuracy_by_algorithm(df).to_csv(by_algorithm_csv, index=False)
     return df
+
+
+def accuracy_by_algorithm(df: Any) -> Any:
+    """Per (precision, data, algorithm): mean held-out accuracy before/after, the mean change
+    with its standard error over runs, and how many runs went up / down / stayed."""
+    import pandas as pd
+
+    out = []
+    for (prec, data, alg), g in df.groupby(["precision", "data", "algorithm"], sort=True):
+        d = g["acc_trained"] - g["acc_base"]
+        n = len(d)
+        out.append({"precision": prec, "data": data, "algorithm": alg, "n_runs": n,
+                    "acc_base": g["acc_base"].mean(), "acc_trained": g["acc_trained"].mean(),
+                    "delta_mean": d.mean(), "delta_se": d.std(ddof=1) / n ** 0.5 if n > 1 else float("nan"),
+                    "n_up": int((d > 0).sum()), "n_down": int((d < 0).sum()), "n_same": int((d == 0).sum())})
+    return pd.DataFrame(out)
 
 
 def _cmd_train_run(args: argparse.Namespace) -> int:
@@ -136,7 +155,7 @@ def _cmd_train_group(args: argparse.Namespace) -> int:
 def _cmd_accuracy_table(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
 
-    accuracy_table(load_config(args.config), args.out)
+    accuracy_table(load_config(args.config), args.out, args.by_algorithm)
     return 0
 
 
@@ -163,4 +182,5 @@ def register(sub: Any) -> None:
     p = sub.add_parser("accuracy-table", help="collect run.json files into accuracy.csv")
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--out", required=True)
+    p.add_argument("--by-algorithm", default=None, help="also write the per-algorithm summary CSV here")
     p.set_defaults(func=_cmd_accuracy_table)

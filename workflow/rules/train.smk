@@ -107,7 +107,8 @@ rule accuracy_table:
     input:
         [f"{run_dir(r)}/run.json" for r in RUNS],
     output:
-        f"{R}/tables/accuracy.csv",
+        runs=f"{R}/tables/accuracy.csv",
+        by_algorithm=f"{R}/tables/accuracy_by_algorithm.csv",
     log:
         f"{R}/logs/tables/accuracy.log",
     benchmark:
@@ -118,7 +119,8 @@ rule accuracy_table:
     conda:
         f"{ENVS}/train.yaml"
     shell:
-        "rlsparsity accuracy-table --config {CONFIG_JSON} --out {output} > {log} 2>&1"
+        "rlsparsity accuracy-table --config {CONFIG_JSON} --out {output.runs} "
+        "--by-algorithm {output.by_algorithm} > {log} 2>&1"
 
 
 TARGETS["train"] = [f"{R}/tables/accuracy.csv"]
