@@ -154,3 +154,40 @@ def test_accuracy_by_algorithm_exact_values():
     assert dpo["delta_mean"] == pytest.approx((0.03 - 0.01 + 0.0) / 3)
     assert dpo["delta_se"] == pytest.approx(pd.Series([0.03, -0.01, 0.0]).std(ddof=1) / 3 ** 0.5)
     assert t.loc["ppo", "n_runs"] == 1 and pd.isna(t.loc["ppo", "delta_se"])
+
+
+def test_snap_to_bf16_rounds_to_nearest_even():
+    from rlsparsity.modeling import snap_to_bf16
+
+    lin = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():  # bf16 spacing at 1.0 is 2^-7: 2^-9 and 2^-8 are below / exactly half an ulp
+        lin.weight.copy_(torch.tensor([[1.0 + 2**-9, 1.0 + 2**-8, 1.0 + 3 * 2**-8, -(2.0 + 2**-7)]]))
+    snap_to_bf16(lin, "fp32")  # other precisions: untouched
+    assert lin.weight[0, 0].item() == 1.0 + 2**-9
+    snap_to_bf16(lin, "bf16")
+    assert lin.weight.tolist() == [[1.0, 1.0, 1.0 + 2**-6, -2.0]]  # ties go to the even mantissa
+
+
+def test_bf16_run_on_cpu_computes_in_fp32_but_stays_on_the_bf16_grid(trained_base, task, tmp_path, monkeypatch):
+    """CPU bf16 runs hold bf16 values in fp32 tensors and round after every step: the weights
+    in the resume state (the live training tensors) are exactly bf16 numbers, and the share of
+    entries the update leaves unchanged matches a native bf16-tensor run within a few points."""
+    from rlsparsity.modeling import bf16_compute
+
+    assert bf16_compute("cpu") == "fp32" and bf16_compute("cuda:0") == "native"
+    spec = spec_for("sft", trained_base, tmp_path / "emu", task, precision="bf16", steps=4, checkpoint_every=2,
+                    hparams={"lr": 1e-3}, stop_after=2)
+    with pytest.raises(Interrupted):
+        get_algorithm("sft")(spec)
+    live = load_file(str(tmp_path / "emu" / "resume" / "checkpoint-2" / "model.safetensors"))  # Trainer's own save
+    assert {t.dtype for t in live.values()} == {torch.float32}
+    assert all(torch.equal(t, t.bfloat16().float()) for t in live.values())
+    get_algorithm("sft")(spec_for("sft", trained_base, tmp_path / "emu", task, precision="bf16", steps=4,
+                                  checkpoint_every=2, hparams={"lr": 1e-3}))
+    monkeypatch.setenv("RLSPARSITY_BF16_COMPUTE", "native")
+    get_algorithm("sft")(spec_for("sft", trained_base, tmp_path / "nat", task, precision="bf16", steps=4,
+                                  checkpoint_every=2, hparams={"lr": 1e-3}))
+    base = weights(trained_base)
+    n = sum(t.numel() for t in base.values())
+    unchanged = {k: 1 - n_changed(base, weights(tmp_path / k)) / n for k in ("emu", "nat")}
+    assert 0.05 < unchanged["emu"] < 0.95 and abs(unchanged["emu"] - unchanged["nat"]) < 0.05, unchanged

@@ -3,7 +3,14 @@
 Precision axis (SPEC §3). Every base checkpoint is stored in bf16, as released models
 are, so all three precisions start from exactly the same values:
 
-* ``bf16``        parameters, gradients and optimiser updates in bf16; saved bf16.
+* ``bf16``        parameters live on the bf16 grid and every optimiser step is rounded to it
+                  (no fp32 master copy: sub-ulp updates are lost); saved bf16. On GPU the
+                  tensors are bf16 (native). On CPU the values are the same bf16 numbers held in
+                  fp32 tensors, compute/gradients/AdamW moments are fp32 and the parameters are
+                  rounded to bf16 after each step (:func:`snap_to_bf16`): CPUs without a bf16
+                  matrix unit (AVX2) run bf16 matmuls ~17x slower than fp32. Set
+                  ``RLSPARSITY_BF16_COMPUTE=native`` for bf16 tensors on CPU too; run.json
+                  records which (``bf16_compute``).
 * ``fp32-master`` parameters and optimiser in fp32; the checkpoint is rounded to bf16.
 * ``fp32``        fp32 throughout; saved fp32 (diffed exactly against the bf16 base).
 """
@@ -28,10 +35,38 @@ def torch_threads() -> None:
     torch.set_num_threads(max(1, n))
 
 
-def train_dtype(precision: str) -> Any:
+def bf16_compute(device: str = "cpu") -> str:
+    """How a ``bf16`` run computes: ``native`` (bf16 tensors) or ``fp32`` (bf16 values in fp32
+    tensors, rounded to bf16 after every optimiser step). ``RLSPARSITY_BF16_COMPUTE`` =
+    auto (default: native on CUDA, fp32 elsewhere) | native | fp32."""
+    mode = os.environ.get("RLSPARSITY_BF16_COMPUTE", "auto")
+    if mode not in ("auto", "native", "fp32"):
+        raise ValueError(f"RLSPARSITY_BF16_COMPUTE={mode!r}: expected auto, native or fp32")
+    if mode == "auto":
+        return "native" if str(device).startswith("cuda") else "fp32"
+    return mode
+
+
+def train_dtype(precision: str, device: str = "cpu") -> Any:
     import torch
 
+    if precision == "bf16" and bf16_compute(device) == "fp32":
+        return torch.float32
     return getattr(torch, PRECISION_DTYPES[precision])
+
+
+def snap_to_bf16(model: Any, precision: str) -> None:
+    """After an optimiser step of a ``bf16`` run held in fp32 tensors: round every parameter
+    to the nearest bf16 value (round-to-nearest-even, as a bf16 tensor update would). A no-op
+    for other precisions and for native bf16 tensors."""
+    import torch
+
+    if precision != "bf16":
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype == torch.float32:
+                p.copy_(p.to(torch.bfloat16))
 
 
 def save_dtype(precision: str) -> Any:
@@ -47,8 +82,10 @@ def load_model(folder: str | Path, precision: str = "fp32", device: str = "cpu")
     path = Path(folder)
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=train_dtype(precision))
-    return model.to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=train_dtype(precision, device))
+    model = model.to(device)
+    snap_to_bf16(model, precision)  # a bf16 run starts on the bf16 grid whatever the folder holds
+    return model
 
 
 def load_tokenizer(folder: str | Path) -> Any:

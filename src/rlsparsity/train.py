@@ -39,7 +39,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
               device: str = "cpu", stop_after: int | None = None) -> dict[str, Any]:
     from rlsparsity.algorithms import TrainSpec, get_algorithm
     from rlsparsity.evaluate import evaluate
-    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads, versions, write_json
+    from rlsparsity.modeling import bf16_compute, load_model, load_tokenizer, torch_threads, versions, write_json
     from rlsparsity.tasks import task_from_config
 
     torch_threads()
@@ -75,6 +75,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "wall_seconds": round(wall, 3), "hparams": stats.get("hparams"),
         "data_stats": stats.get("data_stats"), "history": stats.get("history"),
         "checkpoint_every": spec.checkpoint_every, "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
+        "bf16_compute": bf16_compute(device) if run.precision == "bf16" else None,
         "samples": after["samples"], "versions": versions(), "config": config,
     }
     write_json(out / "run.json", record)

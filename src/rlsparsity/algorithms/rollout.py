@@ -33,6 +33,7 @@ from torch import Tensor
 from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, load_resume_state,
                                           restore_masked, save_checkpoint_weights, save_resume_state,
                                           set_rng_state)
+from rlsparsity.modeling import snap_to_bf16
 
 
 # --------------------------------------------------------------------------- sampling
@@ -292,6 +293,7 @@ def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
         if max_norm:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), float(max_norm)))
         optimizer.step()
+        snap_to_bf16(policy, spec.precision)
         restore_masked(policy, mask, frozen)
         step += 1
         history.append({"step": step, "loss": float(loss.detach()), **rstats, **lstats, "grad_norm": grad_norm})

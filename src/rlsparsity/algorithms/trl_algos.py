@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, restore_masked,
                                           save_checkpoint_weights, seed_everything)
-from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, save_model
+from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, save_model, snap_to_bf16
 
 # Tiny-model defaults (bf16 main grid, 20 steps), chosen by a sweep over 4 families x 4 seeds
 # scored on 1000 held-out problems (see README "Training"): batch 64 (grpo: 8 prompts x 8
@@ -60,6 +60,7 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
             apply_mask_to_grads(model, spec.mask)
 
         def on_optimizer_step(self, args, state, control, **kw):
+            snap_to_bf16(model, spec.precision)
             restore_masked(model, spec.mask, frozen)
 
         def on_step_end(self, args, state, control, **kw):
@@ -81,6 +82,8 @@ def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
         per_device_train_batch_size=hp["batch_size"], gradient_accumulation_steps=1,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=hp["weight_decay"],
         max_grad_norm=hp.get("max_grad_norm", 1.0), seed=spec.seed, data_seed=spec.seed,
+        # TRL turns activation checkpointing on by default: pure recompute cost for small models
+        gradient_checkpointing=bool(hp.get("gradient_checkpointing", False)),
         bf16=False, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
         save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=1,
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
