@@ -70,10 +70,21 @@ def test_slurm_profile_dry_run_of_the_paper_config(tmp_path):
 
 
 def test_default_config_keeps_the_single_process_cpu_command(tmp_path):
+    # default: train.group_by [family, precision, seed] -> 24 `train-group` jobs, one process each
     r = snakemake("-n", "-p", "--cores", "2", "--config", f"results={tmp_path / 'res'}", "--", "train_all")
     assert r.returncode == 0, r.stderr[-3000:]
+    cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c and "rlsparsity train-group " in c]
+    assert len(cmds) == 24 and not any("accelerate" in c or "--device" in c for c in cmds)
+    assert cmds[0].split("Shell command: ")[1].startswith("OMP_NUM_THREADS=1 rlsparsity train-group --group 'family=")
+    # group_by: [] -> one `rlsparsity train` job per run (170)
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["train"]["group_by"] = []
+    cfg["results"] = str(tmp_path / "res2")
+    (tmp_path / "per_run.yaml").write_text(yaml.safe_dump(cfg))
+    r = snakemake("-n", "-p", "--cores", "2", "--configfile", str(tmp_path / "per_run.yaml"), "--", "train_all")
+    assert r.returncode == 0, r.stderr[-3000:]
     cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c and "rlsparsity train " in c]
-    assert cmds and not any("accelerate" in c or "--device" in c for c in cmds)
+    assert len(cmds) == 170 and not any("accelerate" in c or "--device" in c for c in cmds)
     assert cmds[0].split("Shell command: ")[1].startswith("OMP_NUM_THREADS=1 rlsparsity train ")
 
 

@@ -54,9 +54,17 @@ def test_dry_run_of_the_full_default_grid(tmp_path):
     from rlsparsity.config import load_config
     from rlsparsity.grid import expand_runs
 
-    n_runs = len(expand_runs(load_config(cfg)))
-    assert counts["base"] == 10
-    assert counts["train"] == n_runs >= 10 * 7 * 2
+    from rlsparsity.grid import group_runs
+
+    c = load_config(cfg)
+    runs = expand_runs(c)
+    assert counts["base"] == 10 and len(runs) >= 10 * 7 * 2
+    # one grouped job per (family, precision, seed) of the grid, each producing its runs' files
+    groups = group_runs(runs, c["train"]["group_by"])
+    assert c["train"]["group_by"] == ["family", "precision", "seed"] and len(groups) == 24
+    train_jobs = {k: v for k, v in counts.items() if k.startswith("train_family_")}
+    assert len(train_jobs) == len(groups) and set(train_jobs.values()) == {1}
+    assert "train_family_llama__precision_fp32_master__seed_1" in train_jobs
 
 
 def test_bad_config_stops_the_dag_naming_the_key(tmp_path):
