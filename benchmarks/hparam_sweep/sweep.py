@@ -1,0 +1,94 @@
+"""Hyperparameter sweep for issue 3: configs x families x seeds x algorithms, one run per task,
+a process pool of CPU workers (OMP 1 each). Writes CSV rows to $OUT/sweep.csv."""
+import json, os, sys, time, copy
+import multiprocessing as mp
+
+ALGS = ["ppo", "grpo", "dpo", "kto", "orpo", "simpo", "prime"]
+FAMS = ["llama", "qwen3", "gpt2", "gpt_neox"]
+SEEDS = [1, 2]
+
+
+def knobs(lr=1e-4, b=1, kl=None, extra=None):
+    hp = {
+        "grpo": {"lr": lr, "batch_size": 16 * b},
+        "ppo": {"lr": lr, "prompts_per_rollout": 4 * b, "minibatch_size": 8 * b},
+        "prime": {"lr": lr, "prompts_per_rollout": 4 * b, "minibatch_size": 8 * b},
+        **{a: {"lr": lr, "batch_size": 16 * b, "n_prompts": max(256, 16 * b * 20 // 2)} for a in ["dpo", "kto", "orpo", "simpo"]},
+    }
+    if kl is not None:
+        hp["ppo"]["kl_coef"] = kl
+    for a, d in (extra or {}).items():
+        hp[a].update(d)
+    return hp
+
+
+CONFIGS = {
+    "base": dict(steps=20, prec="bf16", hp=knobs()),
+    "b4k8": dict(steps=20, prec="bf16", hp=knobs(b=4, extra={a: {"k": 8} for a in ["dpo", "kto", "orpo", "simpo"]})),
+    "s40": dict(steps=40, prec="bf16", hp=knobs()),
+    "b2": dict(steps=20, prec="bf16", hp=knobs(b=2)),
+    "b4": dict(steps=20, prec="bf16", hp=knobs(b=4)),
+    "lr2": dict(steps=20, prec="bf16", hp=knobs(lr=2e-4)),
+    "lr2b2": dict(steps=20, prec="bf16", hp=knobs(lr=2e-4, b=2)),
+    "lr2b4": dict(steps=20, prec="bf16", hp=knobs(lr=2e-4, b=4)),
+    "lr.5b4": dict(steps=20, prec="bf16", hp=knobs(lr=5e-5, b=4)),
+    "s40b2": dict(steps=40, prec="bf16", hp=knobs(b=2)),
+    "b2nokl": dict(steps=20, prec="bf16", hp=knobs(b=2, kl=0.0)),
+    "b4beta": dict(steps=20, prec="bf16", hp=knobs(b=4, extra={"dpo": {"beta": 0.5}, "kto": {"beta": 0.5}, "simpo": {"beta": 5.0}})),
+    "m_base": dict(steps=20, prec="fp32-master", hp=knobs()),
+    "m_b2": dict(steps=20, prec="fp32-master", hp=knobs(b=2)),
+    "m_b4": dict(steps=20, prec="fp32-master", hp=knobs(b=4)),
+    "m_lr.3b4": dict(steps=20, prec="fp32-master", hp=knobs(lr=3e-5, b=4)),
+    "lr1.5b4": dict(steps=20, prec="bf16", hp=knobs(lr=1.5e-4, b=4)),
+}
+
+
+def init():
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    torch.set_num_threads(1)
+    import trl, transformers  # noqa: warm the imports once per worker
+    from trl import GRPOTrainer, DPOTrainer  # noqa
+
+
+def work(job):
+    name, fam, seed, alg = job
+    import yaml
+    from rlsparsity.config import validate_config
+    from rlsparsity.train import train_run
+    from rlsparsity import grid as G
+    c = CONFIGS[name]
+    cfg = validate_config(yaml.safe_load(open(os.path.join(HERE, "cfg.yaml"))))
+    res = f"/tmp/sw/{name}"
+    os.makedirs(f"{res}/base", exist_ok=True)
+    try:
+        os.symlink(os.path.join(HERE, "bases", fam), f"{res}/base/{fam}")
+    except FileExistsError:
+        pass
+    cfg["results"] = res
+    cfg["train"]["steps"] = c["steps"]
+    cfg["train"]["hparams"] = {alg: c["hp"][alg]}
+    t = time.time()
+    try:
+        rec = train_run(G.Run(fam, alg, "on_policy", c["prec"], seed), cfg)
+        row = [name, fam, alg, seed, rec["acc_base"], rec["acc_trained"], round(rec["acc_trained"] - rec["acc_base"], 4),
+               round(time.time() - t, 1), round(rec["seconds_per_step"], 3)]
+    except Exception as e:  # keep sweeping
+        row = [name, fam, alg, seed, "", "", "", round(time.time() - t, 1), repr(e)[:80].replace(",", ";")]
+    import shutil
+    shutil.rmtree(G.Run(fam, alg, "on_policy", c["prec"], seed).dir(res), ignore_errors=True)
+    return ",".join(map(str, row))
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__":
+    names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(CONFIGS)
+    jobs = [(n, f, s, a) for s in SEEDS for f in FAMS for a in ALGS for n in names]
+    out = open(os.path.join(os.environ.get("OUT", "."), "sweep.csv"), "a")
+    t0 = time.time()
+    with mp.get_context("fork").Pool(int(sys.argv[1]), initializer=init) as pool:
+        for i, line in enumerate(pool.imap_unordered(work, jobs)):
+            out.write(line + "\n"); out.flush()
+            if i % 50 == 0:
+                print(i, len(jobs), round(time.time() - t0), line, flush=True)
+    print("done", len(jobs), round(time.time() - t0))
