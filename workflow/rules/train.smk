@@ -16,8 +16,13 @@ def group_slug(key):
     return re.sub(r"\W", "_", key.replace("=", "_").replace(",", "__")) or "all"
 
 
+def family_gpus(family):
+    """The family's `gpus` (0 = CPU)."""
+    return int((config["families"][family] or {}).get("gpus", 0))
+
+
 def train_gpus(wildcards):
-    n = int((config["families"][wildcards.family] or {}).get("gpus", 0))
+    n = family_gpus(wildcards.family)
     # ppo and prime (written here, algorithms/ppo.py, prime.py) are single-process: one GPU
     return min(n, 1) if wildcards.algorithm in ("ppo", "prime") else n
 
@@ -71,7 +76,8 @@ else:
     # Asking for one run's files (or -R on them) runs its whole group.
     for _key, _runs in G.group_runs(RUNS, TRAIN_GROUP_BY).items():
         _fams = sorted({r.family for r in _runs})
-        _many = [f for f in _fams if int((config["families"][f] or {}).get("gpus", 0)) > 1]
+        _gpus = max(family_gpus(f) for f in _fams)
+        _many = [f for f in _fams if family_gpus(f) > 1]
         if _many:
             raise WorkflowError(f"train.group_by groups runs into one process, but families {_many} "
                                 "ask for several GPUs (accelerate launch per run): set train.group_by: []")
@@ -90,11 +96,11 @@ else:
                 f"{R}/benchmarks/train/groups/{group_slug(_key)}.tsv"
             params:
                 group=_key,
-                device=" --device cuda" if any(int((config["families"][f] or {}).get("gpus", 0)) for f in _fams) else "",
+                device=" --device cuda" if _gpus else "",
             resources:
                 mem_mb=4000,
                 runtime=30 * len(_runs),
-                gpu=min(1, max(int((config["families"][f] or {}).get("gpus", 0)) for f in _fams)),
+                gpu=min(1, _gpus),
             threads: 1
             conda:
                 f"{ENVS}/train.yaml"

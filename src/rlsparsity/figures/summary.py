@@ -20,6 +20,7 @@ import pandas as pd
 from rlsparsity.figures import FIGURES, paper
 from rlsparsity.figures.style import at_tol, order, order_precisions, read_table
 from rlsparsity.grid import PAPER_ALGORITHMS
+from rlsparsity.train import accuracy_by_algorithm
 
 #: "RL updates only 5-30 %": mean sparsity of the paper's algorithms at tol 1e-5 must reach this.
 SPARSE_MIN = 0.70
@@ -347,13 +348,13 @@ def section_accuracy(ac: pd.DataFrame, V: list) -> list[str]:
     if not main.empty:
         prec = main["precision"].astype(str).value_counts().idxmax()
         q = main[main["precision"] == prec]
-        rows, ups = [], {}
-        for alg in [a for a in PAPER_ALGORITHMS if a in set(q["algorithm"])]:
-            d = (q.loc[q["algorithm"] == alg, "acc_trained"] - q.loc[q["algorithm"] == alg, "acc_base"]).astype(float)
-            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-            ups[alg] = float(d.mean()) > 0
-            rows.append([alg, len(d), q.loc[q["algorithm"] == alg, "family"].nunique(), _f(d.mean(), 2, unit=" pts"),
-                         _f(se, 2, unit=" pts"), int((d > 0).sum()), int((d < 0).sum())])
+        t = accuracy_by_algorithm(q.assign(data="pooled")).set_index("algorithm")  # one row per algorithm
+        fams = q.groupby("algorithm")["family"].nunique()
+        algs = [a for a in PAPER_ALGORITHMS if a in t.index]
+        ups = {a: bool(t.loc[a, "delta_mean"] > 0) for a in algs}
+        rows = [[a, int(t.loc[a, "n_runs"]), int(fams[a]), _f(t.loc[a, "delta_mean"], 2, unit=" pts"),
+                 _f(t.loc[a, "delta_se"], 2, unit=" pts"), int(t.loc[a, "n_up"]), int(t.loc[a, "n_down"])]
+                for a in algs]
         out += [f"Per paper algorithm ({prec}, on-policy, all families and seeds):", "",
                 _table(["algorithm", "runs", "families", "mean Δ", "s.e.", "runs up", "runs down"], rows), ""]
         up = [a for a, ok in ups.items() if ok]
