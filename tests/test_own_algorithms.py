@@ -187,7 +187,7 @@ def test_same_seed_bit_identical_and_resume(base: tuple[Path, DigitTask], tmp_pa
     b.stop_after = 7
     with pytest.raises(Interrupted):
         ALGOS[alg].train(b)
-    assert (b.out_dir / "resume" / "state.pt").exists()
+    assert (b.out_dir / "resume" / "state.safetensors").exists()
     assert checkpoint_path(b.out_dir, 5).exists() and not checkpoint_path(b.out_dir, 10).exists()
     b.stop_after = None
     sb = ALGOS[alg].train(b)

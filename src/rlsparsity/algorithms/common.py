@@ -7,7 +7,8 @@ An algorithm is a function ``train(spec: TrainSpec) -> dict`` that trains
 * the final model saved with :func:`rlsparsity.modeling.save_model` in the run's precision,
 * ``checkpoints/step-NNNNNN/model.safetensors`` every ``spec.checkpoint_every`` steps
   (weights only, storage precision; see :func:`save_checkpoint_weights`),
-* whatever it needs to resume under ``resume/`` (deleted when the run completes).
+* whatever it needs to resume under ``resume/`` (deleted when the run completes); resume
+  points are complete or absent and belong to one config (see :mod:`.checkpointing`).
 
 It returns a dict of training statistics (``steps``, ``seconds_per_step``, per-step
 ``history`` with loss / reward ...). The caller (:mod:`rlsparsity.train`) evaluates before
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from rlsparsity.algorithms.checkpointing import (STATE_FILE, fingerprint, read_state, start_fresh, start_resumed,
+                                                 write_state)
 from rlsparsity.grid import Run
-from rlsparsity.modeling import save_weights
 from rlsparsity.tasks import Task
 
 
@@ -65,8 +67,12 @@ def checkpoint_path(out_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint_weights(model: Any, spec: TrainSpec, step: int) -> None:
-    """Weights at ``step`` in storage precision, for the dynamics analysis."""
-    save_weights(model, checkpoint_path(spec.out_dir, step), spec.precision)
+    """Weights at ``step`` in storage precision, for the dynamics analysis (atomic)."""
+    from rlsparsity.algorithms.checkpointing import save_series_weights
+    from rlsparsity.modeling import state_dict_for_save
+
+    save_series_weights(state_dict_for_save(model, spec.precision), checkpoint_path(spec.out_dir, step),
+                        spec.precision)
 
 
 class Interrupted(RuntimeError):
@@ -89,32 +95,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def resume_state_path(spec: TrainSpec) -> Path:
+    return Path(spec.out_dir) / "resume" / STATE_FILE
+
+
 def save_resume_state(spec: TrainSpec, model: Any, optimizer: Any, step: int,
                       extra: dict[str, Any] | None = None, extra_models: dict[str, Any] | None = None) -> None:
     """Everything needed to continue bit-identically: weights in the training dtype,
-    optimiser state, RNG states, step, and any extra (e.g. value head, PRM)."""
-    import torch
-
-    d = Path(spec.out_dir) / "resume"
-    d.mkdir(parents=True, exist_ok=True)
+    optimiser state, RNG states, step, and any extra (e.g. value head, PRM). One
+    safetensors file (no pickle), written atomically, tagged with the config fingerprint."""
     state = {
         "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "rng": rng_state(), "extra": extra or {},
         "extra_models": {k: m.state_dict() for k, m in (extra_models or {}).items()},
     }
-    tmp = d / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(d / "state.pt")
+    write_state(resume_state_path(spec), state, fingerprint(spec))
 
 
 def load_resume_state(spec: TrainSpec) -> dict[str, Any] | None:
-    import torch
-
-    p = Path(spec.out_dir) / "resume" / "state.pt"
-    if not p.exists():
+    """The complete resume state of this run's config, or None. On None the run starts
+    fresh: ``resume/`` and the whole weight series are cleared; on a resume from step s the
+    series after s is cleared (those steps are made again)."""
+    state = read_state(resume_state_path(spec), fingerprint(spec))
+    if state is None:
+        start_fresh(spec.out_dir)
         return None
-    # our own file, written by save_resume_state: contains numpy RNG tuples, so not weights_only
-    return torch.load(p, map_location="cpu", weights_only=False)
+    start_resumed(spec.out_dir, int(state["step"]))
+    return state
 
 
 def apply_mask_to_grads(model: Any, mask: dict[str, Any] | None) -> None:

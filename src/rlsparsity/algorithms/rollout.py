@@ -21,18 +21,17 @@
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from rlsparsity.algorithms.checkpointing import finish_run
 from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, load_resume_state,
-                                          restore_masked, save_checkpoint_weights, save_resume_state,
-                                          set_rng_state)
+                                          restore_masked, resume_state_path, save_checkpoint_weights,
+                                          save_resume_state, set_rng_state)
 from rlsparsity.modeling import snap_to_bf16
 
 
@@ -211,7 +210,7 @@ def finish(spec: TrainSpec, policy: Any, tokenizer: Any) -> None:
     from rlsparsity.modeling import save_model
 
     save_model(policy, tokenizer, spec.out_dir, spec.precision)
-    shutil.rmtree(Path(spec.out_dir) / "resume", ignore_errors=True)
+    finish_run(spec.out_dir)
 
 
 @dataclass
@@ -227,6 +226,16 @@ def adamw(params: Any, lr: float, weight_decay: float, betas: tuple[float, float
           eps: float = 1e-8) -> torch.optim.AdamW:
     # foreach=False: one code path whatever the dtype (bf16 params keep bf16 state)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=False)
+
+
+def log_step(spec: TrainSpec, h: dict[str, Any], seconds: float) -> None:
+    """One progress line per policy step (the log of a ppo/prime run, like TRL's per-step lines)."""
+    def f(k: str) -> str:
+        v = h.get(k)
+        return "nan" if v is None else f"{float(v):.4g}"
+
+    print(f"[{spec.run.algorithm}] step {h['step']}/{spec.steps} loss {f('loss')} reward_mean {f('reward_mean')} "
+          f"kl {f('kl')} grad_norm {f('grad_norm')} {seconds:.3f} s/step", flush=True)
 
 
 def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
@@ -260,7 +269,7 @@ def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
     resumed_from: str | None = None
     state = load_resume_state(spec)
     if state is not None:
-        resumed_from = f"{Path(spec.out_dir) / 'resume' / 'state.pt'}@step-{state['step']:06d}"
+        resumed_from = f"{resume_state_path(spec)}@step-{state['step']:06d}"
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ex = state["extra"]
@@ -275,8 +284,11 @@ def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
     epochs, mb = int(hp["epochs"]), int(hp["minibatch_size"])
     max_norm = hp.get("max_grad_norm")
     start_step, t0 = step, time.perf_counter()
+    if resumed_from:
+        print(f"[{spec.run.algorithm}] resumed from {resumed_from}", flush=True)
     policy.eval()  # no dropout: log-probs of the update match those of the rollout
     while step < spec.steps:
+        t_step = time.perf_counter()
         if buffer is None or cursor >= len(schedule):
             buffer, rstats = make_rollout(data_rng)
             B = buffer["input_ids"].shape[0]
@@ -297,6 +309,7 @@ def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
         restore_masked(policy, mask, frozen)
         step += 1
         history.append({"step": step, "loss": float(loss.detach()), **rstats, **lstats, "grad_norm": grad_norm})
+        log_step(spec, history[-1], time.perf_counter() - t_step)
         if step % spec.checkpoint_every == 0:
             save_checkpoint_weights(policy, spec, step)
             save_resume_state(

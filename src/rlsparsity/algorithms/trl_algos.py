@@ -19,11 +19,13 @@ optional update mask. Precision: ``bf16`` loads the parameters in bf16 with TRL'
 from __future__ import annotations
 
 import json
-import shutil
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rlsparsity.algorithms.checkpointing import (ResumeError, finish_run, fingerprint, mark_complete,
+                                                 prune_trainer_checkpoints, trainer_resume_point)
 from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, restore_masked,
                                           save_checkpoint_weights, seed_everything)
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, save_model, snap_to_bf16
@@ -85,25 +87,51 @@ def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
         # TRL turns activation checkpointing on by default: pure recompute cost for small models
         gradient_checkpointing=bool(hp.get("gradient_checkpointing", False)),
         bf16=False, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
-        save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=1,
+        # no save_total_limit: the previous checkpoint is deleted only once the new one is complete
+        save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=None,
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
         **({"use_vllm": True, "vllm_mode": "colocate"} if hp.get("use_vllm") else {}),  # grpo/rloo only
         **extra,
     )
 
 
-def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[str, Any]:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    trainer.add_callback(_callback(spec, model))
+def _atomic_checkpoints(spec: TrainSpec, trainer: Any, fp: str) -> None:
+    """Wrap the Trainer's ``_save_checkpoint``: after it has written ``checkpoint-N``, mark the
+    folder complete (fsync, then ``complete.json`` with the config fingerprint), and only then
+    delete the older checkpoints. A kill at any instant leaves a complete checkpoint to
+    resume from (or none), never only an incomplete one."""
+    save = trainer._save_checkpoint
     resume_dir = Path(spec.out_dir) / "resume"
-    last = get_last_checkpoint(str(resume_dir)) if resume_dir.exists() else None
+
+    def _save_checkpoint(model: Any, trial: Any, *a: Any, **kw: Any) -> None:
+        save(model, trial, *a, **kw)
+        if trainer.args.should_save:
+            folder = resume_dir / f"checkpoint-{trainer.state.global_step}"
+            mark_complete(folder, fp, trainer.state.global_step)
+            prune_trainer_checkpoints(resume_dir, keep=folder)
+
+    trainer._save_checkpoint = _save_checkpoint
+
+
+def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[str, Any]:
+    trainer.add_callback(_callback(spec, model))
+    fp = fingerprint(spec)
+    main = trainer.accelerator.is_main_process
+    ckpt = trainer_resume_point(spec.out_dir, fp, main=main)  # complete and of this config, or None
+    last = str(ckpt) if ckpt is not None else None
+    _atomic_checkpoints(spec, trainer, fp)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except pickle.UnpicklingError as e:  # the Trainer loads optimizer/scheduler/rng with weights_only=True
+        if last is None:
+            raise
+        raise ResumeError(f"checkpoint {last} holds a file that is not a plain tensor file, refused to load it "
+                          f"({str(e).splitlines()[0][:160]}); delete {Path(last).parent} to retrain") from e
     dt = time.time() - t0
-    if trainer.accelerator.is_main_process:  # one writer under accelerate launch (DDP)
+    if main:  # one writer under accelerate launch (DDP)
         save_model(model, tok, spec.out_dir, spec.precision)
-        shutil.rmtree(resume_dir, ignore_errors=True)
+        finish_run(spec.out_dir)
     keep = ("loss", "reward", "rewards/reward/mean", "entropy", "rewards/margins", "rewards/accuracies",
             "grad_norm", "kl")
     history = [{k: v for k, v in h.items() if k in keep or k == "step"} for h in trainer.state.log_history
