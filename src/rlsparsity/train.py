@@ -1,16 +1,20 @@
 """Training stage: one run (family x algorithm x data x precision x seed) and its record.
 
-Each run folder receives the model, checkpoint series and ``run.json`` (algorithm, seed,
+Each run folder receives the model, checkpoint series, ``run.json`` (algorithm, seed,
 precision, data source, hyperparameters, steps, wall time, versions, held-out accuracy
-before and after). An interrupted run resumes from its last checkpoint
-(the algorithm finds ``resume/`` in the run folder).
+before and after) and a model card ``README.md``. An interrupted run resumes from its last
+complete checkpoint of the same config (the algorithm finds ``resume/`` in the run folder;
+see :mod:`rlsparsity.algorithms.checkpointing`); a run killed after training but before its
+record skips training on the rerun (``training_done.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
               device: str = "cpu", stop_after: int | None = None) -> dict[str, Any]:
     from rlsparsity.algorithms import TrainSpec, get_algorithm
     from rlsparsity.evaluate import evaluate
+    from rlsparsity.model_card import write_model_card
     from rlsparsity.modeling import bf16_compute, load_model, load_tokenizer, torch_threads, versions, write_json
     from rlsparsity.tasks import task_from_config
 
@@ -56,9 +61,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
                      checkpoint_every=tc["checkpoint_every"],
                      hparams=dict(tc.get("hparams", {}).get(run.algorithm, {})), device=device,
                      stop_after=stop_after)
-    t0 = time.time()
-    stats = get_algorithm(run.algorithm)(spec)
-    wall = time.time() - t0
+    stats, wall = _train_or_reuse(spec, get_algorithm(run.algorithm))
     if not is_main_process():
         return {**run.as_dict(), "main_process": False}
     model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
@@ -78,8 +81,40 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "bf16_compute": bf16_compute(device) if run.precision == "bf16" else None,
         "samples": after["samples"], "versions": versions(), "config": config,
     }
+    write_model_card(out, record)
     write_json(out / "run.json", record)
     return record
+
+
+DONE = "training_done.json"
+
+
+def _train_or_reuse(spec: Any, train: Any) -> tuple[dict[str, Any], float]:
+    """Train (resuming if a complete checkpoint of this config exists), unless a previous
+    attempt finished training this very config and was killed while evaluating: then its
+    saved statistics are reused. Stale records (run.json, README.md) are removed first, so a
+    run folder never shows a record that does not belong to its weights."""
+    from rlsparsity.algorithms.checkpointing import fingerprint, write_text_atomic
+
+    out = Path(spec.out_dir)
+    fp = fingerprint(spec)
+    done = out / DONE
+    try:
+        prev = json.loads(done.read_text()) if done.exists() else None
+    except ValueError:
+        prev = None
+    if (isinstance(prev, dict) and prev.get("fingerprint") == fp and (out / "model.safetensors").exists()
+            and not (out / "resume").exists()):
+        return prev["stats"], float(prev["wall_seconds"])
+    if is_main_process():
+        for stale in (DONE, "run.json", "README.md"):
+            (out / stale).unlink(missing_ok=True)
+    t0 = time.time()
+    stats = train(spec)
+    wall = time.time() - t0
+    if is_main_process():
+        write_text_atomic(done, json.dumps({"fingerprint": fp, "wall_seconds": wall, "stats": stats}, default=str))
+    return stats, wall
 
 
 def train_group(config: dict[str, Any], key: str, device: str = "cpu") -> list[dict[str, Any]]:
@@ -139,7 +174,8 @@ def _cmd_train_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     run = G.Run(args.family, args.algorithm, args.data, args.precision, args.seed)
-    rec = train_run(run, cfg, device=args.device)
+    with _resume_errors():
+        rec = train_run(run, cfg, device=args.device)
     if not is_main_process():
         return 0
     print(json.dumps({k: rec[k] for k in ("acc_base", "acc_trained", "steps", "seconds_per_step")}))
@@ -149,8 +185,21 @@ def _cmd_train_run(args: argparse.Namespace) -> int:
 def _cmd_train_group(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
 
-    train_group(load_config(args.config), args.group, device=args.device)
+    with _resume_errors():
+        train_group(load_config(args.config), args.group, device=args.device)
     return 0
+
+
+@contextlib.contextmanager
+def _resume_errors() -> Iterator[None]:
+    """A refused resume point (corrupt or tampered checkpoint) is a one-line CLI error."""
+    from rlsparsity.algorithms.checkpointing import ResumeError
+    from rlsparsity.cli import CLIError
+
+    try:
+        yield
+    except ResumeError as e:
+        raise CLIError(str(e)) from e
 
 
 def _cmd_accuracy_table(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ class ResumeError(RuntimeError):
     """A complete-looking resume point that cannot be used safely (corrupt or tampered)."""
 
 
-def _test_delay() -> None:
+def save_delay_hook() -> None:
     d = os.environ.get("RLSPARSITY_TEST_SAVE_DELAY")
     if d:
         time.sleep(float(d))
@@ -163,7 +163,7 @@ def save_series_weights(state_dict: dict[str, Any], path: Path, precision: str) 
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state_dict, str(tmp), metadata={"format": "pt", "precision": precision})
     fsync_file(tmp)
-    _test_delay()
+    save_delay_hook()
     os.replace(tmp, path)
 
 
@@ -195,7 +195,7 @@ def mark_complete(folder: Path, fp: str, step: int) -> None:
         if p.is_file() and p.name != MARKER:
             fsync_file(p)
             files[p.relative_to(folder).as_posix()] = p.stat().st_size
-    _test_delay()
+    save_delay_hook()
     write_text_atomic(folder / MARKER, json.dumps({"step": step, "fingerprint": fp, "files": files}, indent=1))
 
 
@@ -300,7 +300,7 @@ def write_state(path: Path, state: dict[str, Any], fp: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     fsync_file(tmp)
-    _test_delay()
+    save_delay_hook()
     os.replace(tmp, path)
 
 

@@ -19,13 +19,14 @@ optional update mask. Precision: ``bf16`` loads the parameters in bf16 with TRL'
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from rlsparsity.algorithms.checkpointing import (ResumeError, finish_run, fingerprint, mark_complete,
-                                                 prune_trainer_checkpoints, trainer_resume_point)
+                                                 prune_trainer_checkpoints, save_delay_hook, trainer_resume_point)
 from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, restore_masked,
                                           save_checkpoint_weights, seed_everything)
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, save_model, snap_to_bf16
@@ -111,6 +112,14 @@ def _atomic_checkpoints(spec: TrainSpec, trainer: Any, fp: str) -> None:
             prune_trainer_checkpoints(resume_dir, keep=folder)
 
     trainer._save_checkpoint = _save_checkpoint
+    if os.environ.get("RLSPARSITY_TEST_SAVE_DELAY"):  # test hook: let a kill land mid-write of the Trainer's files
+        inner = trainer._save_optimizer_and_scheduler
+
+        def _slow(output_dir: str) -> None:
+            inner(output_dir)
+            save_delay_hook()
+
+        trainer._save_optimizer_and_scheduler = _slow
 
 
 def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[str, Any]:
