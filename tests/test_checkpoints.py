@@ -14,8 +14,14 @@ import torch
 from safetensors.torch import load_file
 
 from rlsparsity.algorithms import get_algorithm
-from rlsparsity.algorithms.checkpointing import (ResumeError, fingerprint, mark_complete, read_state,
-                                                 trainer_checkpoints, write_state)
+from rlsparsity.algorithms.checkpointing import (
+    ResumeError,
+    fingerprint,
+    mark_complete,
+    read_state,
+    trainer_checkpoints,
+    write_state,
+)
 from rlsparsity.algorithms.common import Interrupted, TrainSpec
 from rlsparsity.grid import Run
 
@@ -179,7 +185,8 @@ def test_cli_refused_checkpoint_is_one_line_error(task: Any, tmp_path: Path, cap
     torch.save(_Evil(tmp_path / "pwned"), ckpt / "rng_state.pth")
     mark_complete(ckpt, fingerprint(spec), 1)
     capsys.readouterr()
-    assert main(["train", "llama", "dpo", "--data", "off_policy", "--precision", "fp32", "--config", str(cfg_path)]) == 2
+    argv = ["train", "llama", "dpo", "--data", "off_policy", "--precision", "fp32", "--config", str(cfg_path)]
+    assert main(argv) == 2
     err = capsys.readouterr().err  # (progress bars aside) one error line, no traceback
     lines = [ln for ln in err.splitlines() if "rlsparsity: error" in ln]
     assert len(lines) == 1 and lines[0].startswith("rlsparsity: error: checkpoint ") and "refused" in lines[0], err

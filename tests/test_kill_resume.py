@@ -17,15 +17,15 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import make_random_base
+from safetensors.torch import load_file
 
 STEPS = 8
 EVAL_N = 8
@@ -202,7 +202,7 @@ def test_killed_at_random_instants_ends_bit_identical(alg: str, data: str, task:
     assert steps == [f"step-{s:06d}" for s in range(1, STEPS + 1)]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == steps
     for s in steps:
-        assert _same(ref_dir / "checkpoints" / s / "model.safetensors", run_dir / "checkpoints" / s / "model.safetensors"), s
+        assert _same(*(d / "checkpoints" / s / "model.safetensors" for d in (ref_dir, run_dir))), s
     ra, rb = (json.loads((d / "run.json").read_text()) for d in (ref_dir, run_dir))
     assert [h["loss"] for h in ra["history"]] == [h["loss"] for h in rb["history"]]
     assert ra["acc_trained"] == rb["acc_trained"] and ra["steps"] == rb["steps"] == STEPS

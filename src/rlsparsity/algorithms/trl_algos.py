@@ -106,6 +106,7 @@ def _atomic_checkpoints(spec: TrainSpec, trainer: Any, fp: str) -> None:
 
     def _save_checkpoint(model: Any, trial: Any, *a: Any, **kw: Any) -> None:
         save(model, trial, *a, **kw)
+        trainer.accelerator.wait_for_everyone()  # every rank has written its files (rng_state_<rank>.pth)
         if trainer.args.should_save:
             folder = resume_dir / f"checkpoint-{trainer.state.global_step}"
             mark_complete(folder, fp, trainer.state.global_step)
@@ -128,6 +129,7 @@ def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[st
     main = trainer.accelerator.is_main_process
     ckpt = trainer_resume_point(spec.out_dir, fp, main=main)  # complete and of this config, or None
     last = str(ckpt) if ckpt is not None else None
+    trainer.accelerator.wait_for_everyone()  # rank 0 has cleared what is not resumed
     _atomic_checkpoints(spec, trainer, fp)
     t0 = time.time()
     try:
