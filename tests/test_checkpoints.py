@@ -216,3 +216,29 @@ def test_model_card_content(tmp_path: Path) -> None:
         assert row in text, row
     assert not list(tmp_path.glob(".*"))  # written atomically: no temp file left
     json.dumps(rec)  # the record itself stays JSON
+
+
+# ---------------------------------------------------------------- train_run: shorter rerun, finished training reused
+def test_train_run_shorter_rerun_clears_later_steps_and_reuses_finished_training(task: Any, tmp_path: Path) -> None:
+    from test_kill_resume import _setup
+
+    from rlsparsity.config import load_config
+    from rlsparsity.train import train_run
+
+    cfg = load_config(_setup(tmp_path, task))
+    cfg["train"].update(steps=4, checkpoint_every=2)
+    run = Run("llama", "ppo", "on_policy", "fp32", 1)
+    out = run.dir(cfg["results"])
+    rec = train_run(run, cfg)
+    assert _series(out) == [2, 4] and rec["steps"] == 4
+    assert "| optimiser steps | 4 |" in (out / "README.md").read_text()
+    cfg["train"]["steps"] = 2  # edited config: retrained from scratch, the old step 4 must not survive
+    rec2 = train_run(run, cfg)
+    assert _series(out) == [2] and rec2["steps"] == 2 and len(rec2["history"]) == 2
+    assert json.loads((out / "run.json").read_text())["steps"] == 2
+    assert "| optimiser steps | 2 |" in (out / "README.md").read_text()
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    (out / "run.json").unlink()  # as if killed while evaluating: the finished training is reused
+    rec3 = train_run(run, cfg)
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    assert rec3["wall_seconds"] == rec2["wall_seconds"] and rec3["history"] == rec2["history"]
