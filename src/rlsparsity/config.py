@@ -41,16 +41,19 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """
     import jsonschema
 
-    cfg = copy.deepcopy(dict(config))
+    from rlsparsity.config_validate import check_semantics, coerce_numbers
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"config error at <top level>: expected a mapping of keys, got {type(config).__name__}")
     schema = _schema()
+    cfg = coerce_numbers(copy.deepcopy(dict(config)), schema)  # YAML 1.1 reads 1e-5 as a string
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        msgs = []
-        for e in errors[:10]:
-            where = ".".join(str(p) for p in e.absolute_path) or "<top level>"
-            msgs.append(f"config error at {where}: {e.message}")
-        raise ConfigError("\n".join(msgs))
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "<top level>"
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"config error at {where}: {' '.join(e.message.split())}{more}")
     _fill_defaults(cfg, schema)
     # cross-field checks the schema cannot express
     fams = set(cfg["families"])
@@ -63,6 +66,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     for name, spec in cfg["families"].items():
         check_family_name(name, spec)
+    check_semantics(cfg)  # task, zero-run grids, stage families, family paths, hparams (coerced in place)
     return cfg
 
 
@@ -71,9 +75,21 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
     # JSON (config.resolved.json) with json: YAML 1.1 reads json.dumps' "1e-05" as a string
-    text = p.read_text()
-    cfg = (json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)) or {}
-    if overrides:
+    from rlsparsity.config_validate import load_yaml
+
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {p}: {err.__class__.__name__}") from None
+    if p.suffix == ".json":
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config error in {p}, line {err.lineno}, column {err.colno}: {err.msg}") from None
+    else:
+        cfg = load_yaml(text, p)  # errors name the line; duplicate keys are errors
+    cfg = cfg if cfg is not None else {}
+    if overrides and isinstance(cfg, dict):
         cfg.update(overrides)
     return validate_config(cfg)
 
