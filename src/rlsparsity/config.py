@@ -62,11 +62,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             unknown = [f for f in block["families"] if f not in fams]
             if unknown:
                 raise ConfigError(f"config error at grids.{i}.families: {unknown} not listed under 'families'")
+    check_semantics(cfg)  # task, zero-run grids, stage families, family paths, hparams (coerced in place)
     from rlsparsity.families import check_family_name
 
     for name, spec in cfg["families"].items():
         check_family_name(name, spec)
-    check_semantics(cfg)  # task, zero-run grids, stage families, family paths, hparams (coerced in place)
     return cfg
 
 
