@@ -175,6 +175,8 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
     ("offsets past end", _tuned_file({"w": {**W8["w"], "data_offsets": [8, 16]}}), ("'w'", "out of range")),
     ("partial overlap", _tuned_file({"w": W8["w"], "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
                                     b"\0" * 12), ("overlap",)),
+    ("duplicate tensor key in header", _tuned_file(b'{"w": ' + json.dumps(W8["w"]).encode() + b', "w": '
+                                                   + json.dumps(W8["w"]).encode() + b"}"), ("'w'", "given twice")),
     ("metadata not a mapping", _tuned_file({**W8, "__metadata__": [1]}), ("__metadata__",)),
     ("empty header", _tuned_file({}, b""), ("no tensors",)),
     ("only metadata", _tuned_file({"__metadata__": {"a": "b"}}, b""), ("no tensors",)),
@@ -238,6 +240,12 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
     ("overlap: folder without mask", lambda r, t: ["overlap", str(_mkdir(t, "nomask")), str(r / "out")],
      ("nomask", "no such file")),
     ("overlap: missing file", lambda r, t: ["overlap", str(t / "m.safetensors"), str(r / "out")], ("no such file",)),
+    ("overlap: disjoint masks", lambda r, t: ["overlap", str(r / "out"), str(_mask(t / "m.safetensors"))],
+     ("share no tensor",)),
+    ("dynamics: missing run dir", lambda r, t: ["dynamics", str(r / "base"), str(t / "no_run")],
+     ("no_run", "no such file")),
+    ("analysis-table: missing input", lambda r, t: ["analysis-table", str(t / "a.csv"), "--out", str(t / "o.csv")],
+     ("a.csv",)),
     ("overlap --mask topk:abc", lambda r, t: ["overlap", str(r / "out"), str(r / "out"), "--mask", "topk:abc"],
      ("--mask",)),
     ("overlap --mask fuzzy", lambda r, t: ["overlap", str(r / "out"), str(r / "out"), "--mask", "fuzzy"], ("--mask",)),
@@ -302,6 +310,17 @@ def _truncated(t: Path) -> Path:
     f = d / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-40])
     return d
+
+
+def _mask(p: Path) -> Path:
+    import numpy as np
+
+    from rlsparsity.analysis.io import MaskWriter
+
+    w = MaskWriter(p, {"other": (3,)})
+    w.write("other", 0, np.zeros(3, dtype=bool))
+    w.close()
+    return p
 
 
 def _two_files(t: Path) -> Path:
@@ -410,3 +429,16 @@ def test_accepted_hparams_match_the_algorithms_defaults():
         assert {k: acc[k] for k in defaults(alg)} == defaults(alg), alg
     assert "max_grad_norm" in accepted_hparams("dpo")  # optional: read with hp.get in trl_algos
     assert set(entropy_accepted_hparams()) >= set(entropy_hparams({}))
+
+
+def test_duplicate_keys_in_files_read_by_another_loader(tmp_path):
+    """Snakemake reads --configfile itself (keeping the last duplicate key): validate_config(files=...) re-reads."""
+    from rlsparsity.config import ConfigError, validate_config
+    from rlsparsity.config_validate import load_yaml
+
+    text = GOOD_CONFIG.replace("HP", "{}") + "results: other\n"
+    (tmp_path / "c.yaml").write_text(text)
+    cfg = load_yaml(GOOD_CONFIG.replace("HP", "{}"), "x")
+    assert validate_config(cfg)["results"] == "results"
+    with pytest.raises(ConfigError, match=r"c.yaml, line 10, column 1: .*duplicate key 'results' \(first given on line 2\)"):
+        validate_config(cfg, files=[tmp_path / "c.yaml"])

@@ -42,7 +42,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlsparsity.cliargs import check_device
     from rlsparsity.modeling import resolve_model
 
-    resolve_model(args.model)  # a local path must be a usable model folder (never a hub lookup)
+    try:
+        resolve_model(args.model)  # a local path must be a usable model folder (never a hub lookup)
+    except FileNotFoundError as e:
+        raise CLIError(f"cannot load model {args.model!r}: {e}") from None
     check_device(args.device)
     torch_threads()
     task = get_task(args.task, n_test=args.n, seed=args.split_seed)

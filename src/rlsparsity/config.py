@@ -33,15 +33,22 @@ def _fill_defaults(obj: Any, schema: dict[str, Any]) -> None:
             _fill_defaults(obj[key], sub)
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+def validate_config(config: dict[str, Any], files: Any = ()) -> dict[str, Any]:
     """Validate ``config`` (a copy is returned with schema defaults filled in).
 
     Raises :class:`ConfigError` whose message names the key path and the problem,
-    e.g. ``config error at train.steps: -1 is less than the minimum of 1``.
+    e.g. ``config error at train.steps: -1 is less than the minimum of 1``. ``files``:
+    the YAML files ``config`` was read from by another loader (Snakemake's, which keeps
+    the last of duplicate keys silently); they are re-read strictly (duplicate keys,
+    syntax errors with line numbers).
     """
     import jsonschema
 
-    from rlsparsity.config_validate import check_semantics, coerce_numbers
+    from rlsparsity.config_validate import check_semantics, coerce_numbers, load_yaml
+
+    for f in files or ():
+        if Path(f).suffix != ".json" and Path(f).is_file():
+            load_yaml(Path(f).read_text(), f)
 
     if not isinstance(config, dict):
         raise ConfigError(f"config error at <top level>: expected a mapping of keys, got {type(config).__name__}")

@@ -131,6 +131,8 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.tables import write_csv
 
     total, rows = overlap_masks(mask_file(args.mask_a, args.mask), mask_file(args.mask_b, args.mask))
+    if not total["n"]:
+        raise ValueError(f"{args.mask_a} and {args.mask_b} share no tensor of equal shape: nothing to overlap")
     if args.per_tensor:
         write_csv(Path(args.per_tensor), rows)
     if args.json:

@@ -117,6 +117,19 @@ def _values64(bits: np.ndarray, dtype: DType) -> np.ndarray:
     return bits.view(INT_VIEWS[name]).astype(np.float64)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def parse_header(path: Path) -> tuple[dict[str, Any], int, int]:
     """Return (header JSON object, data start offset, data size) after validating sizes."""
     try:
@@ -136,9 +149,11 @@ def parse_header(path: Path) -> tuple[dict[str, Any], int, int]:
                                   f"file size {size})")
         raw = fh.read(n)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path}: corrupt safetensors header (not JSON: {err.__class__.__name__})") from None
+    except _DuplicateKey as err:
+        raise CheckpointError(f"{path}: corrupt safetensors header (key {err.args[0]!r} given twice)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, "
                               f"not an object)")
