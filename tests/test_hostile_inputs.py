@@ -20,9 +20,8 @@ from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from _analysis_util import SRC, save_model
+from safetensors.torch import save_file
 
 # ----------------------------------------------------------------------------- helpers
 

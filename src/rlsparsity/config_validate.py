@@ -57,7 +57,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
         try:
             hash(key)
         except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}",
+                                                    key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first given on line {seen[key].line + 1})",
@@ -140,7 +141,7 @@ def _literal(node: ast.AST, env: dict[str, Any]) -> Any:
         return env[node.id]
     if isinstance(node, ast.Dict):
         out: dict[Any, Any] = {}
-        for k, v in zip(node.keys, node.values):
+        for k, v in zip(node.keys, node.values, strict=True):
             if k is None:
                 out.update(_literal(v, env))
             else:
@@ -254,7 +255,7 @@ def _check_value(where: str, value: Any, default: Any) -> Any:
             return value
         if not isinstance(value, list) or len(value) != len(default):
             raise _error(where, f"{value!r} is not a list of {len(default)} values (default {list(default)})")
-        return [_check_value(f"{where}.{i}", v, d) for i, (v, d) in enumerate(zip(value, default))]
+        return [_check_value(f"{where}.{i}", v, d) for i, (v, d) in enumerate(zip(value, default, strict=True))]
     return value
 
 

@@ -17,8 +17,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlsparsity.analysis.diff import DEFAULT_TOLERANCES
-from rlsparsity.cliargs import (OneLineParser, check_device, device, fail, fraction, fraction_or_off, positive_int,
-                                tolerance)
+from rlsparsity.cliargs import (
+    OneLineParser,
+    check_device,
+    device,
+    fail,
+    fraction,
+    fraction_or_off,
+    positive_int,
+    tolerance,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -34,8 +34,9 @@ import numpy as np
 
 from rlsparsity.analysis.exact_int import abs_delta64
 from rlsparsity.analysis.io import Checkpoint, CheckpointError, MaskWriter, TensorInfo, read_bits
+
 # Re-exported: the public API of the diff engine stays importable from here.
-from rlsparsity.analysis.kernel import Stats, chunk_stats, changed_positions, half_bf16_ulp, subset_stats  # noqa: F401
+from rlsparsity.analysis.kernel import Stats, changed_positions, chunk_stats, half_bf16_ulp, subset_stats  # noqa: F401
 from rlsparsity.analysis.pairing import EMBED_SUFFIXES, Plan, overlap_shape, plan_pairs, prod, tied_names  # noqa: F401
 
 DEFAULT_TOLERANCES: tuple[float, ...] = (0.0, 1e-8, 1e-7, 1e-6, 1e-5)
@@ -106,8 +107,8 @@ class DiffResult:
         unchanged0 = n - int(tot.changed[self.tolerances.index(0.0)]) if 0.0 in self.tolerances else None
         out: dict[str, Any] = {
             "n_params": n,
-            "sparsity": {tol_key(t): 1.0 - frac(int(c)) for t, c in zip(self.tolerances, tot.changed)},
-            "changed": {tol_key(t): int(c) for t, c in zip(self.tolerances, tot.changed)},
+            "sparsity": {tol_key(t): 1.0 - frac(int(c)) for t, c in zip(self.tolerances, tot.changed, strict=True)},
+            "changed": {tol_key(t): int(c) for t, c in zip(self.tolerances, tot.changed, strict=True)},
             "below_bf16_half_ulp": frac(tot.below_ulp),
             "below_bf16_half_ulp_incl_zero": frac(tot.below_ulp + unchanged0) if unchanged0 is not None else None,
             "max_abs_delta": tot.max_abs,
@@ -254,7 +255,7 @@ def tensor_rows(result: DiffResult) -> list[dict[str, Any]]:
         layer, mtype = parse_name(t.name)
         row: dict[str, Any] = {"name": t.name, "layer": layer, "matrix_type": mtype,
                                "shape": "x".join(map(str, t.shape)), "numel": t.numel}
-        row.update({f"changed_{tol_key(tol)}": int(c) for tol, c in zip(result.tolerances, t.stats.changed)})
+        row.update({f"changed_{tol_key(tol)}": int(c) for tol, c in zip(result.tolerances, t.stats.changed, strict=True)})
         row.update({"below_ulp": t.stats.below_ulp, "nonfinite": t.stats.nonfinite,
                     "max_abs_delta": t.stats.max_abs, "l2_delta": math.sqrt(t.stats.sumsq),
                     "dtype_base": t.dtype_base, "dtype_tuned": t.dtype_tuned})

@@ -48,7 +48,7 @@ def _half_ulp(x: int | float) -> float:
 def _python_stats(st: Stats, m: np.ndarray, idx: np.ndarray, av: list, bv: list,
                   tolerances: tuple[float, ...], mask_tol: float) -> None:
     """Exact stats of changed entries with Python ints/fractions (large or mixed values)."""
-    for i, x, y in zip(idx.tolist(), av, bv):
+    for i, x, y in zip(idx.tolist(), av, bv, strict=True):
         if any(isinstance(v, float) and not math.isfinite(v) for v in (x, y)):
             st.nonfinite += 1
             st.changed += 1

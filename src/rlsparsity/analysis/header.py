@@ -207,7 +207,7 @@ def read_safetensors_index(path: Path) -> dict[str, TensorInfo]:
         ranges.append((lo, hi, name))
         out[name] = info
     ranges.sort()
-    for (lo0, hi0, n0), (lo1, hi1, n1) in zip(ranges, ranges[1:]):
+    for (lo0, hi0, n0), (lo1, hi1, n1) in zip(ranges, ranges[1:], strict=False):
         if lo1 < hi0 and (lo0, hi0) != (lo1, hi1):
             raise CheckpointError(f"{path}: corrupt safetensors header (tensors {n0!r} and {n1!r} overlap "
                                   f"partially: {lo0}..{hi0} and {lo1}..{hi1})")

@@ -21,8 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from rlsparsity.analysis.header import (DTYPES, CheckpointError, DType, TensorInfo, ints64,  # noqa: F401
-                                        parse_header, read_safetensors_index, values64)
+from rlsparsity.analysis.header import (  # noqa: F401
+    DTYPES,
+    CheckpointError,
+    DType,
+    TensorInfo,
+    ints64,
+    parse_header,
+    read_safetensors_index,
+    values64,
+)
 from rlsparsity.paths import PICKLE_SUFFIXES, PathProblem, check_local, looks_local
 
 INDEX_NAME = "model.safetensors.index.json"

@@ -38,6 +38,7 @@ import numpy as np
 
 from rlsparsity.analysis.header import DType, values64
 
+
 @dataclass
 class Stats:
     """Counts for a set of entries. ``changed[i]``: entries with |Δ| > tolerances[i]."""

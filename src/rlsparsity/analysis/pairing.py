@@ -101,4 +101,4 @@ def overlap_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     """The common leading slice of two shapes; (0,) when their ranks differ."""
     if len(a) != len(b):
         return (0,)
-    return tuple(min(x, y) for x, y in zip(a, b))
+    return tuple(min(x, y) for x, y in zip(a, b, strict=True))
