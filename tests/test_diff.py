@@ -10,6 +10,7 @@ import torch
 
 from _analysis_util import run_cli, save_model
 from rlsparsity.analysis import diff as D
+from rlsparsity.analysis import kernel as K
 from rlsparsity.analysis.io import load_mask, open_checkpoint
 
 
@@ -46,7 +47,7 @@ def test_below_bf16_half_ulp_exact(tmp_path):
 
 def test_half_ulp_formula():
     w = np.array([1.0, 1.5, 0.75, -3.0, 0.0, 2.0**-130, 2.0**-126, 65280.0])
-    assert D.half_bf16_ulp(w).tolist() == [2.0**-8, 2.0**-8, 2.0**-9, 2.0**-7, 2.0**-134, 2.0**-134, 2.0**-134,
+    assert K.half_bf16_ulp(w).tolist() == [2.0**-8, 2.0**-8, 2.0**-9, 2.0**-7, 2.0**-134, 2.0**-134, 2.0**-134,
                                            2.0**7]
 
 
@@ -54,9 +55,9 @@ def test_ties_resolved_with_exact_delta():
     # fl64(1 - (-2^-60)) == 1.0 == t, but the exact |Δ| = 1 + 2^-60 > t; and 1 - 2^-60 < t
     a = np.array([-(2.0**-60), 2.0**-60])
     b = np.array([1.0, 1.0])
-    st, _ = D.subset_stats(a[:1], b[:1], (1.0,))
+    st, _ = K.subset_stats(a[:1], b[:1], (1.0,))
     assert st.changed.tolist() == [1]
-    st, _ = D.subset_stats(a[1:], b[1:], (1.0,))
+    st, _ = K.subset_stats(a[1:], b[1:], (1.0,))
     assert st.changed.tolist() == [0]
 
 
@@ -208,9 +209,9 @@ def test_topk_mask_exact(tmp_path, p, expected):
 
 def _reference_chunk(a, b, dt, tols, mask_tol):
     """The all-float64 path (exact by TwoSum tie resolution) on the same chunk."""
-    m, idx, x, y = D.changed_positions(a, b, dt, dt)
-    st = D.Stats.zero(len(tols))
-    D._subset_into(st, m, idx, x, y, tols, mask_tol)
+    m, idx, x, y = K.changed_positions(a, b, dt, dt)
+    st = K.Stats.zero(len(tols))
+    K._subset_into(st, m, idx, x, y, tols, mask_tol)
     return st, m
 
 
@@ -225,7 +226,7 @@ def _bits(values: np.ndarray, name: str) -> np.ndarray:
 @pytest.mark.parametrize("name", ["BF16", "F16", "F32"])
 @pytest.mark.parametrize("device", ["cpu", "cpu:0"])  # "cpu:0": the torch ops of the --device path
 def test_float32_fast_path_equals_float64_path(name, device):
-    from rlsparsity.analysis.io import DTYPES
+    from rlsparsity.analysis.header import DTYPES
 
     dt, tols, rng = DTYPES[name], D.DEFAULT_TOLERANCES, np.random.default_rng(7)
     sign = 1 << (8 * dt.itemsize - 1)
@@ -246,7 +247,7 @@ def test_float32_fast_path_equals_float64_path(name, device):
         a[9], b[9] = 1, 2  # subnormals
         for mask_tol in (0.0, 1e-6):
             ref, ref_mask = _reference_chunk(a, b, dt, tols, mask_tol)
-            st, mask = D.chunk_stats(a, b, dt, dt, tols, mask_tol, device)
+            st, mask = K.chunk_stats(a, b, dt, dt, tols, mask_tol, device)
             assert st.changed.tolist() == ref.changed.tolist()
             assert (st.below_ulp, st.nonfinite, st.max_abs) == (ref.below_ulp, ref.nonfinite, ref.max_abs)
             assert st.sumsq == pytest.approx(ref.sumsq, rel=1e-12)
@@ -254,12 +255,12 @@ def test_float32_fast_path_equals_float64_path(name, device):
 
 
 def test_nonfinite_base_detected_in_both_signs():
-    from rlsparsity.analysis.io import DTYPES
+    from rlsparsity.analysis.header import DTYPES
 
     for name in ("BF16", "F16", "F32"):
         dt = DTYPES[name]
         sign = 1 << (8 * dt.itemsize - 1)
         finite = np.array([0, 1, dt.nonfinite_at - 1, (dt.nonfinite_at - 1) | sign, sign], dtype=dt.bits)
-        assert not D._has_nonfinite(finite, dt)
+        assert not K._has_nonfinite(finite, dt)
         for bad in (dt.nonfinite_at, dt.nonfinite_at | sign, (1 << (8 * dt.itemsize)) - 1, sign - 1):
-            assert D._has_nonfinite(np.append(finite, dt.bits.type(bad)), dt)
+            assert K._has_nonfinite(np.append(finite, dt.bits.type(bad)), dt)

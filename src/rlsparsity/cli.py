@@ -39,6 +39,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlsparsity.modeling import load_model, load_tokenizer, torch_threads
     from rlsparsity.tasks import get_task
 
+    from rlsparsity.cliargs import check_device
+    from rlsparsity.modeling import resolve_model
+
+    try:
+        resolve_model(args.model)  # a local path must be a usable model folder (never a hub lookup)
+    except FileNotFoundError as e:
+        raise CLIError(f"cannot load model {args.model!r}: {e}") from None
+    check_device(args.device)
     torch_threads()
     task = get_task(args.task, n_test=args.n, seed=args.split_seed)
     try:
@@ -53,6 +61,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{args.model}  task={task.name}  n={res['n']}  accuracy={res['accuracy']:.4f}  "
               f"mean_reward={res['mean_reward']:.4f}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file as the DAG does (schema, hparams, grids, names) and count its runs."""
+    from rlsparsity.config import load_config
+    from rlsparsity.grid import expand_runs
+
+    cfg = load_config(args.config_file)
+    runs = expand_runs(cfg)
+    print(f"{args.config_file}: valid; {len(runs)} training run(s) in the grid, families {list(cfg['families'])}")
     return 0
 
 
@@ -78,7 +97,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlsparsity", description=__doc__)
+    from rlsparsity.cliargs import OneLineParser, device, positive_int
+
+    parser = OneLineParser(prog="rlsparsity", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-base", help="train (tiny) or convert (pretrained) one family's base model")
@@ -90,13 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="held-out greedy accuracy and mean reward of a model")
     p.add_argument("model", help="HF folder or hub id")
     p.add_argument("--task", required=True)
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=positive_int, default=200)
     p.add_argument("--split-seed", type=int, default=1234)
     p.add_argument("--precision", default="fp32", choices=["bf16", "fp32-master", "fp32"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("check-config", help="validate a config file as the DAG does; print its run count")
+    p.add_argument("config_file")
+    p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("families", help="list the model family registry")
     p.set_defaults(func=cmd_families)
@@ -125,15 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except CLIError as e:
-        print(f"rlsparsity: error: {e}", file=sys.stderr)
+        print(f"rlsparsity: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
+        from rlsparsity.cliargs import DeviceError
         from rlsparsity.config import ConfigError
         from rlsparsity.families import FamilyError
         from rlsparsity.tasks import TaskError
 
-        if isinstance(e, (ConfigError, FamilyError, TaskError, FileNotFoundError)):
-            print(f"rlsparsity: error: {e}", file=sys.stderr)
+        if isinstance(e, (ConfigError, FamilyError, TaskError, DeviceError, FileNotFoundError)):
+            print(f"rlsparsity: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
         raise
 

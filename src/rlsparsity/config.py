@@ -33,24 +33,34 @@ def _fill_defaults(obj: Any, schema: dict[str, Any]) -> None:
             _fill_defaults(obj[key], sub)
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+def validate_config(config: dict[str, Any], files: Any = ()) -> dict[str, Any]:
     """Validate ``config`` (a copy is returned with schema defaults filled in).
 
     Raises :class:`ConfigError` whose message names the key path and the problem,
-    e.g. ``config error at train.steps: -1 is less than the minimum of 1``.
+    e.g. ``config error at train.steps: -1 is less than the minimum of 1``. ``files``:
+    the YAML files ``config`` was read from by another loader (Snakemake's, which keeps
+    the last of duplicate keys silently); they are re-read strictly (duplicate keys,
+    syntax errors with line numbers).
     """
     import jsonschema
 
-    cfg = copy.deepcopy(dict(config))
+    from rlsparsity.config_validate import check_semantics, coerce_numbers, load_yaml
+
+    for f in files or ():
+        if Path(f).suffix != ".json" and Path(f).is_file():
+            load_yaml(Path(f).read_text(), f)
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"config error at <top level>: expected a mapping of keys, got {type(config).__name__}")
     schema = _schema()
+    cfg = coerce_numbers(copy.deepcopy(dict(config)), schema)  # YAML 1.1 reads 1e-5 as a string
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        msgs = []
-        for e in errors[:10]:
-            where = ".".join(str(p) for p in e.absolute_path) or "<top level>"
-            msgs.append(f"config error at {where}: {e.message}")
-        raise ConfigError("\n".join(msgs))
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "<top level>"
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"config error at {where}: {' '.join(e.message.split())}{more}")
     _fill_defaults(cfg, schema)
     # cross-field checks the schema cannot express
     fams = set(cfg["families"])
@@ -59,6 +69,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             unknown = [f for f in block["families"] if f not in fams]
             if unknown:
                 raise ConfigError(f"config error at grids.{i}.families: {unknown} not listed under 'families'")
+    check_semantics(cfg)  # task, zero-run grids, stage families, family paths, hparams (coerced in place)
     from rlsparsity.families import check_family_name
 
     for name, spec in cfg["families"].items():
@@ -71,9 +82,21 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
     # JSON (config.resolved.json) with json: YAML 1.1 reads json.dumps' "1e-05" as a string
-    text = p.read_text()
-    cfg = (json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)) or {}
-    if overrides:
+    from rlsparsity.config_validate import load_yaml
+
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {p}: {err.__class__.__name__}") from None
+    if p.suffix == ".json":
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config error in {p}, line {err.lineno}, column {err.colno}: {err.msg}") from None
+    else:
+        cfg = load_yaml(text, p)  # errors name the line; duplicate keys are errors
+    cfg = cfg if cfg is not None else {}
+    if overrides and isinstance(cfg, dict):
         cfg.update(overrides)
     return validate_config(cfg)
 

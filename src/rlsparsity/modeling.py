@@ -75,14 +75,27 @@ def save_dtype(precision: str) -> Any:
     return getattr(torch, SAVE_DTYPES[precision])
 
 
+def resolve_model(folder: str | Path, weights: bool = True) -> str:
+    """A local model folder (checked) or a hub id, by the rule of :mod:`rlsparsity.paths`.
+
+    Anything that looks like a filesystem path is local and must be a usable folder
+    (config.json and *.safetensors weights when ``weights``; pickle-only folders are
+    refused): :class:`rlsparsity.paths.PathProblem` (a FileNotFoundError) otherwise, never
+    a hub lookup."""
+    from rlsparsity.paths import check_local, looks_local, model_folder
+
+    arg = str(folder)
+    if not looks_local(arg):
+        return arg
+    return str(model_folder(arg) if weights else check_local(arg))
+
+
 def load_model(folder: str | Path, precision: str = "fp32", device: str = "cpu") -> Any:
     """Load a causal LM from a local folder (or hub id) in the training dtype."""
     from transformers import AutoModelForCausalLM
 
-    path = Path(folder)
-    if path.exists() and not (path / "config.json").exists():
-        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=train_dtype(precision, device))
+    src = resolve_model(folder)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=train_dtype(precision, device))
     model = model.to(device)
     snap_to_bf16(model, precision)  # a bf16 run starts on the bf16 grid whatever the folder holds
     return model
@@ -91,7 +104,7 @@ def load_model(folder: str | Path, precision: str = "fp32", device: str = "cpu")
 def load_tokenizer(folder: str | Path) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(resolve_model(folder, weights=False))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

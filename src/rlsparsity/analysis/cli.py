@@ -17,21 +17,37 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlsparsity.analysis.diff import DEFAULT_TOLERANCES
+from rlsparsity.cliargs import (
+    OneLineParser,
+    check_device,
+    device,
+    fail,
+    fraction,
+    fraction_or_off,
+    positive_int,
+    tolerance,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _guard(fn: Handler) -> Handler:
-    """Turn expected failures (bad checkpoint, missing file) into one stderr line and exit 2."""
+    """Turn expected failures (bad checkpoint, missing file, bad value) into one stderr line and exit 2."""
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         from rlsparsity.analysis.io import CheckpointError
 
+        if getattr(args, "device", "cpu") != "cpu":
+            try:
+                check_device(args.device)
+            except ValueError as err:
+                return fail(f"rlsparsity {args.command}", str(err))
         try:
             return fn(args)
-        except (CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as err:
-            print(f"rlsparsity {getattr(args, 'command', None) or ''}: error: {err}".replace("  ", " "), file=sys.stderr)
-            return 2
+        except (CheckpointError, OSError, ValueError) as err:
+            msg = str(err) if not isinstance(err, OSError) or not err.filename else \
+                f"{err.filename}: {err.strerror or err.__class__.__name__}"
+            return fail(f"rlsparsity {getattr(args, 'command', None) or ''}".strip(), msg)
     return run
 
 
@@ -62,6 +78,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.io import open_checkpoint
     from rlsparsity.analysis.overlap import topk_mask
 
+    if args.topk is not None and not args.out:
+        raise ValueError("--topk needs --out (the top-k mask is written there)")
     t0 = time.time()
     base, tuned = open_checkpoint(args.base), open_checkpoint(args.tuned)
     out = Path(args.out) if args.out else None
@@ -121,6 +139,8 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.tables import write_csv
 
     total, rows = overlap_masks(mask_file(args.mask_a, args.mask), mask_file(args.mask_b, args.mask))
+    if not total["n"]:
+        raise ValueError(f"{args.mask_a} and {args.mask_b} share no tensor of equal shape: nothing to overlap")
     if args.per_tensor:
         write_csv(Path(args.per_tensor), rows)
     if args.json:
@@ -131,11 +151,11 @@ def cmd_overlap(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from rlsparsity.analysis.layers import layer_table
+    from rlsparsity.analysis.layers import check_tensor_rows, layer_table
     from rlsparsity.analysis.tables import read_csv
 
     rows = read_csv(Path(args.tensors_csv))
-    tols = [c[len("changed_"):] for c in (rows[0] if rows else {}) if c.startswith("changed_")]
+    tols = check_tensor_rows(Path(args.tensors_csv), rows)
     table = layer_table(rows, tols)
     return _emit(table, args)
 
@@ -163,11 +183,9 @@ def cmd_analysis_table(args: argparse.Namespace) -> int:
 
 
 def cmd_public_pairs(args: argparse.Namespace) -> int:
-    import yaml
+    from rlsparsity.analysis.tables import public_pairs_table, read_pairs, write_csv
 
-    from rlsparsity.analysis.tables import public_pairs_table, write_csv
-
-    pairs = yaml.safe_load(Path(args.pairs).read_text())["pairs"]
+    pairs = read_pairs(Path(args.pairs))
     rows = public_pairs_table(pairs, tuple(args.tolerances), args.threads, _progress(args))
     write_csv(Path(args.out), rows)
     return 0
@@ -176,12 +194,22 @@ def cmd_public_pairs(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- parsers
 
 
+def mask_kind(text: str) -> str:
+    """'exact' or 'topk:P' with P a fraction in (0, 1]."""
+    if text == "exact":
+        return text
+    kind, sep, p = text.partition(":")
+    if kind != "topk" or not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'exact' or 'topk:P'")
+    return f"topk:{fraction(p):g}"
+
+
 def _common(p: argparse.ArgumentParser, tolerances: bool = True, threads: bool = True) -> None:
     if tolerances:
-        p.add_argument("--tolerances", type=float, nargs="+", default=list(DEFAULT_TOLERANCES), metavar="T",
+        p.add_argument("--tolerances", type=tolerance, nargs="+", default=list(DEFAULT_TOLERANCES), metavar="T",
                        help="unchanged iff |Δ| <= T (default: %(default)s)")
     if threads:
-        p.add_argument("--threads", type=int, default=None, help="worker threads (default: cores, at most 8)")
+        p.add_argument("--threads", type=positive_int, default=None, help="worker threads (default: cores, at most 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -193,9 +221,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     _common(p)
     p.add_argument("--out", help="write tensors.csv, summary.json, mask.safetensors here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (compare/gather on the device)")
-    p.add_argument("--mask-tol", type=float, default=0.0, help="mask = |Δ| > this (default 0: Δ != 0)")
-    p.add_argument("--topk", type=float, default=None, metavar="P",
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda (compare/gather on the device)")
+    p.add_argument("--mask-tol", type=tolerance, default=0.0, help="mask = |Δ| > this (default 0: Δ != 0)")
+    p.add_argument("--topk", type=fraction, default=None, metavar="P",
                    help="also write mask_topkP.safetensors: top-P fraction of entries by |Δ| (needs --out)")
     p.set_defaults(func=_guard(cmd_diff))
 
@@ -203,11 +231,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("base")
     p.add_argument("tuned")
     _common(p, tolerances=False, threads=False)
-    p.add_argument("--rtol", type=float, default=None, help="σ > rtol·σ_max (default: matrix_rank's max(m,n)·eps32)")
-    p.add_argument("--margin", type=float, default=None,
+    p.add_argument("--rtol", type=tolerance, default=None, help="σ > rtol·σ_max (default: matrix_rank's max(m,n)·eps32)")
+    p.add_argument("--margin", type=tolerance, default=None,
                    help="matrix_rank fallback if any σ lies within this band around τ, relative to τ "
                         "(default: rank.DEFAULT_MARGIN, widened for fp64-Gram rounding)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", help="per-matrix CSV")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_rank))
@@ -215,7 +243,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser("overlap", help="overlap of two update masks (o1, o2, chance, Jaccard)")
     p.add_argument("mask_a", help="mask file or diff --out folder")
     p.add_argument("mask_b", help="mask file or diff --out folder")
-    p.add_argument("--mask", default="exact", help="'exact' (Δ != 0) or 'topk:P' (for diff folders)")
+    p.add_argument("--mask", type=mask_kind, default="exact", help="'exact' (Δ != 0) or 'topk:P' (for diff folders)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--per-tensor", help="per-tensor CSV")
     p.set_defaults(func=_guard(cmd_overlap))
@@ -239,8 +267,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--base", required=True, help="base model folder")
     p.add_argument("--diff-root", required=True, help="per-run outputs go to DIFF_ROOT/<family>/.../seed<N>/")
     p.add_argument("--out", required=True, help="folder for the family's five CSVs")
-    p.add_argument("--topk", type=float, default=0.01, help="top-p magnitude mask for overlap (<= 0: off)")
-    p.add_argument("--device", default="cpu", help="device for rank")
+    p.add_argument("--topk", type=fraction_or_off, default=0.01, help="top-p magnitude mask for overlap (<= 0: off)")
+    p.add_argument("--device", type=device, default="cpu", help="device for rank")
     _common(p)
     p.set_defaults(func=_guard(cmd_analyze_family))
 
@@ -257,7 +285,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlsparsity")
+    parser = OneLineParser(prog="rlsparsity")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,142 +21,20 @@ from typing import Any
 
 import numpy as np
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+from rlsparsity.analysis.header import (  # noqa: F401
+    DTYPES,
+    CheckpointError,
+    DType,
+    TensorInfo,
+    ints64,
+    parse_header,
+    read_safetensors_index,
+    values64,
+)
+from rlsparsity.paths import PICKLE_SUFFIXES, PathProblem, check_local, looks_local
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read; the message is one line meant for the user."""
-
-
-@dataclass(frozen=True)
-class DType:
-    """A safetensors dtype: element size, the unsigned bit-pattern view, how to get values.
-
-    ``abs_mask``/``nonfinite_at``: for float dtypes, an element is non-finite iff
-    ``bits & abs_mask >= nonfinite_at`` (all exponent bits set); 0 for integer dtypes.
-    """
-
-    name: str
-    itemsize: int
-    torch_name: str
-    abs_mask: int = 0
-    nonfinite_at: int = 0
-
-    @property
-    def bits(self) -> np.dtype:
-        return np.dtype(f"<u{self.itemsize}")
-
-    @property
-    def is_float(self) -> bool:
-        return self.nonfinite_at != 0
-
-
-DTYPES: dict[str, DType] = {d.name: d for d in (
-    DType("F64", 8, "float64", 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
-    DType("F32", 4, "float32", 0x7FFF_FFFF, 0x7F80_0000),
-    DType("F16", 2, "float16", 0x7FFF, 0x7C00),
-    DType("BF16", 2, "bfloat16", 0x7FFF, 0x7F80),
-    DType("F8_E4M3", 1, "float8_e4m3fn", 0x7F, 0x7F),
-    DType("F8_E5M2", 1, "float8_e5m2", 0x7F, 0x7C),
-    DType("I64", 8, "int64"), DType("I32", 4, "int32"), DType("I16", 2, "int16"),
-    DType("I8", 1, "int8"), DType("U8", 1, "uint8"), DType("BOOL", 1, "bool"),
-)}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor's bytes live: ``file`` at absolute byte ``offset``, row-major."""
-
-    name: str
-    file: Path
-    dtype: DType
-    shape: tuple[int, ...]
-    offset: int
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
-
-
-def values64(bits: np.ndarray, dtype: DType) -> np.ndarray:
-    """Exact float64 values of raw element bit patterns (every supported dtype fits float64).
-
-    Signalling NaN patterns become quiet NaNs (numpy's "invalid value" warning is silenced)."""
-    with np.errstate(invalid="ignore"):
-        return _values64(bits, dtype)
-
-
-def _values64(bits: np.ndarray, dtype: DType) -> np.ndarray:
-    name = dtype.name
-    if name == "F64":
-        return bits.view(np.float64)
-    if name == "F32":
-        return bits.view(np.float32).astype(np.float64)
-    if name == "F16":
-        return bits.view(np.float16).astype(np.float64)
-    if name == "BF16":
-        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    if name.startswith("F8"):
-        import torch
-
-        return torch.from_numpy(bits).view(getattr(torch, dtype.torch_name)).double().numpy()
-    signed = {"I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8}
-    return bits.view(signed.get(name, bits.dtype)).astype(np.float64)
-
-
-def _parse_header(path: Path) -> tuple[dict[str, Any], int, int]:
-    """Return (header JSON, data start offset, data size) after validating sizes."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header length {n}, "
-                                  f"file size {size})")
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({err.__class__.__name__})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    return header, 8 + n, size - 8 - n
-
-
-def read_safetensors_index(path: Path) -> dict[str, TensorInfo]:
-    """Tensor locations of one ``.safetensors`` file; raises CheckpointError if truncated/corrupt."""
-    header, start, data_size = _parse_header(path)
-    out: dict[str, TensorInfo] = {}
-    end_max = 0
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = DTYPES[meta["dtype"]]
-            shape = tuple(int(s) for s in meta["shape"])
-            lo, hi = (int(x) for x in meta["data_offsets"])
-        except KeyError as err:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported or missing field {err}") from None
-        info = TensorInfo(name, path, dtype, shape, start + lo)
-        if hi - lo != info.nbytes or lo < 0:
-            raise CheckpointError(f"{path}: corrupt entry for tensor {name!r} (byte range {lo}..{hi} "
-                                  f"does not match shape {list(shape)} {dtype.name})")
-        end_max = max(end_max, hi)
-        out[name] = info
-    if end_max > data_size:
-        raise CheckpointError(f"{path}: truncated safetensors file ({data_size} data bytes, header "
-                              f"expects {end_max})")
-    return out
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -167,46 +44,68 @@ def _refuse_pickle(path: Path) -> None:
 
 
 def resolve(arg: str) -> Path:
-    """A local checkpoint path for ``arg``: the path itself if it exists, else a hub download.
+    """A local checkpoint path for ``arg``: a local path (see :mod:`rlsparsity.paths`), else a hub download.
 
-    Hub ids are fetched with ``huggingface_hub.snapshot_download`` (only ``*.safetensors``
-    and ``*.json``) and only when ``arg`` is not an existing path and looks like a hub id.
+    Anything that looks like a filesystem path is local and must exist ("no such file or
+    folder", "symlink loop" otherwise); hub ids are fetched with
+    ``huggingface_hub.snapshot_download`` (only ``*.safetensors`` and ``*.json``).
     """
-    path = Path(arg)
-    if path.exists():
-        return path
-    if arg.startswith((".", "/", "~")) or not _HUB_ID.match(arg) or arg.endswith(PICKLE_SUFFIXES):
-        raise CheckpointError(f"{arg}: no such file or directory")
+    if looks_local(arg):
+        try:
+            return check_local(arg)
+        except PathProblem as err:
+            raise CheckpointError(str(err)) from None
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(arg, allow_patterns=["*.safetensors", "*.json"]))
     except Exception as err:  # offline, unknown repo, gated: all end the same way for the user
-        raise CheckpointError(f"{arg}: not a local path, and downloading it from the Hugging Face hub "
-                              f"failed ({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                              ) from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{arg}: no such local file or folder, and downloading it as a Hugging Face "
+                              f"hub id failed ({err.__class__.__name__}: {first})") from None
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def _read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index: tensor name -> shard file name (validated)."""
+    try:
+        doc = json.loads(index.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{index}: corrupt index (not JSON: {err.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{index}: corrupt index (a JSON {type(doc).__name__}, not an object)")
+    wm = doc.get("weight_map")
+    if not isinstance(wm, dict):
+        what = "missing" if wm is None else f"a JSON {type(wm).__name__}, not an object"
+        raise CheckpointError(f"{index}: corrupt index (weight_map is {what})")
+    if not wm:
+        raise CheckpointError(f"{index}: corrupt index (weight_map lists no tensors)")
+    for name, fname in wm.items():
+        if not isinstance(fname, str) or not fname:
+            raise CheckpointError(f"{index}: corrupt index (tensor {name!r} maps to {fname!r}, not a file name)")
+        if Path(fname).is_absolute() or ".." in Path(fname).parts or not fname.endswith(".safetensors"):
+            raise CheckpointError(f"{index}: tensor {name!r} maps to {fname!r}: shards must be *.safetensors "
+                                  f"files inside the folder")
+    return wm
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The weight files of a folder and, for a sharded checkpoint, its index's weight_map."""
     index = folder / INDEX_NAME
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise CheckpointError(f"{index}: corrupt index ({err.__class__.__name__})") from None
-        files = sorted({folder / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.exists()]
+        wm = _read_index(index)
+        files = sorted({folder / f for f in wm.values()})
+        missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index}: shard(s) missing: {', '.join(missing)}")
-        return files
+        return files, wm
     if (folder / SINGLE_NAME).exists():
-        return [folder / SINGLE_NAME]
+        return [folder / SINGLE_NAME], None
     files = sorted(folder.glob("*.safetensors"))
     if files:
-        return files
-    if any(folder.glob(f"*{s}") for s in PICKLE_SUFFIXES):
+        return files, None
+    if any(any(folder.glob(f"*{s}")) for s in PICKLE_SUFFIXES):
         _refuse_pickle(folder)
-    raise CheckpointError(f"{folder}: no *.safetensors weights found")
+    raise CheckpointError(f"{folder}: folder has no model weights (no *.safetensors file)")
 
 
 @dataclass
@@ -222,19 +121,51 @@ class Checkpoint:
         return sum(t.numel for t in self.tensors.values())
 
 
+def _merge_shards(files: list[Path], weight_map: dict[str, str] | None) -> dict[str, TensorInfo]:
+    """All shards' tensors; a name stored in two shards, or missing from its indexed shard, is an error."""
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        for name, info in read_safetensors_index(f).items():
+            if name in tensors:
+                raise CheckpointError(f"tensor {name!r} is stored in two shards ({tensors[name].file.name} "
+                                      f"and {f.name}) of {f.parent}: ambiguous checkpoint")
+            tensors[name] = info
+    for name, fname in (weight_map or {}).items():
+        if name not in tensors or tensors[name].file.name != Path(fname).name:
+            where = f"is in {tensors[name].file.name}" if name in tensors else "is in no shard"
+            raise CheckpointError(f"{files[0].parent / INDEX_NAME}: index maps tensor {name!r} to {fname}, "
+                                  f"but it {where}")
+    return tensors
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{cfg_path}: corrupt config.json (not JSON: {err.__class__.__name__})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: corrupt config.json (a JSON {type(cfg).__name__}, not an object)")
+    return cfg
+
+
 def open_checkpoint(arg: str | Path) -> Checkpoint:
-    """Open a folder (single file or sharded with an index), a ``.safetensors`` file, or a hub id."""
+    """Open a folder (single file or sharded with an index), a ``.safetensors`` file, or a hub id.
+
+    A checkpoint without any tensor is an error (nothing to compare)."""
     path = resolve(str(arg))
     if path.is_file() and path.suffix in PICKLE_SUFFIXES:
         _refuse_pickle(path)
-    files = [path] if path.is_file() else _weight_files(path)
-    tensors: dict[str, TensorInfo] = {}
-    for f in files:
-        tensors.update(read_safetensors_index(f))
+    if path.is_file() and path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: not a checkpoint (expected a model folder or a .safetensors file)")
+    files, weight_map = ([path], None) if path.is_file() else _weight_files(path)
+    tensors = _merge_shards(files, weight_map)
+    if not tensors:
+        raise CheckpointError(f"{path}: checkpoint holds no tensors (empty safetensors header)")
     folder = path if path.is_dir() else path.parent
-    cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    return Checkpoint(path, tensors, config)
+    return Checkpoint(path, tensors, _read_config(folder))
 
 
 def read_bits(info: TensorInfo, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -295,14 +226,37 @@ class MaskWriter:
 
 
 def load_packed_mask(path: str | Path) -> dict[str, tuple[np.ndarray, tuple[int, ...]]]:
-    """name -> (packed uint8 bits, shape) from a mask file written by :class:`MaskWriter`."""
-    from safetensors import safe_open
+    """name -> (packed uint8 bits, shape) from a mask file written by :class:`MaskWriter`.
 
+    Any other file (a checkpoint, a CSV, a folder without a mask) is refused with one line."""
     path = Path(path)
-    read_safetensors_index(path)  # clear error on truncation
-    with safe_open(str(path), framework="numpy") as fh:
-        shapes = json.loads(fh.metadata()["shapes"])
-        return {name: (fh.get_tensor(name), tuple(shapes[name])) for name in fh.keys()}
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder without the expected mask file (mask.safetensors)")
+    try:
+        check_local(path)
+    except PathProblem as err:
+        raise CheckpointError(str(err)) from None
+    tensors = read_safetensors_index(path)
+    header, _, _ = parse_header(path)
+    not_mask = f"{path}: not an update mask file (as written by `rlsparsity diff --out`)"
+    try:
+        shapes = json.loads((header.get("__metadata__") or {})["shapes"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"{not_mask}: no 'shapes' metadata") from None
+    if not isinstance(shapes, dict) or set(shapes) != set(tensors):
+        raise CheckpointError(f"{not_mask}: its 'shapes' metadata does not list its tensors")
+    out = {}
+    for name, info in tensors.items():
+        shape = shapes[name]
+        if not (isinstance(shape, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                for x in shape)):
+            raise CheckpointError(f"{not_mask}: shape of {name!r} is {shape!r}")
+        n = int(np.prod(shape, dtype=object)) if shape else 1
+        if info.dtype.name != "U8" or info.shape != ((n + 7) // 8,):
+            raise CheckpointError(f"{not_mask}: tensor {name!r} is {info.dtype.name} {list(info.shape)}, "
+                                  f"not the packed bits of shape {shape}")
+        out[name] = (read_bits(info), tuple(shape))
+    return out
 
 
 def load_mask(path: str | Path) -> dict[str, "torch.Tensor"]:  # noqa: F821

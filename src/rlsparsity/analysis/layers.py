@@ -10,6 +10,7 @@ A bias gets the type of its weight.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 MATRIX_TYPES: tuple[str, ...] = ("q", "k", "v", "o", "kv", "qkv", "gate", "up", "down", "gate_up",
@@ -78,3 +79,34 @@ def layer_table(rows: list[dict[str, Any]], tolerances: list[str]) -> list[dict[
                         "tolerance": float(tol), "sparsity": 1 - changed / numel if numel else float("nan"),
                         "below_bf16_half_ulp": below / numel if numel else float("nan")})
     return out
+
+
+TENSOR_COLUMNS: tuple[str, ...] = ("layer", "matrix_type", "numel", "below_ulp")
+
+
+def check_tensor_rows(path: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The tolerances (``changed_<tol>`` columns) of a tensors.csv written by ``rlsparsity diff --out``;
+    ValueError naming the file, row and column for anything else."""
+    if not rows:
+        raise ValueError(f"{path}: no data rows (expected a tensors.csv written by `rlsparsity diff --out`)")
+    cols = list(rows[0])
+    tols = [c[len("changed_"):] for c in cols if c.startswith("changed_")]
+    missing = [c for c in TENSOR_COLUMNS if c not in cols]
+    if missing or not tols:
+        raise ValueError(f"{path}: not a tensors.csv of `rlsparsity diff --out` (missing column(s) "
+                         f"{', '.join(missing + ([] if tols else ['changed_<tol>']))})")
+    for t in tols:
+        try:
+            float(t)
+        except ValueError:
+            raise ValueError(f"{path}: column changed_{t}: {t!r} is not a tolerance") from None
+    for i, r in enumerate(rows, start=2):  # line 1 is the header
+        for c in ("numel", "below_ulp", *(f"changed_{t}" for t in tols)):
+            v = r.get(c)
+            if v is None or not v.strip().isdigit():
+                raise ValueError(f"{path}, line {i}: column {c} is {v!r}, not a count")
+        if r["layer"] not in ("", None) and not str(r["layer"]).strip().lstrip("-").isdigit():
+            raise ValueError(f"{path}, line {i}: column layer is {r['layer']!r}, not a layer index")
+        if int(r[f"changed_{tols[0]}"]) > int(r["numel"]):
+            raise ValueError(f"{path}, line {i}: more changed entries than numel")
+    return tols

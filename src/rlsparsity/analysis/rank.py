@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rlsparsity.analysis.io import Checkpoint, TensorInfo, read_bits, values64
+from rlsparsity.analysis.header import TensorInfo, values64
+from rlsparsity.analysis.io import Checkpoint, read_bits
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +163,7 @@ def rank_checkpoints(base: Checkpoint, tuned: Checkpoint, rtol: float | None = N
     import torch
     from tqdm import tqdm
 
-    from rlsparsity.analysis.diff import plan_pairs
+    from rlsparsity.analysis.pairing import plan_pairs
     from rlsparsity.analysis.layers import parse_name
 
     pairs = [(b, t) for b, t in plan_pairs(base, tuned).pairs if len(b.shape) == 2 and len(t.shape) == 2]

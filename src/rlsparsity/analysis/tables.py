@@ -38,8 +38,35 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None 
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Rows of a CSV file; ValueError naming the file if it is not UTF-8 text CSV."""
+    from rlsparsity.paths import check_local
+
+    if check_local(path).is_dir():
+        raise ValueError(f"{path}: is a folder, not a CSV file")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a CSV text file ({err.__class__.__name__})") from None
+    if any(None in r for r in rows):
+        raise ValueError(f"{path}: not a CSV table (a row has more fields than the header)")
+    return rows
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """The ``pairs`` list of a public-pairs YAML file, each with string name/algorithm/base/tuned."""
+    from rlsparsity.config_validate import load_yaml
+    from rlsparsity.paths import check_local
+
+    doc = load_yaml(check_local(path).read_text(encoding="utf-8", errors="replace"), path)
+    pairs = doc.get("pairs") if isinstance(doc, dict) else None
+    if not isinstance(pairs, list) or not pairs:
+        raise ValueError(f"{path}: expected a non-empty list under 'pairs'")
+    for i, p in enumerate(pairs):
+        bad = [k for k in ("name", "algorithm", "base", "tuned") if not isinstance((p or {}).get(k) if isinstance(p, dict) else None, str)]
+        if bad:
+            raise ValueError(f"{path}: pairs[{i}] needs string field(s) {', '.join(bad)}")
+    return pairs
 
 
 def diff_run(base: Checkpoint, base_arg: str, run_path: Path, out: Path, tolerances: tuple[float, ...],

@@ -1,0 +1,297 @@
+"""Exact per-chunk diff maths: counts of |θ1 − θ0| > t, below-half-ulp, non-finite, max/l2.
+
+For base θ0 and tuned θ1, an entry is *unchanged at tolerance t* iff |θ1 − θ0| ≤ t,
+decided exactly:
+
+* Candidates for change are found on raw bit patterns (bits differ), which is exact for
+  equal dtypes once the two IEEE corner cases are fixed up: +0 vs −0 differ in bits but
+  are equal (removed again below), and a NaN with equal bits on both sides is caught by a
+  per-chunk non-finite check of the base (that chunk then takes the value path). Chunks
+  whose dtypes differ take the value path: both sides converted exactly to float64.
+* Equal float dtypes of ≤ 32 bits with a finite base (the common case) take a float32
+  fast path: for the changed entries Δ = fl32(θ1 − θ0), proven exact entry by entry
+  (2|Δ| < |θ0|, Sterbenz), with thresholds rounded down to float32; the few entries not
+  proven exact take the float64 path below. See ``_fast_chunk``. With ``--device cuda``
+  the fast path's compare, gather and arithmetic run in torch on the GPU; counts, masks
+  and max |Δ| are identical to the CPU's, the l2 sum may differ in its last bits
+  (summation order).
+* Otherwise, for the changed entries only, Δ = fl64(θ1 − θ0). Every comparison ``|Δ| ≤ t`` and
+  ``|Δ| < h`` is exact: rounding is monotone, so a wrong decision needs fl64(|Δ|) to equal
+  the threshold exactly; those ties are resolved with the TwoSum error term (the exact
+  Δ is s + err).
+* Chunks where either side stores integers never go through float64 (which is exact
+  only up to 2^53): see :mod:`rlsparsity.analysis.exact_int`.
+* Non-finite entries (NaN/Inf on either side) count as changed at every tolerance and
+  are reported per tensor.
+
+*Below bf16 storage precision*: an entry with 0 < |Δ| < h(θ0), h(w) = half a bf16 ulp of
+the base value = 2^(floor(log2|w|) − 8), and for |w| < 2^-126 (zero, bf16 subnormals)
+half the smallest bf16 subnormal, 2^-134.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rlsparsity.analysis.header import DType, values64
+
+
+@dataclass
+class Stats:
+    """Counts for a set of entries. ``changed[i]``: entries with |Δ| > tolerances[i]."""
+
+    changed: np.ndarray
+    below_ulp: int = 0
+    nonfinite: int = 0
+    max_abs: float = 0.0
+    sumsq: float = 0.0
+
+    @classmethod
+    def zero(cls, n_tol: int) -> "Stats":
+        return cls(np.zeros(n_tol, dtype=np.int64))
+
+    def add(self, other: "Stats") -> None:
+        self.changed += other.changed
+        self.below_ulp += other.below_ulp
+        self.nonfinite += other.nonfinite
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.sumsq += other.sumsq
+
+
+def _twosum_err(b: np.ndarray, a: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Exact rounding error of s = fl(b − a): b − a == s + err exactly (Knuth's TwoSum)."""
+    na = -a
+    bv = s - b
+    return (b - (s - bv)) + (na - bv)
+
+
+def _count_exceeding(ad: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, t: float) -> int:
+    """Exact count of entries with |b − a| > t (NaN counts), given d = fl(b − a), ad = |d|."""
+    n_le = int(np.count_nonzero(ad <= t))
+    ties = np.flatnonzero(ad == t)
+    if ties.size:
+        err = _twosum_err(b[ties], a[ties], d[ties])
+        n_le -= int(np.count_nonzero(np.sign(d[ties]) * err > 0))
+    return ad.size - n_le
+
+
+def half_bf16_ulp(w: np.ndarray) -> np.ndarray:
+    """2^(floor(log2|w|) − 8), with floor(log2|w|) clamped below at −126 (w = 0 included).
+
+    Built from float64 bits: floor(log2|w|) = biased exponent − 1023 for every w that is
+    normal in float64 (all bf16/fp16/fp32 values), and the result's biased exponent is
+    max(E, 1023 − 126) − 8.
+    """
+    e = (np.ascontiguousarray(w, dtype=np.float64).view(np.uint64) >> np.uint64(52)) & np.uint64(0x7FF)
+    return ((np.maximum(e, np.uint64(897)) - np.uint64(8)) << np.uint64(52)).view(np.float64)
+
+
+def _count_below_ulp(ad: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray) -> int:
+    """Exact count of entries with 0 < |b − a| < half_bf16_ulp(a) (all entries here have Δ ≠ 0)."""
+    h = half_bf16_ulp(a)
+    n = int(np.count_nonzero(ad < h))
+    ties = np.flatnonzero(ad == h)
+    if ties.size:
+        err = _twosum_err(b[ties], a[ties], d[ties])
+        n += int(np.count_nonzero(np.sign(d[ties]) * err < 0))
+    return n
+
+
+def subset_stats(a: np.ndarray, b: np.ndarray, tolerances: tuple[float, ...]) -> tuple[Stats, np.ndarray]:
+    """Stats of entries whose values differ (float64 a = base, b = tuned; no equal pairs).
+
+    Returns the stats and |Δ| (for masks at a tolerance > 0).
+    """
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, counted as non-finite
+        d = b - a
+    ad = np.abs(d)
+    fin = np.isfinite(d)
+    n_fin = int(np.count_nonzero(fin))
+    st = Stats(np.array([ad.size if t == 0 else _count_exceeding(ad, d, a, b, t) for t in tolerances],
+                        dtype=np.int64))
+    st.nonfinite = ad.size - n_fin
+    if n_fin < ad.size:
+        a, b, d, ad = a[fin], b[fin], d[fin], ad[fin]
+    if ad.size:
+        st.below_ulp = _count_below_ulp(ad, d, a, b)
+        st.max_abs = float(ad.max())
+        st.sumsq = float(np.dot(d, d))
+    return st, ad
+
+
+def _has_nonfinite(bits: np.ndarray, dt: DType) -> bool:
+    """Any NaN/Inf among float bit patterns: two reductions over the unsigned and signed views
+    (negative non-finite patterns are the largest unsigned ones, positive the largest signed)."""
+    if not dt.is_float or bits.size == 0:
+        return False
+    sign = 1 << (8 * dt.itemsize - 1)
+    return int(bits.max()) >= (sign | dt.nonfinite_at) or int(bits.view(f"<i{dt.itemsize}").max()) >= dt.nonfinite_at
+
+
+def changed_positions(a_bits: np.ndarray, b_bits: np.ndarray, da: DType, db: DType
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean mask of entries whose values differ or are non-finite, their flat indices,
+    and the float64 base/tuned values there (the general, all-float64 path)."""
+    if da == db and not _has_nonfinite(a_bits, da):
+        m = a_bits != b_bits
+        idx = np.flatnonzero(m)
+        a, b = values64(a_bits[idx], da), values64(b_bits[idx], db)
+        idx, a, b = _drop_equal_values(m, idx, a, b)
+        return m, idx, a, b
+    a64, b64 = values64(a_bits, da), values64(b_bits, db)
+    m = (a64 != b64) | ~np.isfinite(a64) | ~np.isfinite(b64)
+    idx = np.flatnonzero(m)
+    return m, idx, a64[idx], b64[idx]
+
+
+def _drop_equal_values(m: np.ndarray, idx: np.ndarray, a: np.ndarray, b: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Remove +0/−0 pairs (different bits, equal values) from ``m`` and the gathered arrays."""
+    same = a == b
+    if same.any():
+        m[idx[same]] = False
+        keep = ~same
+        idx, a, b = idx[keep], a[keep], b[keep]
+    return idx, a, b
+
+
+def _subset_into(st: Stats, m: np.ndarray, idx: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 tolerances: tuple[float, ...], mask_tol: float) -> None:
+    """Add the exact float64 stats of changed entries ``idx`` to ``st``; apply ``mask_tol`` to ``m``."""
+    sst, ad = subset_stats(a, b, tolerances)
+    st.add(sst)
+    if mask_tol > 0:
+        with np.errstate(invalid="ignore"):
+            fin = np.isfinite(b - a)
+        # ad holds finite entries only; non-finite entries stay in the mask (changed)
+        m[idx[fin][ad <= mask_tol] if ad.size else idx[:0]] = False
+
+
+# Fast path for equal float dtypes of at most 32 bits (the common case): Δ in float32.
+#
+# s = fl32(θ1 − θ0) is exact whenever 2|s| < |θ0|: if the subtraction were inexact, θ1/θ0
+# would lie outside [1/2, 2] (Sterbenz) or the signs would differ, so |Δ| ≥ |θ0|/2 and, by
+# monotone rounding, 2|s| ≥ |θ0|. Those entries (sign flips, |Δ| ≥ |θ0|/2, θ0 = ±0,
+# overflow, non-finite tuned values) are rare and take the float64 path above. For the
+# rest Δ = s exactly, so |Δ| ≤ t ⇔ |s| ≤ T32(t), T32(t) the largest float32 ≤ t.
+FAST32 = ("BF16", "F16", "F32")
+
+
+def _f32_below(t: float) -> float:
+    """The largest float32 ≤ t (t ≥ 0): |s| ≤ t ⇔ |s| ≤ this, for every float32 s."""
+    f = np.float32(t)
+    return float(np.nextafter(f, np.float32(0)) if float(f) > t else f)
+
+
+def _fast_chunk(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, tolerances: tuple[float, ...],
+                mask_tol: float, device: str) -> tuple[Stats, np.ndarray]:
+    """:func:`chunk_stats` for equal FAST32 dtypes and a finite base (see the note above).
+
+    The compare, gather and float32 arithmetic run in numpy on the CPU and in torch on
+    another device; the rare float64 entries always on the CPU. Below-half-ulp needs no
+    work for bf16: two distinct bf16 values are at least half a bf16 ulp of the base apart.
+    """
+    ops = _NumpyOps() if device == "cpu" else _TorchOps(device)
+    m, idx, a32, ad = ops.changed32(a_bits, b_bits, dt)
+    ok = (ad + ad) < abs(a32)
+    st = Stats.zero(len(tolerances))
+    if ops.count(ok) < len(idx):  # rare: float64 path for the entries not proven exact
+        sidx = idx[ops.numpy(~ok)]
+        sidx, a64, b64 = _drop_equal_values(m, sidx, values64(a_bits[sidx], dt), values64(b_bits[sidx], dt))
+        _subset_into(st, m, sidx, a64, b64, tolerances, mask_tol)
+        ad, a32, idx = ad[ok], a32[ok], idx[ops.numpy(ok)]
+    n = len(idx)  # every remaining entry has Δ = s ≠ 0 exactly
+    st.changed += np.array([n if t == 0 else ops.count(ad > _f32_below(t)) for t in tolerances], dtype=np.int64)
+    if n:
+        if dt.name != "BF16":
+            st.below_ulp += ops.count(ad * 256 < ops.pow2_floor(a32))  # |Δ| < 2^(e−8); ×256 is exact
+        st.max_abs = max(st.max_abs, float(ad.max()))
+        st.sumsq += ops.sumsq(ad)
+        if mask_tol > 0:
+            m[idx[ops.numpy(ad <= _f32_below(mask_tol))]] = False
+    return st, m
+
+
+def _to_f32(bits: np.ndarray, dt: DType) -> np.ndarray:
+    """Exact float32 values of FAST32 bit patterns."""
+    if dt.name == "BF16":
+        return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
+    return bits.view(np.float16).astype(np.float32) if dt.name == "F16" else bits.view(np.float32)
+
+
+class _NumpyOps:
+    """Array operations of :func:`_fast_chunk` on the CPU (numpy)."""
+
+    @staticmethod
+    def changed32(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mask of differing bits, their flat indices, float32 base there, float32 |s|)."""
+        m = a_bits != b_bits
+        idx = np.flatnonzero(m)
+        a32 = _to_f32(a_bits[idx], dt)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN: not proven exact, float64 path
+            return m, idx, a32, np.abs(_to_f32(b_bits[idx], dt) - a32)
+
+    count = staticmethod(lambda x: int(np.count_nonzero(x)))
+    numpy = staticmethod(lambda x: x)
+
+    @staticmethod
+    def sumsq(ad: np.ndarray) -> float:
+        return float(np.einsum("i,i->", ad, ad, dtype=np.float64))  # float32 squares are exact in float64
+
+    @staticmethod
+    def pow2_floor(a32: np.ndarray) -> np.ndarray:
+        """2^floor(log2|a|), at least 2^-126 (zero and subnormals)."""
+        e = a32.view(np.uint32) & np.uint32(0x7F80_0000)
+        return np.maximum(e, np.uint32(0x0080_0000)).view(np.float32)
+
+
+class _TorchOps:
+    """Array operations of :func:`_fast_chunk` on a torch device (index arrays come back to numpy)."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.torch, self.device = torch, device
+
+    def changed32(self, a_bits: np.ndarray, b_bits: np.ndarray, dt: DType
+                  ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        torch, signed = self.torch, np.dtype(f"<i{dt.itemsize}")  # torch lacks unsigned ops: use signed
+        ta, tb = (torch.from_numpy(x.view(signed)).to(self.device) for x in (a_bits, b_bits))
+        tm = ta != tb
+        tidx = tm.nonzero().flatten()
+        fdt = getattr(torch, dt.torch_name)
+        a32 = ta[tidx].view(fdt).float()
+        return tm.cpu().numpy(), tidx.cpu().numpy(), a32, (tb[tidx].view(fdt).float() - a32).abs()
+
+    def count(self, x: Any) -> int:
+        return int(self.torch.count_nonzero(x))
+
+    @staticmethod
+    def numpy(x: Any) -> np.ndarray:
+        return x.cpu().numpy()
+
+    def sumsq(self, ad: Any) -> float:
+        return float(self.torch.sum(ad.double() ** 2))
+
+    def pow2_floor(self, a32: Any) -> Any:
+        e = a32.view(self.torch.int32) & 0x7F80_0000
+        return e.clamp_min(0x0080_0000).view(self.torch.float32)
+
+
+def chunk_stats(a_bits: np.ndarray, b_bits: np.ndarray, da: DType, db: DType, tolerances: tuple[float, ...],
+                mask_tol: float = 0.0, device: str = "cpu") -> tuple[Stats, np.ndarray]:
+    """Stats of one chunk (equal-length flat bit arrays) and its update mask |Δ| > mask_tol."""
+    if not (da.is_float and db.is_float):
+        from rlsparsity.analysis.exact_int import int_chunk
+
+        return int_chunk(a_bits, b_bits, da, db, tolerances, mask_tol)
+    if da == db and da.name in FAST32 and not _has_nonfinite(a_bits, da):
+        return _fast_chunk(a_bits, b_bits, da, tolerances, mask_tol, device)
+    m, idx, a, b = changed_positions(a_bits, b_bits, da, db)
+    st = Stats.zero(len(tolerances))
+    _subset_into(st, m, idx, a, b, tolerances, mask_tol)
+    return st, m
