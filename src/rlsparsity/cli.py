@@ -115,6 +115,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rlsparsity.entropy",
     "rlsparsity.subnetwork",
     "rlsparsity.figures.cli",
+    "rlsparsity.manifest",
 )
 
 
