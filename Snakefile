@@ -13,7 +13,6 @@ from rlsparsity.config import validate_config  # noqa: E402
 from rlsparsity import config_slices as CS  # noqa: E402
 from rlsparsity import grid as G  # noqa: E402
 
-
 # The default grid applies only when no --configfile is given: a user's config file
 # replaces it whole (Snakemake would otherwise deep-merge the two, e.g. keep all ten
 # tiny families next to the user's). --config KEY=VALUE still overrides single keys.
@@ -55,6 +54,6 @@ include: "workflow/rules/figures.smk"  # keep last: wires figures for the tables
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

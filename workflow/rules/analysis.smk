@@ -15,24 +15,24 @@ rule analyze:
         runs=lambda wildcards: trained(r for r in RUNS if r.family == wildcards.family),
     output:
         tables=expand(f"{R}/analysis/{{{{family}}}}/{{table}}.csv", table=ANALYSIS_TABLES),
-    params:
-        runs=lambda wildcards: [run_dir(r) for r in RUNS if r.family == wildcards.family],
-        base=lambda wildcards, input: str(Path(input.base).parent),
-        diff_root=f"{R}/diff",
-        out=lambda wildcards, output: str(Path(output.tables[0]).parent),
-        topk=ANALYSIS_TOPK,
     log:
         f"{R}/logs/analysis/{{family}}.log",
     benchmark:
         f"{R}/benchmarks/analysis/{{family}}.tsv"
     wildcard_constraints:
         family="|".join(ANALYSIS_FAMILIES),
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        runs=lambda wildcards: [run_dir(r) for r in RUNS if r.family == wildcards.family],
+        base=lambda wildcards, input: str(Path(input.base).parent),
+        diff_root=f"{R}/diff",
+        out=lambda wildcards, output: str(Path(output.tables[0]).parent),
+        topk=ANALYSIS_TOPK,
     shell:
         "rlsparsity analyze-family {params.runs:q} --base {params.base:q} --diff-root {params.diff_root:q}"
         " --out {params.out:q} --topk {params.topk} --threads {threads} --quiet > {log:q} 2>&1"
@@ -43,17 +43,17 @@ rule analysis_table:
         lambda wildcards: [f"{R}/analysis/{f}/{wildcards.table}.csv" for f in ANALYSIS_FAMILIES],
     output:
         f"{R}/tables/{{table}}.csv",
-    wildcard_constraints:
-        table="|".join(ANALYSIS_TABLES),
     log:
         f"{R}/logs/analysis/table_{{table}}.log",
     benchmark:
         f"{R}/benchmarks/analysis/table_{{table}}.tsv"
+    wildcard_constraints:
+        table="|".join(ANALYSIS_TABLES),
+    conda:
+        f"{ENVS}/analysis.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
         "rlsparsity analysis-table {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -77,11 +77,11 @@ rule public_pairs:
         f"{R}/logs/analysis/public_pairs.log",
     benchmark:
         f"{R}/benchmarks/analysis/public_pairs.tsv"
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 8
     resources:
         mem_mb=4000,
         runtime=600,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
         "rlsparsity public-pairs --pairs {input:q} --out {output:q} --threads {threads} --quiet > {log:q} 2>&1"

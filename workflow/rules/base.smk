@@ -8,13 +8,13 @@
 rule job_config:
     output:
         json=f"{R}/config/{{stage}}/{{name}}.json",
-    params:
-        digest=config_digest,
     log:
         f"{R}/logs/config/{{stage}}/{{name}}.log",
     wildcard_constraints:
         stage="|".join(CS.STAGES),
         name=r"[A-Za-z0-9_.-]+",
+    params:
+        digest=config_digest,
     run:
         CS.write_job_config(config, output.json, wildcards.stage, wildcards.name, log[0])
 
@@ -29,18 +29,18 @@ rule base:
     output:
         model=f"{R}/base/{{family}}/model.safetensors",
         metrics=f"{R}/base/{{family}}/metrics.json",
-    params:
-        out=lambda wildcards, output: str(Path(output.metrics).parent),
     log:
         f"{R}/logs/base/{{family}}.log",
     benchmark:
         f"{R}/benchmarks/base/{{family}}.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    threads: 1
-    conda:
-        f"{ENVS}/train.yaml"
+    params:
+        out=lambda wildcards, output: str(Path(output.metrics).parent),
     shell:
         "OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family:q} "
         "--out {params.out:q} --config {input.config:q} > {log:q} 2>&1"

@@ -24,7 +24,7 @@ def job_config(stage, name):
 
 
 def config_digest(wildcards):
-    """params of rule job_config: the digest of the job's config slice (a rerun trigger)."""
+    """The params of job_config, the digest of the job's config slice (a rerun trigger)."""
     return CS.slice_digest(config, wildcards.stage, wildcards.name)
 
 

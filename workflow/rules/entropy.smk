@@ -11,6 +11,7 @@ ENTROPY_RUNS = E.expand_entropy_runs(config)
 ENTROPY_FAMILIES = sorted({r.family for r in ENTROPY_RUNS})
 ENTROPY_TABLES = ["entropy", "entropy_stats"]
 
+
 rule entropy_family:
     input:
         base=f"{R}/base/{{family}}/metrics.json",
@@ -23,13 +24,13 @@ rule entropy_family:
         f"{R}/benchmarks/entropy/{{family}}.tsv"
     wildcard_constraints:
         family="|".join(ENTROPY_FAMILIES),
+    conda:
+        f"{ENVS}/train.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
         gpus=0,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rlsparsity entropy-family {wildcards.family:q} --config {input.config:q}"
         " --threads {threads} > {log:q} 2>&1"
@@ -40,17 +41,17 @@ rule entropy_table:
         lambda wc: [f"{R}/entropy/{f}/{wc.etable}.csv" for f in ENTROPY_FAMILIES],
     output:
         f"{R}/tables/{{etable}}.csv",
-    wildcard_constraints:
-        etable="|".join(ENTROPY_TABLES),
     log:
         f"{R}/logs/entropy/table_{{etable}}.log",
     benchmark:
         f"{R}/benchmarks/entropy/table_{{etable}}.tsv"
+    wildcard_constraints:
+        etable="|".join(ENTROPY_TABLES),
+    conda:
+        f"{ENVS}/train.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "rlsparsity entropy-table {input:q} --out {output:q} > {log:q} 2>&1"
 

@@ -32,21 +32,21 @@ rule figure:
             category=lambda wildcards: FIG_CATEGORIES.get(FIGS[wildcards.figure].family, "Other"),
             labels={"figure": "{figure}"},
         ),
-    params:
-        family=lambda wildcards: FIGS[wildcards.figure].family,
-        out=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         f"{R}/logs/figures/{{figure}}.log",
     benchmark:
         f"{R}/benchmarks/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure="|".join(FIGS),
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        family=lambda wildcards: FIGS[wildcards.figure].family,
+        out=lambda wildcards, output: str(Path(output[0]).parent),
     shell:
         "MPLBACKEND=Agg rlsparsity figures {params.family:q} {input:q} --out-dir {params.out:q}"
         " --only {wildcards.figure:q} > {log:q} 2>&1"
@@ -66,11 +66,11 @@ rule summary:
         f"{R}/logs/figures/summary.log",
     benchmark:
         f"{R}/benchmarks/figures/summary.tsv"
+    conda:
+        f"{ENVS}/analysis.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
         "rlsparsity summary {input:q} --out {output:q} --figures-dir figures > {log:q} 2>&1"
 

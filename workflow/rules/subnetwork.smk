@@ -30,13 +30,13 @@ rule subnetwork_family:
         f"{R}/benchmarks/subnetwork/{{family}}.tsv"
     wildcard_constraints:
         family="|".join(SUB_FAMILIES),
+    conda:
+        f"{ENVS}/train.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
         gpus=0,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rlsparsity subnetwork-family {wildcards.family:q}"
         " --config {input.config:q} --out {output.table:q} > {log:q} 2>&1"
@@ -51,11 +51,11 @@ rule subnetwork_table:
         f"{R}/logs/subnetwork/table.log",
     benchmark:
         f"{R}/benchmarks/subnetwork/table.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "rlsparsity subnetwork-table {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -66,6 +66,19 @@ rule causes_train:
         config=f"{R}/config/causes/{{family}}.json",
     output:
         manifest=f"{R}/causes/groups/{{family}}.json",
+    log:
+        f"{R}/logs/causes/train_{{family}}.log",
+    benchmark:
+        f"{R}/benchmarks/causes/train_{{family}}.tsv"
+    wildcard_constraints:
+        family="|".join(CAUSE_TRAIN_FAMILIES),
+    conda:
+        f"{ENVS}/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpus=0,
     params:
         files=lambda wildcards: [
             f"{s.dir(R)}/{f}"
@@ -73,19 +86,6 @@ rule causes_train:
             if s.source == "causes" and s.family == wildcards.family
             for f in ("model.safetensors", "run.json")
         ],
-    log:
-        f"{R}/logs/causes/train_{{family}}.log",
-    benchmark:
-        f"{R}/benchmarks/causes/train_{{family}}.tsv"
-    wildcard_constraints:
-        family="|".join(CAUSE_TRAIN_FAMILIES),
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        gpus=0,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "(OMP_NUM_THREADS={threads} rlsparsity causes-train {wildcards.family:q} --config {input.config:q} && "
         "rlsparsity manifest {output.manifest:q} {params.files:q}) > {log:q} 2>&1"
@@ -103,11 +103,11 @@ rule causes_table:
         f"{R}/logs/causes/table.log",
     benchmark:
         f"{R}/benchmarks/causes/table.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "rlsparsity causes-table --config {input.config:q} --out {output:q} > {log:q} 2>&1"
 

@@ -24,6 +24,18 @@ if not TRAIN_GROUP_BY:
             f"{R}/logs/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.log",
         benchmark:
             f"{R}/benchmarks/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.tsv"
+        conda:
+            f"{ENVS}/train.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            # ppo and prime (algorithms/ppo.py, prime.py) are single-process: one GPU
+            gpu=lambda wildcards: (
+                min(family_gpus(wildcards.family), 1)
+                if wildcards.algorithm in ("ppo", "prime")
+                else family_gpus(wildcards.family)
+            ),
         params:
             # a params function that reads `resources` follows --set-resources train:gpu=N,
             # and Snakemake treats it as derived (not a rerun trigger)
@@ -34,19 +46,7 @@ if not TRAIN_GROUP_BY:
                 if int(resources.gpu or 0) > 1
                 else "rlsparsity train"
             ),
-            device=lambda wildcards, resources: " --device cuda" if int(resources.gpu or 0) > 0 else "",
-        resources:
-            mem_mb=4000,
-            runtime=120,
-            # ppo and prime (algorithms/ppo.py, prime.py) are single-process: one GPU
-            gpu=lambda wildcards: (
-                min(family_gpus(wildcards.family), 1)
-                if wildcards.algorithm in ("ppo", "prime")
-                else family_gpus(wildcards.family)
-            ),
-        threads: 1
-        conda:
-            f"{ENVS}/train.yaml"
+            device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
         shell:
             "OMP_NUM_THREADS={threads} {params.launch} {wildcards.family:q} {wildcards.algorithm:q} "
             "--data {wildcards.data:q} --precision {wildcards.precision:q} --seed {wildcards.seed:q} "
@@ -64,9 +64,7 @@ else:
     # manifest) runs its whole group.
     rule train_group:
         input:
-            base=lambda wildcards: sorted(
-                {f"{R}/base/{r.family}/metrics.json" for r in group_runs_of(wildcards)}
-            ),
+            base=lambda wildcards: sorted({f"{R}/base/{r.family}/metrics.json" for r in group_runs_of(wildcards)}),
             config=f"{R}/config/train/{{group}}.json",
         output:
             manifest=f"{R}/train/groups/{{group}}.json",
@@ -74,17 +72,17 @@ else:
             f"{R}/logs/train/groups/{{group}}.log",
         benchmark:
             f"{R}/benchmarks/train/groups/{{group}}.tsv"
-        params:
-            key=lambda wildcards: CS.group_key_of(config, wildcards.group),
-            files=lambda wildcards: [f for r in group_runs_of(wildcards) for f in run_files(r)],
-            device=lambda wildcards, resources: " --device cuda" if int(resources.gpu or 0) > 0 else "",
+        conda:
+            f"{ENVS}/train.yaml"
+        threads: 1
         resources:
             mem_mb=4000,
             runtime=lambda wildcards: 30 * len(group_runs_of(wildcards)),
             gpu=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
-        threads: 1
-        conda:
-            f"{ENVS}/train.yaml"
+        params:
+            key=lambda wildcards: CS.group_key_of(config, wildcards.group),
+            files=lambda wildcards: [f for r in group_runs_of(wildcards) for f in run_files(r)],
+            device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
         shell:
             "(OMP_NUM_THREADS={threads} rlsparsity train-group --group {params.key:q} "
             "--config {input.config:q}{params.device} && "
@@ -102,11 +100,11 @@ rule accuracy_table:
         f"{R}/logs/tables/accuracy.log",
     benchmark:
         f"{R}/benchmarks/tables/accuracy.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
         "rlsparsity accuracy-table --config {input.config:q} --out {output.runs:q} "
         "--by-algorithm {output.by_algorithm:q} > {log:q} 2>&1"
