@@ -5,7 +5,7 @@
 # Logic: rlsparsity.analysis.
 
 ANALYSIS_TABLES = ["sparsity", "rank", "overlap", "layers", "dynamics"]
-ANALYSIS_TOPK = 0.01  # CPI-FT core region: top 1% of entries by |Δ|, an extra overlap mask
+ANALYSIS_TOPK = config["analysis"]["topk"]  # CPI-FT core region (default top 1% by |Δ|), an extra overlap mask
 ANALYSIS_FAMILIES = [f for f in FAMILIES if any(r.family == f for r in RUNS)]
 
 

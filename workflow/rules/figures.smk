@@ -46,10 +46,11 @@ rule figure:
         runtime=10,
     params:
         family=lambda wildcards: FIGS[wildcards.figure].family,
+        dpi=config["figures"]["dpi"],
         out=lambda wildcards, output: str(Path(output[0]).parent),
     shell:
         "MPLBACKEND=Agg rlsparsity figures {params.family:q} {input:q} --out-dir {params.out:q}"
-        " --only {wildcards.figure:q} > {log:q} 2>&1"
+        " --only {wildcards.figure:q} --dpi {params.dpi} > {log:q} 2>&1"
 
 
 rule summary:

@@ -28,6 +28,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
                   f"tables (have {[f.name for f in figs]})", file=sys.stderr)
             return 2
         figs = [f for f in figs if f.name in args.only]
+    if args.dpi is not None:
+        from rlsparsity.figures import style
+
+        if not 30 <= args.dpi <= 600:
+            print(f"rlsparsity figures: error: --dpi {args.dpi} is outside 30..600", file=sys.stderr)
+            return 2
+        style.DPI = args.dpi
     out = Path(args.out_dir)
     for f in figs:
         plot = draw(f, tables, out / f"{f.name}.png")
@@ -52,6 +59,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out-dir", required=True, help="folder for <figure>.png")
     p.add_argument("--only", action="append", default=[], metavar="FIGURE",
                    help="draw only this figure (repeatable; default: every figure of the family)")
+    p.add_argument("--dpi", type=int, default=None, help="PNG resolution (default: the style's, 110)")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("summary", help="write SUMMARY.md: paper vs this run, one verdict per claim")
