@@ -116,6 +116,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rlsparsity.subnetwork",
     "rlsparsity.figures.cli",
     "rlsparsity.manifest",
+    "rlsparsity.samples",
 )
 
 

@@ -15,6 +15,7 @@ the job. ``results`` and ``experiment`` (a folder and a label) are in no slice.
 Scopes (``stage/name``):
 
     base/<family>         task, the family's entry, base, train.eval_n (the base's test accuracy)
+    samples/<setting>     task, the family's entry (setting: family, precision, seed, n_prompts, k)
     train/<group>         task, the runs of the group and their families' entries, train.steps,
                           checkpoint_every, eval_n, the hparams of the group's algorithms
                           (``accelerate`` as well when a family trains on several GPUs)
@@ -140,11 +141,24 @@ def causes_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
             "causes": config.get("causes"), "settings": [repr(s) for s in mine]}
 
 
+def samples_name(family: str, precision: str, seed: int, n_prompts: int, k: int) -> str:
+    return f"{family}__{precision}__seed{seed}__n{n_prompts}_k{k}"
+
+
+def samples_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The on-policy preference samples of one (family, precision, seed, n_prompts, k): the
+    setting is the name; the family's entry (its gpus pick the device) and the task."""
+    family = name.rsplit("__", 3)[0]
+    if family not in config["families"]:
+        raise ValueError(f"samples scope {name!r}: family {family!r} is not in the config")
+    return {"task": config["task"], "families": _families(config, [family])}
+
+
 def accuracy_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
     return {"runs": [r.rel for r in G.expand_runs(config)]}
 
 
-_SLICES = {"base": base_slice, "train": train_slice, "entropy": entropy_slice, "subnetwork": subnetwork_slice,
+_SLICES = {"base": base_slice, "samples": samples_slice, "train": train_slice, "entropy": entropy_slice, "subnetwork": subnetwork_slice,
            "causes": causes_slice, "accuracy": accuracy_slice}
 STAGES: tuple[str, ...] = tuple(_SLICES)
 

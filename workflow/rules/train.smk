@@ -8,6 +8,8 @@
 # with one process per GPU; rank 0 alone writes the outputs, so they are the same files.
 import shlex
 
+from rlsparsity import samples as SAMPLES
+
 TRAIN_GROUP_BY = config["train"]["group_by"]
 
 
@@ -17,6 +19,15 @@ if not TRAIN_GROUP_BY:
         input:
             base=f"{R}/base/{{family}}/metrics.json",
             config=f"{R}/config/train/family_{{family}}__algorithm_{{algorithm}}__data_{{data}}__precision_{{precision}}__seed_{{seed}}.json",
+            samples=lambda wildcards: SAMPLES.samples_files(
+                config,
+                [
+                    G.Run(
+                        wildcards.family, wildcards.algorithm, wildcards.data, wildcards.precision, int(wildcards.seed)
+                    )
+                ],
+                R,
+            ),
         output:
             model=f"{R}/runs/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}/model.safetensors",
             record=f"{R}/runs/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}/run.json",
@@ -50,7 +61,7 @@ if not TRAIN_GROUP_BY:
         shell:
             "OMP_NUM_THREADS={threads} {params.launch} {wildcards.family:q} {wildcards.algorithm:q} "
             "--data {wildcards.data:q} --precision {wildcards.precision:q} --seed {wildcards.seed:q} "
-            "--config {input.config:q}{params.device} > {log:q} 2>&1"
+            "--samples {input.samples:q} --config {input.config:q}{params.device} > {log:q} 2>&1"
 
 else:
     _many = sorted({r.family for r in RUNS if family_gpus(r.family) > 1})
@@ -66,6 +77,7 @@ else:
         input:
             base=lambda wildcards: sorted({f"{R}/base/{r.family}/metrics.json" for r in group_runs_of(wildcards)}),
             config=f"{R}/config/train/{{group}}.json",
+            samples=lambda wildcards: SAMPLES.samples_files(config, group_runs_of(wildcards), R),
         output:
             manifest=f"{R}/train/groups/{{group}}.json",
         log:
@@ -85,8 +97,39 @@ else:
             device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
         shell:
             "(OMP_NUM_THREADS={threads} rlsparsity train-group --group {params.key:q} "
-            "--config {input.config:q}{params.device} && "
+            "--samples {input.samples:q} --config {input.config:q}{params.device} && "
             "rlsparsity manifest {output.manifest:q} {params.files:q}) > {log:q} 2>&1"
+
+
+# On-policy samples of the base, drawn once per (family, precision, seed, n_prompts, k) and
+# shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples).
+rule preference_samples:
+    input:
+        base=f"{R}/base/{{family}}/metrics.json",
+        config=f"{R}/config/samples/{{family}}__{{precision}}__seed{{seed}}__n{{n_prompts}}_k{{k}}.json",
+    output:
+        samples=f"{R}/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.json",
+    log:
+        f"{R}/logs/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.tsv"
+    wildcard_constraints:
+        n_prompts=r"\d+",
+        k=r"\d+",
+    conda:
+        f"{ENVS}/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
+    params:
+        device=lambda wildcards, resources: "cuda" if int(resources.gpu or 0) > 0 else "cpu",
+    shell:
+        "OMP_NUM_THREADS={threads} rlsparsity preference-samples --config {input.config:q} "
+        "--family {wildcards.family:q} --precision {wildcards.precision:q} --seed {wildcards.seed} "
+        "--n-prompts {wildcards.n_prompts} --k {wildcards.k} --device {params.device} "
+        "--out {output.samples:q} > {log:q} 2>&1"
 
 
 rule accuracy_table:
