@@ -20,7 +20,7 @@ def _config(results: Path) -> dict:
     small = {"batch_size": 8, "n_prompts": 48, "k": 4, "lr": 1e-3}
     return {"experiment": "samples-test", "results": str(results),
             "task": {"name": "tiny_arith", "n_train": 600, "n_test": 64, "seed": 7},
-            "families": {"llama": {}},
+            "families": {"llama": {}}, "base": {},
             "train": {"steps": 2, "checkpoint_every": 1, "eval_n": 64, "hparams": {"dpo": small, "kto": small}},
             "grids": [{"families": ["llama"], "algorithms": ["dpo", "kto"], "seeds": [1], "precisions": ["fp32"],
                        "data": ["on_policy"]}]}

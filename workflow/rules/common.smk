@@ -50,17 +50,13 @@ def run_files(run):
 
 def trained(runs):
     """Input files standing for trained runs. Without train.group_by: the run files (rule
-    train makes them). With it: the manifest of each run's group (rule train_group), plus
-    the run files of groups already trained, so a deleted run folder is reported as a
-    missing input instead of being read."""
+    train makes them). With it: the manifest of each run's group (rule train_group makes it
+    after the group's runs; it lists their files with sha256). A job reads the run folders
+    by path (rlsparsity.grid.Run.dir)."""
     runs = list(runs)
     missing = [r.rel for r in runs if r not in RUN_SET]
     if missing:
         raise WorkflowError(f"runs {missing} are needed but not in the config's grids: add them to `grids`")
     if not config["train"]["group_by"]:
         return [f for r in runs for f in run_files(r)]
-    out = []
-    for r in runs:
-        m = group_manifest(CS.group_of(config, r))
-        out += [m] + (run_files(r) if Path(m).exists() else [])
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(group_manifest(CS.group_of(config, r)) for r in runs))
