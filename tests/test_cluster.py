@@ -64,7 +64,8 @@ def test_default_config_keeps_the_single_process_cpu_command(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c and "rlsparsity train-group " in c]
     assert len(cmds) == 24 and not any("accelerate" in c or "--device" in c for c in cmds)
-    assert cmds[0].split("Shell command: ")[1].startswith("OMP_NUM_THREADS=1 rlsparsity train-group --group 'family=")
+    assert cmds[0].split("Shell command: ")[1].startswith("(OMP_NUM_THREADS=1 rlsparsity train-group --group family=")
+    assert all(" --samples " in c and "rlsparsity manifest " in c for c in cmds)  # shared samples; manifest last
     # group_by: [] -> one `rlsparsity train` job per run (170)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["train"]["group_by"] = []
