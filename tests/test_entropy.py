@@ -284,6 +284,7 @@ def test_dag_entropy_target_dry_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     fams = cfg["entropy"]["families"]
     for f in fams:
-        assert f"entropy_{f}" in r.stdout
+        assert f"{tmp_path}/results/entropy/{f}/entropy.csv" in r.stdout
+    assert r.stdout.count("rule entropy_family:") == len(fams)
     assert "entropy_table" in r.stdout and "rule train:" not in r.stdout
     assert f"{tmp_path}/results/tables/entropy_stats.csv" in r.stdout

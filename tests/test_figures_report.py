@@ -1,7 +1,7 @@
 """The figures stage as a DAG: a tiny Snakemake run in a tmp folder (tables seeded as CSVs,
 TARGETS pre-filled as the stages would), `--report` writes a self-contained HTML report, and
-headless Chromium renders it to a screenshot that is not blank. Figure rules exist only for
-tables some stage registers (here: no subnetwork/entropy stage -> no such rules)."""
+headless Chromium renders it to a screenshot that is not blank. Figure jobs exist only for
+tables some stage registers (here: no subnetwork/entropy stage -> no such jobs)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import _figure_data as D
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SEEDED = ["sparsity", "overlap", "accuracy"]  # three figure rules + summary keep this well under 90 s
+SEEDED = ["sparsity", "overlap", "accuracy"]  # five figure jobs + summary keep this well under 90 s
 
 SNAKEFILE = """
 import sys
@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, {src!r})
 R = {results!r}
 ENVS = {envs!r}
+config["figures"] = {{"dpi": 110}}
 include: {common!r}
 TARGETS["analysis"] = [f"{{R}}/tables/sparsity.csv", f"{{R}}/tables/overlap.csv"]
 TARGETS["train"] = [f"{{R}}/tables/accuracy.csv"]
@@ -72,10 +73,10 @@ def test_dag_makes_only_the_figures_of_registered_tables(report_dag):
                     "sparsity_tolerance"]
     for p in (results / "figures").glob("*.png"):
         assert p.stat().st_size > 8000
-    for rule in ("sparsity", "overlap", "accuracy"):
-        assert (results / "logs" / "figures" / f"{rule}.log").exists()
-        assert (results / "benchmarks" / "figures" / f"{rule}.tsv").exists()
-    assert "fig_subnetwork" not in run.stdout + run.stderr and "fig_entropy" not in run.stdout + run.stderr
+    for fig in pngs:  # one job per figure
+        assert (results / "logs" / "figures" / f"{fig}.log").exists()
+        assert (results / "benchmarks" / "figures" / f"{fig}.tsv").exists()
+    assert "figure=subnetwork" not in run.stdout + run.stderr and "figure=entropy" not in run.stdout + run.stderr
     summary = (results / "SUMMARY.md").read_text()
     assert "## Verdicts" in summary and "depends on precision" in summary
 

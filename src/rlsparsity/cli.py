@@ -140,6 +140,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rlsparsity.entropy",
     "rlsparsity.subnetwork",
     "rlsparsity.figures.cli",
+    "rlsparsity.manifest",
+    "rlsparsity.samples",
 )
 
 

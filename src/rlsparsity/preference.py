@@ -38,8 +38,11 @@ def sample_labelled(model: Any, tokenizer: Any, task: Task, entries: list[dict[s
 
 
 def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, n_prompts: int, k: int,
-                  seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  seed: int, drawn: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows in TRL's format for ``kind`` ∈ {pairs, unpaired, sft}, and statistics.
+
+    ``drawn``: on-policy samples already drawn for this setting (a file of
+    :mod:`rlsparsity.samples`); without it they are drawn here (same seeds, same result).
 
     pairs    -> {prompt, chosen, rejected}       (dpo, orpo, simpo)
     unpaired -> {prompt, completion, label}      (kto)
@@ -60,6 +63,14 @@ def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, 
                          {"prompt": p, "completion": bad, "label": False}]
             else:
                 rows.append({"prompt": p, "completion": good})
+    elif data == "on_policy" and drawn is not None:
+        got = [d["question"] for d in drawn["samples"]]
+        if got != [e["question"] for e in entries] or drawn.get("k") != k:
+            raise ValueError(f"preference samples do not match this run's prompts (n_prompts={n_prompts}, k={k}, "
+                             f"seed={seed})")
+        samples = [(e, d["prompt"], list(d["completions"]), list(d["rewards"]))
+                   for e, d in zip(entries, drawn["samples"])]
+        rows = _on_policy_rows(kind, samples, stats, len(entries) * k)
     elif data == "on_policy":
         import torch
 
@@ -74,17 +85,7 @@ def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, 
                 _SAMPLES.clear()
             if key[0]:  # a model loaded from a folder (not one built in memory)
                 _SAMPLES[key] = samples
-        n_correct = sum(sum(r) for *_, r in samples)
-        stats["sample_accuracy"] = n_correct / max(1, len(entries) * k)
-        for e, p, cs, rs in samples:
-            good = [c for c, r in zip(cs, rs) if r >= 1.0]
-            bad = [c for c, r in zip(cs, rs) if r < 1.0]
-            if kind == "pairs":
-                rows += [{"prompt": p, "chosen": g, "rejected": b} for g, b in zip(good, bad)]
-            elif kind == "unpaired":
-                rows += [{"prompt": p, "completion": c, "label": r >= 1.0} for c, r in zip(cs, rs)]
-            else:
-                rows += [{"prompt": p, "completion": g} for g in dict.fromkeys(good)]
+        rows = _on_policy_rows(kind, samples, stats, len(entries) * k)
     else:
         raise ValueError(f"unknown data source {data!r}")
     if not rows:
@@ -93,3 +94,18 @@ def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, 
     rng.shuffle(rows)
     stats["n_rows"] = len(rows)
     return rows, stats
+
+
+def _on_policy_rows(kind: str, samples: list[Any], stats: dict[str, Any], n_samples: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    stats["sample_accuracy"] = sum(sum(r) for *_, r in samples) / max(1, n_samples)
+    for _e, p, cs, rs in samples:
+        good = [c for c, r in zip(cs, rs) if r >= 1.0]
+        bad = [c for c, r in zip(cs, rs) if r < 1.0]
+        if kind == "pairs":
+            rows += [{"prompt": p, "chosen": g, "rejected": b} for g, b in zip(good, bad)]
+        elif kind == "unpaired":
+            rows += [{"prompt": p, "completion": c, "label": r >= 1.0} for c, r in zip(cs, rs)]
+        else:
+            rows += [{"prompt": p, "completion": g} for g in dict.fromkeys(good)]
+    return rows

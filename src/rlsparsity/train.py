@@ -40,7 +40,8 @@ def _rank_device(device: str) -> str:
 
 
 def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = None,
-              device: str = "cpu", stop_after: int | None = None) -> dict[str, Any]:
+              device: str = "cpu", stop_after: int | None = None,
+              samples: list[str | Path] | tuple[str | Path, ...] = ()) -> dict[str, Any]:
     from rlsparsity.algorithms import TrainSpec, get_algorithm
     from rlsparsity.evaluate import evaluate
     from rlsparsity.model_card import write_model_card
@@ -60,7 +61,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
                      checkpoint_every=tc["checkpoint_every"],
                      hparams=dict(tc.get("hparams", {}).get(run.algorithm, {})), device=device,
-                     stop_after=stop_after)
+                     stop_after=stop_after, samples=tuple(Path(p) for p in samples))
     stats, wall = _train_or_reuse(spec, get_algorithm(run.algorithm))
     if not is_main_process():
         return {**run.as_dict(), "main_process": False}
@@ -117,7 +118,8 @@ def _train_or_reuse(spec: Any, train: Any) -> tuple[dict[str, Any], float]:
     return stats, wall
 
 
-def train_group(config: dict[str, Any], key: str, device: str = "cpu") -> list[dict[str, Any]]:
+def train_group(config: dict[str, Any], key: str, device: str = "cpu",
+                samples: list[str | Path] | tuple[str | Path, ...] = ()) -> list[dict[str, Any]]:
     """Train every run of the config's grid in group ``key`` (see :func:`rlsparsity.grid.group_runs`)
     one after the other in this process. Each run seeds itself, so its weights are the
     same as when it is trained alone (tested)."""
@@ -127,7 +129,7 @@ def train_group(config: dict[str, Any], key: str, device: str = "cpu") -> list[d
     records = []
     for i, run in enumerate(runs, 1):
         t0 = time.time()
-        rec = train_run(run, config, device=device)
+        rec = train_run(run, config, device=device, samples=samples)
         print(json.dumps({"run": run.rel, "index": f"{i}/{len(runs)}", "seconds": round(time.time() - t0, 2),
                           **{k: rec.get(k) for k in ("acc_base", "acc_trained", "seconds_per_step")}}), flush=True)
         records.append(rec)
@@ -175,7 +177,7 @@ def _cmd_train_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     run = G.Run(args.family, args.algorithm, args.data, args.precision, args.seed)
     with _resume_errors():
-        rec = train_run(run, cfg, device=args.device)
+        rec = train_run(run, cfg, device=args.device, samples=args.samples)
     if not is_main_process():
         return 0
     print(json.dumps({k: rec[k] for k in ("acc_base", "acc_trained", "steps", "seconds_per_step")}))
@@ -186,7 +188,7 @@ def _cmd_train_group(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
 
     with _resume_errors():
-        train_group(load_config(args.config), args.group, device=args.device)
+        train_group(load_config(args.config), args.group, device=args.device, samples=args.samples)
     return 0
 
 
@@ -218,6 +220,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--samples", nargs="*", default=[], metavar="FILE",
+                   help="on-policy preference samples (rlsparsity preference-samples); default: draw them here")
     p.set_defaults(func=_cmd_train_run)
 
     p = sub.add_parser("train-group", help="train every run of one group in one process "
@@ -227,6 +231,8 @@ def register(sub: Any) -> None:
                         "e.g. family=llama,precision=bf16,seed=1")
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--samples", nargs="*", default=[], metavar="FILE",
+                   help="on-policy preference samples for the group's runs; default: draw them here")
     p.set_defaults(func=_cmd_train_group)
 
     p = sub.add_parser("accuracy-table", help="collect run.json files into accuracy.csv")

@@ -1,71 +1,61 @@
 # Analysis stage: update sparsity, rank, overlap, layer split and dynamics of every run.
-# One job per family diffs all of that family's runs in one process (imports cost ~4 s per
-# process) and writes the per-run diff folders plus five per-family CSVs; analysis_table
-# stacks the families into results/tables/<table>.csv. Logic: rlsparsity.analysis.
+# Rule `analyze`: one job per family diffs all of that family's runs in one process (imports
+# cost ~4 s per process) and writes the per-run diff folders R/diff/<run>/ plus five
+# per-family CSVs; analysis_table stacks the families into results/tables/<table>.csv.
+# Logic: rlsparsity.analysis.
 
 ANALYSIS_TABLES = ["sparsity", "rank", "overlap", "layers", "dynamics"]
-ANALYSIS_TOPK = 0.01  # CPI-FT core region: top 1% of entries by |Δ|, an extra overlap mask
+ANALYSIS_TOPK = config["analysis"]["topk"]  # CPI-FT core region (default top 1% by |Δ|), an extra overlap mask
 ANALYSIS_FAMILIES = [f for f in FAMILIES if any(r.family == f for r in RUNS)]
 
 
-def analysis_diff_files(runs, name):
-    return [f"{R}/diff/{r.rel}/{name}" for r in runs]
-
-
-for _fam in ANALYSIS_FAMILIES:
-    _runs = [r for r in RUNS if r.family == _fam]
-
-    rule:
-        name:
-            f"analyze_{_fam}"
-        input:
-            base=f"{base_folder(_fam)}/model.safetensors",
-            models=[f"{run_dir(r)}/model.safetensors" for r in _runs],
-        output:
-            tables=[f"{R}/analysis/{_fam}/{t}.csv" for t in ANALYSIS_TABLES],
-            summaries=analysis_diff_files(_runs, "summary.json"),
-            tensors=analysis_diff_files(_runs, "tensors.csv"),
-            masks=analysis_diff_files(_runs, "mask.safetensors"),
-            topk_masks=analysis_diff_files(_runs, f"mask_topk{ANALYSIS_TOPK:g}.safetensors"),
-        params:
-            runs=[run_dir(r) for r in _runs],
-            base=base_folder(_fam),
-            diff_root=f"{R}/diff",
-            out=f"{R}/analysis/{_fam}",
-            topk=ANALYSIS_TOPK,
-        log:
-            f"{R}/logs/analysis/{_fam}.log",
-        benchmark:
-            f"{R}/benchmarks/analysis/{_fam}.tsv"
-        threads: 2
-        resources:
-            mem_mb=4000,
-            runtime=60,
-        conda:
-            f"{ENVS}/analysis.yaml"
-        shell:
-            "rlsparsity analyze-family {params.runs} --base {params.base} --diff-root {params.diff_root}"
-            " --out {params.out} --topk {params.topk} --threads {threads} --quiet > {log} 2>&1"
+rule analyze:
+    input:
+        base=f"{R}/base/{{family}}/model.safetensors",
+        runs=lambda wildcards: trained(r for r in RUNS if r.family == wildcards.family),
+    output:
+        tables=expand(f"{R}/analysis/{{{{family}}}}/{{table}}.csv", table=ANALYSIS_TABLES),
+    log:
+        f"{R}/logs/analysis/{{family}}.log",
+    benchmark:
+        f"{R}/benchmarks/analysis/{{family}}.tsv"
+    wildcard_constraints:
+        family="|".join(ANALYSIS_FAMILIES),
+    conda:
+        f"{ENVS}/analysis.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        runs=lambda wildcards: [run_dir(r) for r in RUNS if r.family == wildcards.family],
+        base=lambda wildcards, input: str(Path(input.base).parent),
+        diff_root=f"{R}/diff",
+        out=lambda wildcards, output: str(Path(output.tables[0]).parent),
+        topk=ANALYSIS_TOPK,
+    shell:
+        "rlsparsity analyze-family {params.runs:q} --base {params.base:q} --diff-root {params.diff_root:q}"
+        " --out {params.out:q} --topk {params.topk} --threads {threads} --quiet > {log:q} 2>&1"
 
 
 rule analysis_table:
     input:
-        lambda wc: [f"{R}/analysis/{f}/{wc.table}.csv" for f in ANALYSIS_FAMILIES],
+        lambda wildcards: [f"{R}/analysis/{f}/{wildcards.table}.csv" for f in ANALYSIS_FAMILIES],
     output:
         f"{R}/tables/{{table}}.csv",
-    wildcard_constraints:
-        table="|".join(ANALYSIS_TABLES),
     log:
         f"{R}/logs/analysis/table_{{table}}.log",
     benchmark:
         f"{R}/benchmarks/analysis/table_{{table}}.tsv"
+    wildcard_constraints:
+        table="|".join(ANALYSIS_TABLES),
+    conda:
+        f"{ENVS}/analysis.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
-        "rlsparsity analysis-table {input} --out {output} > {log} 2>&1"
+        "rlsparsity analysis-table {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 TARGETS["analysis"] = [f"{R}/tables/{t}.csv" for t in ANALYSIS_TABLES]
@@ -87,11 +77,11 @@ rule public_pairs:
         f"{R}/logs/analysis/public_pairs.log",
     benchmark:
         f"{R}/benchmarks/analysis/public_pairs.tsv"
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 8
     resources:
         mem_mb=4000,
         runtime=600,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
-        "rlsparsity public-pairs --pairs {input} --out {output} --threads {threads} --quiet > {log} 2>&1"
+        "rlsparsity public-pairs --pairs {input:q} --out {output:q} --threads {threads} --quiet > {log:q} 2>&1"

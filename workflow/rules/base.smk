@@ -1,8 +1,31 @@
 # Stage: base models. Tiny families are trained from scratch by supervised learning until
 # they have a policy with headroom; smollm2-135m / hub models are converted as shipped.
+# Also the job_config rule every config-reading job takes its config from.
+
+
+# R/config/<stage>/<name>.json: the validated config for job stage/name; remade (and so
+# its job rerun) exactly when that job's slice of the config changes (config_slices.py).
+rule job_config:
+    output:
+        json=f"{R}/config/{{stage}}/{{name}}.json",
+    log:
+        f"{R}/logs/config/{{stage}}/{{name}}.log",
+    wildcard_constraints:
+        stage="|".join(CS.STAGES),
+        name=r"[A-Za-z0-9_.-]+",
+    params:
+        digest=config_digest,
+    run:
+        CS.write_job_config(config, output.json, wildcards.stage, wildcards.name, log[0])
+
+
+localrules:
+    job_config,
 
 
 rule base:
+    input:
+        config=f"{R}/config/base/{{family}}.json",
     output:
         model=f"{R}/base/{{family}}/model.safetensors",
         metrics=f"{R}/base/{{family}}/metrics.json",
@@ -10,15 +33,17 @@ rule base:
         f"{R}/logs/base/{{family}}.log",
     benchmark:
         f"{R}/benchmarks/base/{{family}}.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    threads: 1
-    conda:
-        f"{ENVS}/train.yaml"
+    params:
+        out=lambda wildcards, output: str(Path(output.metrics).parent),
     shell:
-        "OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family} "
-        "--out {R}/base/{wildcards.family} --config {CONFIG_JSON} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family:q} "
+        "--out {params.out:q} --config {input.config:q} > {log:q} 2>&1"
 
 
 TARGETS["base"] = [f"{R}/base/{f}/metrics.json" for f in FAMILIES]

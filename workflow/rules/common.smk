@@ -1,5 +1,7 @@
-# Shared helpers for every stage. Each stage file registers its final targets in
-# TARGETS[stage]; `rule all` requests all of them, `snakemake <stage>` one stage.
+# Shared helpers for every stage (functions only: rules live in the stage files). Each
+# stage file registers its final targets in TARGETS[stage]; `rule all` requests all of
+# them, `snakemake <stage>` one stage.
+from snakemake.exceptions import WorkflowError
 
 TARGETS: dict[str, list[str]] = {}
 
@@ -14,3 +16,47 @@ def run_dir(run):
 
 def base_folder(family):
     return str(G.base_dir(family, R))
+
+
+def job_config(stage, name):
+    """The config file of job stage/name (rule job_config makes it, see config_slices)."""
+    return f"{R}/config/{stage}/{name}.json"
+
+
+def config_digest(wildcards):
+    """The params of job_config, the digest of the job's config slice (a rerun trigger)."""
+    return CS.slice_digest(config, wildcards.stage, wildcards.name)
+
+
+def family_gpus(family):
+    """The family's `gpus` (0 = CPU)."""
+    return int((config["families"][family] or {}).get("gpus", 0))
+
+
+def group_runs_of(wildcards):
+    runs = TRAIN_GROUPS.get(wildcards.group)
+    if runs is None:
+        raise WorkflowError(f"no training group {wildcards.group!r} in the config's grids")
+    return runs
+
+
+def group_manifest(group):
+    return f"{R}/train/groups/{group}.json"
+
+
+def run_files(run):
+    return [f"{run_dir(run)}/model.safetensors", f"{run_dir(run)}/run.json"]
+
+
+def trained(runs):
+    """Input files standing for trained runs. Without train.group_by: the run files (rule
+    train makes them). With it: the manifest of each run's group (rule train_group makes it
+    after the group's runs; it lists their files with sha256). A job reads the run folders
+    by path (rlsparsity.grid.Run.dir)."""
+    runs = list(runs)
+    missing = [r.rel for r in runs if r not in RUN_SET]
+    if missing:
+        raise WorkflowError(f"runs {missing} are needed but not in the config's grids: add them to `grids`")
+    if not config["train"]["group_by"]:
+        return [f for r in runs for f in run_files(r)]
+    return list(dict.fromkeys(group_manifest(CS.group_of(config, r)) for r in runs))

@@ -1,6 +1,6 @@
 # Token-entropy stage ("Beyond the 80/20 rule", arXiv 2506.01939): entropy-restricted GRPO
 # (DAPO settings) for ρ ∈ config entropy.rhos plus the bottom-80% variant, with the paper's
-# (`kept`) and TRL's (`all`) normalisers. One job per family trains all of that family's runs
+# (`kept`) and TRL's (`all`) normalisers. Rule entropy_family: one job per family trains all of that family's runs
 # in one process (imports cost ~4 s), evaluates, diffs each run against the base (update
 # sparsity + mask), overlaps its mask with the ρ = 1 run of the same seed, and computes
 # token-entropy statistics of base and trained policies on the same held-out responses.
@@ -11,35 +11,29 @@ ENTROPY_RUNS = E.expand_entropy_runs(config)
 ENTROPY_FAMILIES = sorted({r.family for r in ENTROPY_RUNS})
 ENTROPY_TABLES = ["entropy", "entropy_stats"]
 
-for _fam in ENTROPY_FAMILIES:
-    _eruns = [r for r in ENTROPY_RUNS if r.family == _fam]
 
-    rule:
-        name:
-            f"entropy_{_fam}"
-        input:
-            base=f"{base_folder(_fam)}/metrics.json",
-        output:
-            tables=[f"{R}/entropy/{_fam}/{t}.csv" for t in ENTROPY_TABLES],
-            records=[f"{r.dir(R)}/run.json" for r in _eruns],
-            models=[f"{r.dir(R)}/model.safetensors" for r in _eruns],
-            masks=[f"{r.dir(R)}/diff/mask.safetensors" for r in _eruns],
-        params:
-            family=_fam,
-        log:
-            f"{R}/logs/entropy/{_fam}.log",
-        benchmark:
-            f"{R}/benchmarks/entropy/{_fam}.tsv"
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=120,
-            gpus=0,
-        conda:
-            f"{ENVS}/train.yaml"
-        shell:
-            "OMP_NUM_THREADS={threads} rlsparsity entropy-family {params.family} --config {CONFIG_JSON}"
-            " --threads {threads} > {log} 2>&1"
+rule entropy_family:
+    input:
+        base=f"{R}/base/{{family}}/metrics.json",
+        config=f"{R}/config/entropy/{{family}}.json",
+    output:
+        tables=expand(f"{R}/entropy/{{{{family}}}}/{{table}}.csv", table=ENTROPY_TABLES),
+    log:
+        f"{R}/logs/entropy/{{family}}.log",
+    benchmark:
+        f"{R}/benchmarks/entropy/{{family}}.tsv"
+    wildcard_constraints:
+        family="|".join(ENTROPY_FAMILIES),
+    conda:
+        f"{ENVS}/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpus=0,
+    shell:
+        "OMP_NUM_THREADS={threads} rlsparsity entropy-family {wildcards.family:q} --config {input.config:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule entropy_table:
@@ -47,19 +41,19 @@ rule entropy_table:
         lambda wc: [f"{R}/entropy/{f}/{wc.etable}.csv" for f in ENTROPY_FAMILIES],
     output:
         f"{R}/tables/{{etable}}.csv",
-    wildcard_constraints:
-        etable="|".join(ENTROPY_TABLES),
     log:
         f"{R}/logs/entropy/table_{{etable}}.log",
     benchmark:
         f"{R}/benchmarks/entropy/table_{{etable}}.tsv"
+    wildcard_constraints:
+        etable="|".join(ENTROPY_TABLES),
+    conda:
+        f"{ENVS}/train.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
-        "rlsparsity entropy-table {input} --out {output} > {log} 2>&1"
+        "rlsparsity entropy-table {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 TARGETS["entropy"] = [f"{R}/tables/{t}.csv" for t in ENTROPY_TABLES] if ENTROPY_RUNS else []

@@ -1,45 +1,14 @@
-# Stage: training. One job per run (family x algorithm x data x precision x seed), or,
-# with train.group_by, one job per group of runs (one process: saves the start-up per run);
-# every run folder gets the model, checkpoints/step-NNNNNN/ and run.json.
+# Stage: training. Every run folder gets the model, checkpoints/step-NNNNNN/ and run.json.
+# Without train.group_by: rule `train`, one job per run (family x algorithm x data x
+# precision x seed). With it: rule `train_group`, one job (one process: saves the start-up
+# per run) per group of runs, ending with the manifest R/train/groups/<group>.json, the file
+# downstream rules depend on (common.smk: trained). Group names: config_slices.group_slug.
 # GPUs per job: the family's `gpus` (default 0 = CPU). 1 GPU: one process with --device cuda;
 # more: `accelerate launch` (config key accelerate.config, default config/accelerate/ddp.yaml)
 # with one process per GPU; rank 0 alone writes the outputs, so they are the same files.
+import shlex
 
-
-import re
-
-from snakemake.exceptions import WorkflowError
-
-
-def group_slug(key):
-    """``family=llama,precision=bf16,seed=1`` -> ``family_llama__precision_bf16__seed_1``."""
-    return re.sub(r"\W", "_", key.replace("=", "_").replace(",", "__")) or "all"
-
-
-def family_gpus(family):
-    """The family's `gpus` (0 = CPU)."""
-    return int((config["families"][family] or {}).get("gpus", 0))
-
-
-def train_gpus(wildcards):
-    n = family_gpus(wildcards.family)
-    # ppo and prime (written here, algorithms/ppo.py, prime.py) are single-process: one GPU
-    return min(n, 1) if wildcards.algorithm in ("ppo", "prime") else n
-
-
-def train_launch(wildcards, resources):
-    # a params function that reads `resources` follows --set-resources train:gpu=N, and
-    # Snakemake treats it as derived (not a rerun trigger)
-    n = int(resources.gpu or 0)
-    if n > 1:
-        acc = config.get("accelerate", {}).get("config", "config/accelerate/ddp.yaml")
-        return f"accelerate launch --config_file {acc} --num_processes {n} -m rlsparsity.cli train"
-    return "rlsparsity train"
-
-
-def train_device(wildcards, resources):
-    return " --device cuda" if int(resources.gpu or 0) > 0 else ""
-
+from rlsparsity import samples as SAMPLES
 
 TRAIN_GROUP_BY = config["train"]["group_by"]
 
@@ -49,6 +18,16 @@ if not TRAIN_GROUP_BY:
     rule train:
         input:
             base=f"{R}/base/{{family}}/metrics.json",
+            config=f"{R}/config/train/family_{{family}}__algorithm_{{algorithm}}__data_{{data}}__precision_{{precision}}__seed_{{seed}}.json",
+            samples=lambda wildcards: SAMPLES.samples_files(
+                config,
+                [
+                    G.Run(
+                        wildcards.family, wildcards.algorithm, wildcards.data, wildcards.precision, int(wildcards.seed)
+                    )
+                ],
+                R,
+            ),
         output:
             model=f"{R}/runs/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}/model.safetensors",
             record=f"{R}/runs/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}/run.json",
@@ -56,62 +35,107 @@ if not TRAIN_GROUP_BY:
             f"{R}/logs/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.log",
         benchmark:
             f"{R}/benchmarks/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.tsv"
-        params:
-            launch=train_launch,
-            device=train_device,
+        conda:
+            f"{ENVS}/train.yaml"
+        threads: 1
         resources:
             mem_mb=4000,
             runtime=120,
-            gpu=train_gpus,
-        threads: 1
-        conda:
-            f"{ENVS}/train.yaml"
+            # ppo and prime (algorithms/ppo.py, prime.py) are single-process: one GPU
+            gpu=lambda wildcards: (
+                min(family_gpus(wildcards.family), 1)
+                if wildcards.algorithm in ("ppo", "prime")
+                else family_gpus(wildcards.family)
+            ),
+        params:
+            # a params function that reads `resources` follows --set-resources train:gpu=N,
+            # and Snakemake treats it as derived (not a rerun trigger)
+            launch=lambda wildcards, resources: (
+                "accelerate launch --config_file "
+                + shlex.quote(config.get("accelerate", {}).get("config", "config/accelerate/ddp.yaml"))
+                + f" --num_processes {int(resources.gpu)} -m rlsparsity.cli train"
+                if int(resources.gpu or 0) > 1
+                else "rlsparsity train"
+            ),
+            device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
         shell:
-            "OMP_NUM_THREADS={threads} {params.launch} {wildcards.family} {wildcards.algorithm} "
-            "--data {wildcards.data} --precision {wildcards.precision} --seed {wildcards.seed} "
-            "--config {CONFIG_JSON}{params.device} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {params.launch} {wildcards.family:q} {wildcards.algorithm:q} "
+            "--data {wildcards.data:q} --precision {wildcards.precision:q} --seed {wildcards.seed:q} "
+            "--samples {input.samples:q} --config {input.config:q}{params.device} > {log:q} 2>&1"
 
 else:
-    # One job per group of runs (train.group_by): a rule per group, with explicit outputs.
-    # Asking for one run's files (or -R on them) runs its whole group.
-    for _key, _runs in G.group_runs(RUNS, TRAIN_GROUP_BY).items():
-        _fams = sorted({r.family for r in _runs})
-        _gpus = max(family_gpus(f) for f in _fams)
-        _many = [f for f in _fams if family_gpus(f) > 1]
-        if _many:
-            raise WorkflowError(f"train.group_by groups runs into one process, but families {_many} "
-                                "ask for several GPUs (accelerate launch per run): set train.group_by: []")
+    _many = sorted({r.family for r in RUNS if family_gpus(r.family) > 1})
+    if _many:
+        raise WorkflowError(
+            f"train.group_by groups runs into one process, but families {_many} "
+            "ask for several GPUs (accelerate launch per run): set train.group_by: []"
+        )
 
-        rule:
-            name:
-                "train_" + group_slug(_key)
-            input:
-                base=[f"{R}/base/{f}/metrics.json" for f in _fams],
-            output:
-                model=[f"{run_dir(r)}/model.safetensors" for r in _runs],
-                record=[f"{run_dir(r)}/run.json" for r in _runs],
-            log:
-                f"{R}/logs/train/groups/{group_slug(_key)}.log",
-            benchmark:
-                f"{R}/benchmarks/train/groups/{group_slug(_key)}.tsv"
-            params:
-                group=_key,
-                device=" --device cuda" if _gpus else "",
-            resources:
-                mem_mb=4000,
-                runtime=30 * len(_runs),
-                gpu=min(1, _gpus),
-            threads: 1
-            conda:
-                f"{ENVS}/train.yaml"
-            shell:
-                "OMP_NUM_THREADS={threads} rlsparsity train-group --group '{params.group}' "
-                "--config {CONFIG_JSON}{params.device} > {log} 2>&1"
+    # One job per group of runs. Asking for one run's files (or -R on the group's
+    # manifest) runs its whole group.
+    rule train_group:
+        input:
+            base=lambda wildcards: sorted({f"{R}/base/{r.family}/metrics.json" for r in group_runs_of(wildcards)}),
+            config=f"{R}/config/train/{{group}}.json",
+            samples=lambda wildcards: SAMPLES.samples_files(config, group_runs_of(wildcards), R),
+        output:
+            manifest=f"{R}/train/groups/{{group}}.json",
+        log:
+            f"{R}/logs/train/groups/{{group}}.log",
+        benchmark:
+            f"{R}/benchmarks/train/groups/{{group}}.tsv"
+        conda:
+            f"{ENVS}/train.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=lambda wildcards: 30 * len(group_runs_of(wildcards)),
+            gpu=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
+        params:
+            key=lambda wildcards: CS.group_key_of(config, wildcards.group),
+            files=lambda wildcards: [f for r in group_runs_of(wildcards) for f in run_files(r)],
+            device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
+        shell:
+            "(OMP_NUM_THREADS={threads} rlsparsity train-group --group {params.key:q} "
+            "--samples {input.samples:q} --config {input.config:q}{params.device} && "
+            "rlsparsity manifest {output.manifest:q} {params.files:q}) > {log:q} 2>&1"
+
+
+# On-policy samples of the base, drawn once per (family, precision, seed, n_prompts, k) and
+# shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples).
+rule preference_samples:
+    input:
+        base=f"{R}/base/{{family}}/metrics.json",
+        config=f"{R}/config/samples/{{family}}__{{precision}}__seed{{seed}}__n{{n_prompts}}_k{{k}}.json",
+    output:
+        samples=f"{R}/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.json",
+    log:
+        f"{R}/logs/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.tsv"
+    wildcard_constraints:
+        n_prompts=r"\d+",
+        k=r"\d+",
+    conda:
+        f"{ENVS}/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
+    params:
+        device=lambda wildcards, resources: "cuda" if int(resources.gpu or 0) > 0 else "cpu",
+    shell:
+        "OMP_NUM_THREADS={threads} rlsparsity preference-samples --config {input.config:q} "
+        "--family {wildcards.family:q} --precision {wildcards.precision:q} --seed {wildcards.seed} "
+        "--n-prompts {wildcards.n_prompts} --k {wildcards.k} --device {params.device} "
+        "--out {output.samples:q} > {log:q} 2>&1"
 
 
 rule accuracy_table:
     input:
-        [f"{run_dir(r)}/run.json" for r in RUNS],
+        runs=trained(RUNS),
+        config=f"{R}/config/accuracy/table.json",
     output:
         runs=f"{R}/tables/accuracy.csv",
         by_algorithm=f"{R}/tables/accuracy_by_algorithm.csv",
@@ -119,14 +143,14 @@ rule accuracy_table:
         f"{R}/logs/tables/accuracy.log",
     benchmark:
         f"{R}/benchmarks/tables/accuracy.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/train.yaml"
     shell:
-        "rlsparsity accuracy-table --config {CONFIG_JSON} --out {output.runs} "
-        "--by-algorithm {output.by_algorithm} > {log} 2>&1"
+        "rlsparsity accuracy-table --config {input.config:q} --out {output.runs:q} "
+        "--by-algorithm {output.by_algorithm:q} > {log:q} 2>&1"
 
 
 TARGETS["train"] = [f"{R}/tables/accuracy.csv"]

@@ -40,6 +40,7 @@ class TrainSpec:
     mask: dict[str, Any] | None = None  # name -> bool tensor: only True entries may move (None: all)
     device: str = "cpu"
     stop_after: int | None = None  # testing hook: stop (as if killed) after this many steps
+    samples: tuple[Path, ...] = ()  # on-policy preference sample files (rlsparsity.samples); () = draw here
 
     @property
     def precision(self) -> str:

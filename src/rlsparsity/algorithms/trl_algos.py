@@ -210,7 +210,14 @@ def _offline(spec: TrainSpec, name: str, kind: str,
 
     hp = {**DEFAULTS[name], **spec.hparams}
     model, tok = _load(spec)
-    rows, stats = build_dataset(kind, spec.run.data, model, tok, spec.task, hp["n_prompts"], hp["k"], spec.seed)
+    drawn = None
+    if spec.samples and spec.run.data == "on_policy":
+        from rlsparsity.samples import find
+
+        drawn = find(list(spec.samples), spec.run.family, spec.precision, spec.seed, hp["n_prompts"], hp["k"],
+                     spec.task.name)
+    rows, stats = build_dataset(kind, spec.run.data, model, tok, spec.task, hp["n_prompts"], hp["k"], spec.seed,
+                                drawn=drawn)
     seed_everything(spec.seed)
     trainer = make(model, tok, Dataset.from_list(rows), hp)
     return {**_run_trainer(spec, trainer, model, tok), "hparams": hp, "data_stats": stats}

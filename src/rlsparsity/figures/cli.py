@@ -21,6 +21,20 @@ def cmd_figures(args: argparse.Namespace) -> int:
         need = sorted({t for f in FIGURES if f.family == args.family for t in f.tables})
         print(f"rlsparsity figures: error: family {args.family!r} needs tables {need}", file=sys.stderr)
         return 2
+    if args.only:
+        unknown = sorted(set(args.only) - {f.name for f in figs})
+        if unknown:
+            print(f"rlsparsity figures: error: {unknown} are not figures of family {args.family!r} with these "
+                  f"tables (have {[f.name for f in figs]})", file=sys.stderr)
+            return 2
+        figs = [f for f in figs if f.name in args.only]
+    if args.dpi is not None:
+        from rlsparsity.figures import style
+
+        if not 30 <= args.dpi <= 600:
+            print(f"rlsparsity figures: error: --dpi {args.dpi} is outside 30..600", file=sys.stderr)
+            return 2
+        style.DPI = args.dpi
     out = Path(args.out_dir)
     for f in figs:
         plot = draw(f, tables, out / f"{f.name}.png")
@@ -43,6 +57,9 @@ def register(sub: Any) -> None:
     p.add_argument("family", choices=families())
     p.add_argument("tables", nargs="+", help="results/tables/<name>.csv files (the stem names the table)")
     p.add_argument("--out-dir", required=True, help="folder for <figure>.png")
+    p.add_argument("--only", action="append", default=[], metavar="FIGURE",
+                   help="draw only this figure (repeatable; default: every figure of the family)")
+    p.add_argument("--dpi", type=int, default=None, help="PNG resolution (default: the style's, 110)")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("summary", help="write SUMMARY.md: paper vs this run, one verdict per claim")

@@ -1,0 +1,53 @@
+"""The workflow is lint clean (`snakemake --lint`, no finding accepted) and formatted
+(`snakefmt --check`), for every shipped config and both training layouts; parsing it
+(`-n`, `--lint`) writes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CLEAN = "Congratulations, your workflow is in a good condition!"
+
+
+def run(exe: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(BIN / exe), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def per_run_config(tmp_path: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["train"]["group_by"] = []  # rule `train`, one job per run
+    p = tmp_path / "per_run.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/smollm2.yaml", "config/paper.yaml", "per-run"])
+def test_snakemake_lint_is_clean_and_parsing_writes_nothing(tmp_path, configfile):
+    if configfile == "per-run":
+        configfile = str(per_run_config(tmp_path))
+    results = tmp_path / "fresh results"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run("snakemake", "--nolock", "--lint", "--configfile", configfile, "--config", f"results={results}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and CLEAN in out, out[-4000:]
+    r = run("snakemake", "--nolock", "-n", "--cores", "2", "--configfile", configfile, "--config",
+            f"results={results}", "--sdm", "env-modules")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "job_config" in r.stdout  # the config files are planned as jobs ...
+    assert not results.exists() and sorted(p.name for p in tmp_path.iterdir()) == before  # ... not written
+
+
+def test_snakefmt_check_is_clean():
+    files = ["Snakefile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow" / "rules").glob("*.smk"))]
+    r = run("snakefmt", "--check", *files)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

@@ -1,0 +1,144 @@
+"""Reruns follow the config: a tiny real DAG (one family, grpo + dpo, two steps; base,
+training groups, analysis, tables, figures) runs to completion in a results folder whose
+path holds a space and a `;` (every shell path is quoted), then dry runs after config
+edits plan exactly the jobs whose slice of the config changed and everything downstream."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+N_FIGURES = 8  # sparsity x3, layers, rank, overlap, dynamics, accuracy (no entropy/subnetwork/causes stage)
+DOWNSTREAM = {"accuracy_table": 1, "analyze": 1, "analysis_table": 5, "figure": N_FIGURES, "summary": 1, "all": 1}
+
+
+def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           "MPLBACKEND": "Agg"}
+    return subprocess.run([str(BIN / "snakemake"), "--nolock", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tiny_config(results: Path) -> dict:
+    small = {"batch_size": 8, "lr": 1e-3}
+    return {
+        "experiment": "reruns", "results": str(results),
+        "task": {"name": "tiny_arith", "n_train": 300, "n_test": 32, "seed": 5},
+        "families": {"llama": {"hidden_size": 32, "intermediate_size": 64}},
+        "base": {"seed": 0, "max_steps": 30, "batch_size": 16, "eval_every": 15, "eval_n": 16,
+                 "target_accuracy": 0.9},
+        "train": {"steps": 2, "checkpoint_every": 1, "eval_n": 16, "group_by": ["algorithm"],
+                  "hparams": {"grpo": {**small, "num_generations": 4}, "dpo": {**small, "n_prompts": 16}}},
+        # dpo on reference-vs-corrupted pairs: a 30-step base solves nothing, so on-policy pairs would be empty
+        "grids": [{"families": "all", "algorithms": ["grpo"], "seeds": [1], "precisions": ["fp32"],
+                   "data": ["on_policy"]},
+                  {"families": "all", "algorithms": ["dpo"], "seeds": [1], "precisions": ["fp32"],
+                   "data": ["off_policy"]}],
+    }
+
+
+def plan(tmp: Path, cfg: dict) -> dict[str, int]:
+    """Job counts of a dry run under ``cfg`` ({} when there is nothing to do)."""
+    path = tmp / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = snakemake("-n", "--configfile", str(path), "--cores", "2")
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    counts = {}
+    for line in out.split("Job stats:")[1].splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reruns")
+    results = tmp / "res dir;touch INJECTED;x"
+    cfg = tiny_config(results)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = snakemake("--configfile", str(path), "--cores", "2")
+    assert r.returncode == 0, r.stderr[-5000:]
+    return tmp, results, cfg
+
+
+@pytest.mark.slow
+def test_tiny_dag_runs_in_a_results_path_with_space_and_semicolon(done):
+    tmp, results, cfg = done
+    assert not list(REPO.glob("INJECTED")) and not list(tmp.glob("INJECTED"))
+    for alg, data in (("grpo", "on_policy"), ("dpo", "off_policy")):
+        rec = json.loads((results / "runs" / "llama" / alg / data / "fp32" / "seed1" / "run.json").read_text())
+        assert rec["steps"] == 2 and rec["algorithm"] == alg
+        man = json.loads((results / "train" / "groups" / f"algorithm_{alg}.json").read_text())
+        assert [Path(f["path"]).name for f in man["files"]] == ["model.safetensors", "run.json"]
+        assert all(len(f["sha256"]) == 64 for f in man["files"])
+    assert len(list((results / "figures").glob("*.png"))) == N_FIGURES and (results / "SUMMARY.md").exists()
+    # each job read the config file of its own scope; the file holds the validated config
+    job_cfg = json.loads((results / "config" / "train" / "algorithm_dpo.json").read_text())
+    assert job_cfg["train"]["steps"] == 2 and job_cfg["results"] == str(results)
+    assert sorted(p.name for p in (results / "config").iterdir()) == ["accuracy", "base", "train"]
+
+
+@pytest.mark.slow
+def test_no_edit_plans_nothing(done):
+    tmp, _, cfg = done
+    assert plan(tmp, cfg) == {}
+
+
+@pytest.mark.slow
+def test_training_key_reruns_training_and_everything_downstream(done):
+    tmp, _, cfg = done
+    c = copy.deepcopy(cfg)
+    c["train"]["steps"] = 3
+    assert plan(tmp, c) == {"job_config": 2, "train_group": 2, **DOWNSTREAM}  # no base
+
+
+@pytest.mark.slow
+def test_one_algorithms_hparams_rerun_only_its_group(done):
+    tmp, _, cfg = done
+    c = copy.deepcopy(cfg)
+    c["train"]["hparams"]["dpo"]["lr"] = 2e-3
+    assert plan(tmp, c) == {"job_config": 1, "train_group": 1, **DOWNSTREAM}
+
+
+@pytest.mark.slow
+def test_figure_key_reruns_only_figures(done):
+    tmp, _, cfg = done
+    c = copy.deepcopy(cfg)
+    c["figures"] = {"dpi": 80}
+    assert plan(tmp, c) == {"figure": N_FIGURES, "all": 1}
+
+
+@pytest.mark.slow
+def test_analysis_key_reruns_analysis_and_figures_not_training(done):
+    tmp, _, cfg = done
+    c = copy.deepcopy(cfg)
+    c["analysis"] = {"topk": 0.05}
+    assert plan(tmp, c) == {"analyze": 1, "analysis_table": 5, "figure": N_FIGURES - 1, "summary": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_base_key_reruns_everything_and_labels_rerun_nothing(done):
+    tmp, _, cfg = done
+    c = copy.deepcopy(cfg)
+    c["base"]["max_steps"] = 31
+    assert plan(tmp, c) == {"job_config": 1, "base": 1, "train_group": 2, **DOWNSTREAM}
+    c = copy.deepcopy(cfg)
+    c["experiment"] = "renamed"  # a label, in no slice
+    assert plan(tmp, c) == {}
