@@ -21,7 +21,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-config = validate_config(config)
+# Snakemake keeps the last of duplicate YAML keys silently: the files are re-read strictly.
+config = validate_config(
+    config, files=workflow.overwrite_configfiles or [Path(workflow.basedir) / "config/config.yaml"]
+)
 R = config["results"]  # every output lives under this folder
 # Parsing writes nothing. Jobs read the validated config (with --config/--configfile
 # overrides merged) from R/config/<stage>/<name>.json, made by rule job_config whenever
