@@ -16,8 +16,11 @@ For a full run θ_full of the main grid (same family, algorithm, data, precision
    (full run as "base", subnetwork run as "tuned"; the sparsity of that diff IS the agreement);
 4. ``mask_violations`` = entries the rerun changed (vs base) outside its mask (must be 0).
 
-Random control: per tensor, a uniformly random mask with exactly the same number of True
-entries as m (``torch.randperm`` under a seeded generator), trained and compared the same way.
+Random control (:mod:`rlsparsity.masks`): by default the same number of True entries as m per
+tensor AND per octave of the base weight's magnitude (``random_match: magnitude``; ``uniform``:
+per tensor only), trained and compared the same way; each rerun's realised sparsity vs base
+(``sparsity_subnetwork``) and its agreement with the full run on the mask's entries
+(``agreement_on_mask``, beside the all-entries ``agreement``) are reported.
 
 Mask names are the stored tensor names; a tied ``lm_head.weight`` is stored once, so a
 mask without it is fine. Masks are aligned to ``model.named_parameters()`` before training:
@@ -65,7 +68,7 @@ DEFAULT_KL_ON: dict[str, float] = {"grpo": 0.04, "ppo": 0.05}
 SUBNETWORK_COLUMNS = ["family", "algorithm", "seed", "precision", "mask", "acc_base", "acc_full",
                       "acc_subnetwork", "tolerance", "agreement", "data", "mask_tol", "mask_density",
                       "mask_violations", "sparsity_full", "sparsity_subnetwork", "n_params", "steps",
-                      "wall_seconds"]
+                      "wall_seconds", "agreement_on_mask", "correct_base", "correct_full", "correct_subnetwork"]
 CAUSES_COLUMNS = ["family", "ablation", "setting", "precision", "sparsity", "tolerance", "sparsity_exact",
                   "below_bf16_half_ulp", "algorithm", "data", "seed", "detail", "source", "acc_base",
                   "acc_trained", "run"]
@@ -104,7 +107,7 @@ def subnetwork_settings(config: dict[str, Any]) -> dict[str, Any]:
     b = dict(config.get("subnetwork") or {})
     return {"tolerances": tuple(float(t) for t in b.get("tolerances", DEFAULT_AGREEMENT_TOLS)),
             "mask_tol": float(b.get("mask_tol", 0.0)), "random_control": bool(b.get("random_control", True)),
-            "random_seed": int(b.get("random_seed", 0))}
+            "random_seed": int(b.get("random_seed", 0)), "random_match": str(b.get("random_match", "magnitude"))}
 
 
 def subnetwork_jobs(config: dict[str, Any]) -> list[SubJob]:
@@ -193,127 +196,9 @@ def causes_to_train(config: dict[str, Any], family: str | None = None) -> list[S
     return [s for s in causes_settings(config) if s.source == "causes" and family in (None, s.family)]
 
 
-# ======================================================================= masks
-
-
-def _n(shape: Iterable[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def mask_from_diff(base: str | Path, tuned: str | Path, out_path: str | Path, mask_tol: float = 0.0,
-                   stored: str | Path | None = None) -> dict[str, Any]:
-    """Update mask |θ_tuned − θ_base| > mask_tol (name -> bool tensor), also written to ``out_path``.
-
-    ``stored``: an exact (tol 0) mask file of the same pair (e.g. results/diff/<run>/mask.safetensors),
-    used as is when ``mask_tol`` is 0; otherwise the mask is computed from the two checkpoints."""
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import load_mask, open_checkpoint
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if stored is not None and mask_tol == 0 and Path(stored).exists():
-        if Path(stored).resolve() != out_path.resolve():
-            shutil.copyfile(stored, out_path)
-    else:
-        diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), (0.0,), mask_path=out_path,
-                         mask_tol=float(mask_tol), threads=1)
-    return load_mask(out_path)
-
-
-def random_mask_like(mask: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Per tensor, a uniformly random bool mask with exactly as many True entries as ``mask``."""
-    import torch
-
-    g = torch.Generator().manual_seed(int(seed))
-    out = {}
-    for name in sorted(mask):
-        m = mask[name]
-        k = int(m.sum())
-        flat = torch.zeros(m.numel(), dtype=torch.bool)
-        if k:
-            flat[torch.randperm(m.numel(), generator=g)[:k]] = True
-        out[name] = flat.reshape(m.shape)
-    return out
-
-
-def write_mask(mask: dict[str, Any], path: str | Path, meta: dict[str, str] | None = None) -> Path:
-    """Write a name -> bool tensor mask in the analysis stage's bit-packed format."""
-    from rlsparsity.analysis.io import MaskWriter
-
-    path = Path(path)
-    w = MaskWriter(path, {k: tuple(v.shape) for k, v in mask.items()}, meta)
-    try:
-        for k, v in mask.items():
-            w.write(k, 0, v.reshape(-1).numpy().astype(bool))
-    finally:
-        w.close()
-    return path
-
-
-def align_mask(mask: dict[str, Any], base_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restrict a stored-tensor mask to the model's parameters (``named_parameters`` names).
-
-    Names that are not parameters (buffers, tied aliases) are dropped; a parameter the mask
-    does not name is frozen whole (all False). Shapes must agree."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(str(base_dir))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    params = dict(model.named_parameters())
-    out, frozen_whole = {}, []
-    for name, p in params.items():
-        if name in mask:
-            if tuple(mask[name].shape) != tuple(p.shape):
-                raise ValueError(f"mask for {name} has shape {tuple(mask[name].shape)}, parameter {tuple(p.shape)}")
-            out[name] = mask[name].bool()
-        else:
-            out[name] = torch.zeros(p.shape, dtype=torch.bool)
-            frozen_whole.append(name)
-    dropped = sorted(set(mask) - set(params))
-    n = sum(v.numel() for v in out.values())
-    k = sum(int(v.sum()) for v in out.values())
-    return out, {"dropped_not_parameters": dropped, "frozen_whole": frozen_whole, "n": n, "n_true": k,
-                 "density": k / n if n else float("nan")}
-
-
-def mask_violations(base: str | Path, tuned: str | Path, mask_path: str | Path, scratch: str | Path) -> int:
-    """Entries that changed (tuned vs base, exact) outside the mask (0 when the mask held)."""
-    import numpy as np
-
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import load_packed_mask, open_checkpoint
-
-    diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), (0.0,), mask_path=Path(scratch), threads=1)
-    changed, allowed = load_packed_mask(scratch), load_packed_mask(mask_path)
-    bad = 0
-    for name, (pc, _) in changed.items():
-        pa = allowed[name][0] if name in allowed else np.zeros_like(pc)
-        bad += int(np.bitwise_count(pc & ~pa).sum())
-    Path(scratch).unlink(missing_ok=True)
-    return bad
-
-
-def agreement(full: str | Path, sub: str | Path, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS
-              ) -> dict[str, float]:
-    """Fraction of entries with |θ_sub − θ_full| ≤ t, per t (format(t, 'g') keys): the
-    sparsity of the diff full → sub, computed exactly by the streaming diff engine."""
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import open_checkpoint
-
-    res = diff_checkpoints(open_checkpoint(full), open_checkpoint(sub), tuple(tolerances), threads=1)
-    return dict(res.summary()["sparsity"])
-
-
-def sparsity_vs(base: str | Path, tuned: str | Path, tolerances: Iterable[float]) -> dict[str, Any]:
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import open_checkpoint
-
-    return diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), tuple(tolerances), threads=1).summary()
+from rlsparsity.masks import (  # noqa: E402,F401  (re-exported: the stage API)
+    align_mask, agreement, magnitude_bins, mask_from_diff, mask_violations, masked_agreement,
+    random_mask_like, random_mask_magnitude_matched, read_weights, sparsity_vs, write_mask)
 
 
 # ======================================================================= training
@@ -355,6 +240,7 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
     after = evaluate(load_model(out, "fp32", device), load_tokenizer(out), task, n=tc["eval_n"])
     record = {**run.as_dict(), "experiment": config.get("experiment"), "task": task.name, "base": str(base),
               "acc_base": base_metrics.get("accuracy"), "acc_trained": after["accuracy"],
+              "correct_base": base_metrics.get("correct"), "correct_trained": after["correct"],
               "mean_reward_trained": after["mean_reward"], "n_eval": after["n"], "steps": stats.get("steps"),
               "seconds_per_step": stats.get("seconds_per_step"), "wall_seconds": round(wall, 3),
               "hparams": stats.get("hparams"), "hparam_overrides": hparams or {},
@@ -368,7 +254,7 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
 def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path, out_root: str | Path,
                        mask_tol: float = 0.0, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS,
                        random_seed: int = 0, stored_mask: str | Path | None = None,
-                       log: Any = None) -> list[dict[str, Any]]:
+                       log: Any = None, random_match: str = "magnitude") -> list[dict[str, Any]]:
     """One masked rerun + its comparison; returns its rows of subnetwork.csv."""
     from rlsparsity.analysis.diff import tol_key
     from rlsparsity.analysis.io import load_mask
@@ -390,9 +276,14 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
     else:
         full_mask = load_mask(sub_mask_path)
     if job.kind == "random":
-        mask = random_mask_like(full_mask, random_seed + run.seed)
+        if random_match == "magnitude":
+            mask = random_mask_magnitude_matched(full_mask, read_weights(base, full_mask), random_seed + run.seed)
+        elif random_match == "uniform":
+            mask = random_mask_like(full_mask, random_seed + run.seed)
+        else:
+            raise ValueError(f"subnetwork.random_match must be 'magnitude' or 'uniform', got {random_match!r}")
         mask_path = write_mask(mask, out / "mask.safetensors", {"kind": "random", "seed": str(random_seed + run.seed),
-                                                               "mask_tol": repr(mask_tol)})
+                                                               "mask_tol": repr(mask_tol), "match": random_match})
     else:
         mask, mask_path = full_mask, sub_mask_path
     aligned, info = align_mask(mask, base)
@@ -401,12 +292,14 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
                                       "full_run": str(full)})
     viol = mask_violations(base, out, mask_path, out / "changed.tmp.safetensors")
     agr = agreement(full, out, tolerances)
+    agr_mask = masked_agreement(full, out, mask, tolerances)
     sp_sub = sparsity_vs(base, out, (0.0,))
     n_stored = sum(int(v.numel()) for v in mask.values())
     density = sum(int(v.sum()) for v in mask.values()) / n_stored if n_stored else float("nan")
     wall = round(time.time() - t0, 3)
     rec.update({"mask_violations": viol, "agreement": agr, "sparsity_subnetwork": sp_sub["sparsity"]["0"],
-                "mask_density": density, "acc_full": full_rec["acc_trained"]})
+                "mask_density": density, "acc_full": full_rec["acc_trained"], "agreement_on_mask": agr_mask,
+                "random_match": random_match if job.kind == "random" else None})
     (out / "run.json").write_text(json.dumps(rec, indent=1, default=str) + "\n")
     if viol:
         log(f"WARNING [subnetwork] {run.rel} {job.kind}: {viol} entries moved outside the mask")
@@ -418,6 +311,8 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
         rows.append({"family": run.family, "algorithm": run.algorithm, "seed": run.seed, "precision": run.precision,
                      "mask": job.kind, "acc_base": full_rec["acc_base"], "acc_full": full_rec["acc_trained"],
                      "acc_subnetwork": rec["acc_trained"], "tolerance": t, "agreement": agr[tol_key(t)],
+                     "agreement_on_mask": agr_mask[tol_key(t)], "correct_base": full_rec.get("correct_base"),
+                     "correct_full": full_rec.get("correct_trained"), "correct_subnetwork": rec.get("correct_trained"),
                      "data": run.data, "mask_tol": mask_tol, "mask_density": density, "mask_violations": viol,
                      "sparsity_full": 1.0 - density if job.kind == "subnetwork" else float("nan"),
                      "sparsity_subnetwork": sp_sub["sparsity"]["0"], "n_params": sp_sub["n_params"],
@@ -442,7 +337,7 @@ def subnetwork_family(config: dict[str, Any], family: str, out_csv: str | Path, 
     rows: list[dict[str, Any]] = []
     for job in jobs:
         rows += run_subnetwork_job(job, config, results, out_root, st["mask_tol"], st["tolerances"],
-                                   st["random_seed"], log=log)
+                                   st["random_seed"], log=log, random_match=st["random_match"])
     write_csv(Path(out_csv), rows, SUBNETWORK_COLUMNS)
     return rows
 
