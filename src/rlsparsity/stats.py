@@ -134,7 +134,10 @@ def accuracy_difference(pairs: Sequence[tuple[str | None, str | None]], acc_pair
     t-interval over the units' accuracy differences ``acc_pairs``."""
     ok = [(a, b) for a, b in pairs if isinstance(a, str) and isinstance(b, str) and a and b]
     if pairs and len(ok) == len(pairs):
-        return paired_bootstrap(ok)
+        if len({len(x) for p in ok for x in p}) == 1:
+            return paired_bootstrap(ok)
+        return mean_interval([a - b for a, b in acc_pairs],
+                             method=T_INTERVAL + " (per-problem outcomes of different lengths)")
     return mean_interval([a - b for a, b in acc_pairs], method=T_INTERVAL + " (no per-problem outcomes)")
 
 
