@@ -141,6 +141,10 @@ def test_accuracy(tmp_path):
     assert t.loc["grpo", "acc_trained"] == pytest.approx(df.loc[df["algorithm"] == "grpo", "acc_trained"].mean() * 100)
     offs = p.axes[0].collections[1].get_offsets()
     np.testing.assert_allclose(offs[:, 0], t["acc_trained"])
+    # error bars: the 95 % paired bootstrap interval of Δ, drawn around the mean
+    iv = p.data["delta_ci"][("grpo", "bf16")]
+    assert iv.estimate == pytest.approx(0.065) and iv.low < 0.065 < iv.high
+    assert any(getattr(c, "errorbar", None) is not None for c in p.axes[1].containers)
 
 
 def test_subnetwork(tmp_path):
@@ -154,6 +158,8 @@ def test_subnetwork(tmp_path):
     assert acc.loc["dpo", "acc_random"] == pytest.approx(22.0)
     assert agr.loc[("dpo", "subnetwork"), 1e-5] == pytest.approx(93.0)
     assert agr.loc[("dpo", "subnetwork"), 1e-4] == pytest.approx(100.0)
+    lo, hi = p.data["errors"]["acc_subnetwork"][list(acc.index).index("dpo")]
+    assert 0 < lo < 10 and 0 < hi < 10  # 95 % bootstrap interval around 31 %
 
 
 def test_causes(tmp_path):
@@ -184,6 +190,7 @@ def test_entropy_accuracy(tmp_path):
     assert labels == ["top 10%", "top 20%", "top 50%", "all tokens (ρ=1)", "bottom 80%"]
     kept = t[t["normaliser"] == "kept"].set_index("label").loc[labels, "acc_trained"]
     np.testing.assert_allclose(kept, [30, 33, 31, 30, 20])
+    assert all(lo > 0 and hi > 0 for lo, hi in p.data["errors"]["kept"])
 
 
 def test_entropy_distribution_reads_the_stage_layout_and_long_form(tmp_path):

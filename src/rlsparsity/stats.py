@@ -182,3 +182,17 @@ def combine(verdicts: Iterable[str]) -> str:
 def binomial_half_width(p: float, n: int) -> float:
     """Half-width of the normal-approximation 95 % interval of one accuracy (p, n problems)."""
     return 1.959964 * math.sqrt(p * (1 - p) / n)
+
+
+def accuracy_interval(bits: Sequence[str | None], accs: Sequence[float]) -> Interval:
+    """Mean accuracy over units with its 95 % interval (the same two-way bootstrap, against an
+    all-wrong reference; t-interval over ``accs`` without per-problem outcomes)."""
+    pairs = [(b, "0" * len(b) if isinstance(b, str) else None) for b in bits]
+    return accuracy_difference(pairs, [(float(a), 0.0) for a in accs])
+
+
+def error_bar(iv: Interval, scale: float = 100.0) -> tuple[float, float]:
+    """(lower, upper) error-bar lengths of an interval around its estimate (0, 0 when undefined)."""
+    if not iv.defined:
+        return 0.0, 0.0
+    return max(0.0, (iv.estimate - iv.low) * scale), max(0.0, (iv.high - iv.estimate) * scale)
