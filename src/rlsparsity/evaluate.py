@@ -25,7 +25,7 @@ def evaluate(model: Any, tokenizer: Any, task: Task, entries: Sequence[dict[str,
     if n is not None:
         items = items[:n]
     prompts = [task.prompt(e, tokenizer) for e in items]
-    mnt = max_new_tokens or max_new_tokens_for(model)
+    mnt = max_new_tokens or getattr(task.spec, "max_new_tokens", None) or max_new_tokens_for(model)
     comps = generate(model, tokenizer, prompts, mnt, do_sample=False, batch_size=batch_size, progress=progress)
     rewards = task.rewards(comps, items)
     acc = sum(r >= 1.0 for r in rewards) / max(1, len(items))
