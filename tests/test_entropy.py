@@ -320,3 +320,17 @@ def test_dag_entropy_target_dry_run(tmp_path):
         assert f"entropy_{f}" in r.stdout
     assert "entropy_table" in r.stdout and "rule train:" not in r.stdout
     assert f"{tmp_path}/results/tables/entropy_stats.csv" in r.stdout
+
+
+def test_entropy_stage_task_and_its_own_bases():
+    cfg = {"results": "res", "task": {"name": "tiny_arith", "n_train": 10, "n_test": 5, "seed": 1},
+           "families": {"llama": {}}, "entropy": {"families": ["llama"]}}
+    assert E.entropy_config(cfg) is cfg and E.entropy_base_dir(cfg, "llama") == Path("res/base/llama")
+    cfg["entropy"]["task"] = "tiny_column_add"
+    ec = E.entropy_config(cfg)
+    assert ec["task"] == {"name": "tiny_column_add", "n_train": 10, "n_test": 5, "seed": 1}
+    assert cfg["task"]["name"] == "tiny_arith"  # the experiment's config is not changed
+    assert E.entropy_base_dir(cfg, "llama") == Path("res/entropy/llama/base-tiny_column_add")
+    from rlsparsity.tasks import task_from_config
+
+    assert task_from_config(ec).spec.max_new_tokens == 48  # the reasoning task's generation budget

@@ -55,7 +55,7 @@ from rlsparsity.entropy_stats import LOW_ENTROPY, STATS_TOP  # noqa: F401
 ENTROPY_DEFAULTS: dict[str, Any] = {
     "families": "all", "rhos": [0.1, 0.2, 0.5, 1.0], "variants": ["top", "bottom"], "normalisers": ["kept"],
     "normaliser_rhos": {}, "seeds": [1], "precision": "bf16", "steps": None, "checkpoint_every": None,
-    "hparams": {}, "stats_prompts": 64, "stats_samples": 4, "eval_n": None, "selection": "exact_k",
+    "hparams": {}, "stats_prompts": 64, "stats_samples": 4, "eval_n": None, "selection": "exact_k", "task": None,
 }
 
 RUN_COLUMNS = ["family", "rho", "variant", "normaliser", "seed", "precision", "acc_base", "acc_trained",
@@ -114,6 +114,41 @@ def entropy_block(config: dict[str, Any]) -> dict[str, Any] | None:
     if blk is None:
         return None
     return {**ENTROPY_DEFAULTS, **blk}
+
+
+def entropy_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config the entropy stage runs under: ``entropy.task`` (when set) replaces the task name
+    (same split sizes and seed); everything else is the experiment's."""
+    blk = entropy_block(config) or {}
+    if not blk.get("task") or blk["task"] == config["task"]["name"]:
+        return config
+    return {**config, "task": {**config["task"], "name": blk["task"]}}
+
+
+def entropy_base_dir(config: dict[str, Any], family: str) -> Path:
+    """The base the entropy runs start from: the experiment's base of ``family``, or, when the
+    entropy stage has its own task, a base trained from scratch on that task under
+    ``<results>/entropy/<family>/base-<task>/`` (built by the family job)."""
+    from rlsparsity.grid import base_dir
+
+    ec = entropy_config(config)
+    if ec is config:
+        return base_dir(family, config["results"])
+    return Path(config["results"]) / "entropy" / family / f"base-{ec['task']['name']}"
+
+
+def ensure_entropy_base(config: dict[str, Any], family: str, log: Any = print) -> Path:
+    """Build the entropy stage's own base if it needs one and it is not complete yet (metrics.json,
+    written last, marks a complete base)."""
+    path = entropy_base_dir(config, family)
+    ec = entropy_config(config)
+    if ec is not config and not (path / "metrics.json").exists():
+        from rlsparsity.base import build_base
+
+        log(f"[entropy] {family}: training a base from scratch on {ec['task']['name']} -> {path}")
+        m = build_base(family, ec, path)
+        log(f"[entropy] {family}: base test accuracy {m['accuracy']:.3f} after {m.get('steps')} steps")
+    return path
 
 
 def entropy_families(config: dict[str, Any]) -> list[str]:
@@ -182,15 +217,16 @@ from rlsparsity.entropy_stats import (  # noqa: E402,F401
 # --------------------------------------------------------------------------- one family, end to end
 def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: str = "cpu") -> Any:
     from rlsparsity.algorithms.common import TrainSpec
-    from rlsparsity.grid import Run, base_dir
+    from rlsparsity.grid import Run
     from rlsparsity.tasks import task_from_config
 
     blk = entropy_block(config)
     tc = config["train"]
     hp = {**tc.get("hparams", {}).get("grpo", {}), **blk.get("hparams", {})}
     return TrainSpec(run=Run(run.family, "grpo", "on_policy", run.precision, run.seed),
-                     base_dir=base_dir(run.family, results), out_dir=run.dir(results),
-                     task=task_from_config(config), steps=blk["steps"] or tc["steps"],
+                     base_dir=entropy_base_dir({**config, "results": str(results)}, run.family),
+                     out_dir=run.dir(results), task=task_from_config(entropy_config(config)),
+                     steps=blk["steps"] or tc["steps"],
                      checkpoint_every=blk["checkpoint_every"] or tc["checkpoint_every"], hparams=hp, device=device)
 
 
@@ -230,7 +266,6 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     from rlsparsity.analysis.io import open_checkpoint
     from rlsparsity.analysis.overlap import overlap_masks
     from rlsparsity.analysis.tables import diff_run, write_csv
-    from rlsparsity.grid import base_dir
     from rlsparsity.modeling import torch_threads
     from rlsparsity.tasks import task_from_config
 
@@ -240,7 +275,7 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     if not runs:
         raise ValueError(f"no entropy runs configured for family {family!r}")
     out_dir = Path(out_dir or results / "entropy" / family)
-    base_path = base_dir(family, results)
+    base_path = ensure_entropy_base(config, family, log)
     if not (base_path / "config.json").exists():
         raise FileNotFoundError(f"base model missing: {base_path}")
     records = {}
@@ -281,7 +316,7 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     hp = entropy_hparams({**config["train"].get("hparams", {}).get("grpo", {}), **blk.get("hparams", {})})
     models = {run.rel.split("/", 1)[1]: run.dir(results) for run in runs}
     extra = {run.rel.split("/", 1)[1]: {k: v for k, v in run.as_dict().items() if k != "family"} for run in runs}
-    stats, info = stats_rows(base_path, models, task_from_config(config), blk["stats_prompts"],
+    stats, info = stats_rows(base_path, models, task_from_config(entropy_config(config)), blk["stats_prompts"],
                              blk["stats_samples"], hp["temperature"], seed=0, row_extra=extra, family=family)
     write_csv(out_dir / "entropy_stats.csv", stats, STATS_COLUMNS)
     (out_dir / "responses.json").write_text(json.dumps(info, indent=1) + "\n")

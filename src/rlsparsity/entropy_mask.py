@@ -201,7 +201,8 @@ def build_trainer(spec: Any, rho: float, variant: str = "top", normaliser: str =
     hp = entropy_hparams(spec.hparams)
     model, tok = _load(spec)
     args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 max_completion_length=getattr(spec.task.spec, "max_new_tokens", None) or max_new_tokens_for(model),
+                 temperature=hp["temperature"],
                  beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
                  loss_type=hp["loss_type"], top_entropy_quantile=quantile, entropy_coef=hp["entropy_coef"])
     tr = trainer_class()(model=model, reward_funcs=_reward_fn(spec), args=args,

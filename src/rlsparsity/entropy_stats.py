@@ -30,7 +30,7 @@ def sample_responses(model: Any, tok: Any, task: Any, n_prompts: int, n_samples:
     from rlsparsity.modeling import max_new_tokens_for
 
     seed_everything(seed)
-    mnt = max_new_tokens or max_new_tokens_for(model)
+    mnt = max_new_tokens or getattr(getattr(task, "spec", None), "max_new_tokens", None) or max_new_tokens_for(model)
     prompts = [task.prompt(e, tok) for e in task.test[:n_prompts]]
     parts = []
     for i in range(0, len(prompts), batch_prompts):
