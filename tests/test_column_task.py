@@ -33,3 +33,22 @@ def test_task_solutions_reason_then_answer_and_score():
     # the plain tasks keep their short solutions
     plain = get_task("tiny_arith", n_train=20, n_test=5)
     assert plain.solution(plain.test[0]) == f"Answer: {plain.test[0]['answer']}"
+
+
+def test_base_per_family_overrides(tmp_path, monkeypatch):
+    """config base.per_family: one family's base gets its own lr / max_steps, the others the defaults."""
+    import yaml
+
+    from rlsparsity import base as B
+    from rlsparsity.config import validate_config
+
+    cfg = yaml.safe_load(open("config/config.yaml"))
+    cfg["task"] = {"name": "tiny_arith", "n_train": 20, "n_test": 5, "seed": 1}
+    cfg["base"]["per_family"] = {"deepseek_v3": {"lr": 1.0e-3, "max_steps": 5000}}
+    cfg = validate_config(cfg)
+    seen = {}
+    monkeypatch.setattr(B, "train_tiny_base", lambda fam, task, out, spec, **kw: seen.setdefault(fam, kw) and {})
+    for fam in ("deepseek_v3", "llama"):
+        B.build_base(fam, cfg, tmp_path / fam)
+    assert (seen["deepseek_v3"]["lr"], seen["deepseek_v3"]["max_steps"]) == (1.0e-3, 5000)
+    assert (seen["llama"]["lr"], seen["llama"]["max_steps"]) == (cfg["base"]["lr"], cfg["base"]["max_steps"])

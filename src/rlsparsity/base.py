@@ -138,7 +138,7 @@ def build_base(family: str, config: dict[str, Any], out_dir: str | Path) -> dict
 
     task = task_from_config(config)
     spec = config["families"].get(family, {}) or {}
-    b = config["base"]
+    b = {**config["base"], **(config["base"].get("per_family") or {}).get(family, {})}
     if F.is_tiny(family) and "path" not in spec:
         m = train_tiny_base(family, task, out_dir, spec, seed=b["seed"], max_steps=b["max_steps"],
                             batch_size=b["batch_size"], lr=b["lr"], eval_every=b["eval_every"],
