@@ -14,6 +14,13 @@ TOLS = [0.0, 1e-8, 1e-7, 1e-6, 1e-5]
 PRECS = {"bf16": 0.85, "fp32-master": 0.80, "fp32": 0.02}  # sparsity at tol 0
 
 
+def bits(acc: float, n: int = 200) -> str:
+    """Per-problem outcomes with round(acc·n) correct answers, the first ones (so a higher accuracy
+    solves a superset of a lower one's problems: paired differences are all ≥ 0)."""
+    k = int(round(acc * n))
+    return "1" * k + "0" * (n - k)
+
+
 def sparsity() -> pd.DataFrame:
     rows = []
     for fam_i, fam in enumerate(FAMS):
@@ -100,6 +107,8 @@ def accuracy() -> pd.DataFrame:
                                  "wall_seconds": 2.0})
     df = pd.DataFrame(rows)
     df["delta"] = df["acc_trained"] - df["acc_base"]
+    df["correct_base"] = df["acc_base"].map(bits)
+    df["correct_trained"] = df["acc_trained"].map(bits)
     return df
 
 
@@ -111,7 +120,11 @@ def subnetwork() -> pd.DataFrame:
                 for t in (0.0, 1e-5, 1e-4):
                     rows.append({"family": fam, "algorithm": alg, "seed": 1, "precision": "bf16", "mask": mask,
                                  "acc_base": 0.25, "acc_full": 0.30, "acc_subnetwork": acc, "tolerance": t,
-                                 "agreement": min(1.0, agree + (0.07 if t >= 1e-4 else 0) - (0.1 if t == 0 else 0))})
+                                 "agreement": min(1.0, agree + (0.07 if t >= 1e-4 else 0) - (0.1 if t == 0 else 0)),
+                                 "agreement_on_mask": min(1.0, agree + (0.05 if t >= 1e-4 else 0) - 0.02 * (alg == "dpo")),
+                                 "sparsity_subnetwork": 0.9 if mask == "subnetwork" else 0.93,
+                                 "correct_base": bits(0.25), "correct_full": bits(0.30),
+                                 "correct_subnetwork": bits(acc)})
     return pd.DataFrame(rows)
 
 
@@ -119,10 +132,13 @@ def causes() -> pd.DataFrame:
     rows = []
     for prec in ("bf16", "fp32"):
         d = 0 if prec == "bf16" else 0.6
-        for ab, st, s in (("data", "on_policy", 0.85), ("data", "off_policy", 0.4), ("kl", "kl_on", 0.8),
-                          ("kl", "kl_off", 0.79), ("sft", "rejection_sampling", 0.9)):
-            rows.append({"family": "llama", "ablation": ab, "setting": st, "precision": prec,
-                         "sparsity": max(0.0, s - d)})
+        for seed in (1, 2):
+            for ab, alg, st, s in (("dpo_data", "dpo", "on_policy", 0.85), ("dpo_data", "dpo", "off_policy", 0.4),
+                                   ("grpo_kl", "grpo", "kl_on", 0.8), ("grpo_kl", "grpo", "kl_off", 0.79),
+                                   ("ppo_kl", "ppo", "kl_on", 0.6), ("ppo_kl", "ppo", "kl_off", 0.61),
+                                   ("sft_data", "sft", "on_policy", 0.9), ("sft_data", "sft", "off_policy", 0.1)):
+                rows.append({"family": "llama", "ablation": ab, "setting": st, "precision": prec, "algorithm": alg,
+                             "seed": seed, "sparsity": max(0.0, s - d + 0.002 * seed)})
     return pd.DataFrame(rows)
 
 
@@ -135,15 +151,16 @@ def entropy() -> pd.DataFrame:
                 rows.append({"family": "llama", "rho": rho, "variant": variant, "normaliser": norm, "seed": seed,
                              "precision": "bf16", "acc_base": 0.25, "acc_trained": acc, "kept_fraction": kept,
                              "sparsity": 0.9 - 0.1 * rho, "o1": 0.5, "o2": 0.5, "o1_random": 0.2,
-                             "o2_random": 0.2})
+                             "o2_random": 0.2, "correct_base": bits(0.25), "correct_trained": bits(acc)})
     return pd.DataFrame(rows)
 
 
 def entropy_stats() -> pd.DataFrame:
     """The entropy stage's wide layout (rlsparsity.entropy.STATS_COLUMNS)."""
     rows = []
-    for model, shift, ov in (("base", 0.0, 1.0), ("top0.2", -0.2, 0.8), ("all", -0.3, 0.7)):
-        rows.append({"family": "llama", "model": model, "rho": None if model == "base" else 0.2,
+    for fam, model, shift, ov in (("llama", "base", 0.0, 1.0), ("llama", "top0.2", -0.2, 0.8),
+                                  ("llama", "all", -0.3, 0.7), ("qwen2", "base", 0.0, 1.0)):
+        rows.append({"family": fam, "model": model, "rho": None if model == "base" else 0.2,
                      "variant": None if model == "base" else "top", "normaliser": "kept", "seed": 1,
                      "precision": "bf16", "n_responses": 256, "n_tokens": 8000, "mean_entropy": 1.9 + shift,
                      "frac_below_1e-2": 0.02, "p80_entropy": 3.07 + shift, "top20_overlap_with_base": ov,

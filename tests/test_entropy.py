@@ -38,11 +38,21 @@ def kept_values(sel: torch.Tensor, ent: torch.Tensor = ENT) -> set[float]:
     return set(ent[sel].tolist())
 
 
+@pytest.mark.parametrize("selection", ["exact_k", "threshold"])
 @pytest.mark.parametrize("rho", sorted(EXPECTED_TOP))
-def test_top_rho_keeps_exactly_the_expected_tokens(rho):
-    sel = E.select_tokens(ENT, MASK, rho, "top")
+def test_top_rho_keeps_exactly_the_expected_tokens(rho, selection):
+    # no ties: the official exact-k rule (k = int(10ρ + 0.9999) = 1, 2, 5, 10) and TRL's agree
+    sel = E.select_tokens(ENT, MASK, rho, "top", selection)
     assert kept_values(sel) == EXPECTED_TOP[rho]
     assert not sel[MASK == 0].any(), "padding kept"
+
+
+def test_exact_k_count():
+    assert [E.exact_k(10, r) for r in (0.1, 0.2, 0.25, 0.5, 1.0)] == [1, 2, 3, 5, 10]
+    assert E.exact_k(7, 0.2) == 2 and E.exact_k(3, 0.01) == 1 and E.exact_k(0, 0.2) == 0
+    assert E.exact_k(100, 0.2) == 20  # 100 · 0.2 = 20.000000000000004 in floats: still 20, not 21
+    with pytest.raises(ValueError, match="selection"):
+        E.select_tokens(ENT, MASK, 0.2, "top", "quantile")
 
 
 def test_bottom_keeps_the_lowest_80_percent_and_complements_top20():
@@ -52,21 +62,40 @@ def test_bottom_keeps_the_lowest_80_percent_and_complements_top20():
     assert not (sel & top).any() and torch.equal(sel | top, MASK.bool())
 
 
-def test_ties_at_the_threshold_are_all_kept_and_padding_never():
-    ent = torch.tensor([[0.5, 0.5, 0.5, 1.0, 2.0, 2.0, 2.0, 3.0, 9.0, 9.0]])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
-    # n = 8: τ_0.1 = quantile(0.9) = 2.3 (between 2.0 and 3.0) -> {3.0}
-    assert kept_values(E.select_tokens(ent, mask, 0.1, "top"), ent) == {3.0}
-    # τ_0.2 = quantile(0.8) = 2.0, a 3-way tie: every tied token is kept -> 4 of 8 (> ρ·n = 1.6)
+TIED = torch.tensor([[0.5, 0.5, 0.5, 1.0, 2.0, 2.0, 2.0, 3.0, 9.0, 9.0]])
+TIED_MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
+
+
+def test_exact_k_keeps_exactly_k_under_ties_and_padding_never():
+    ent, mask = TIED, TIED_MASK
+    # n = 8, ρ = 0.2: k = int(1.6 + 0.9999) = 2: the 3.0 and the FIRST of the three tied 2.0s
     sel = E.select_tokens(ent, mask, 0.2, "top")
-    assert int(sel.sum()) == 4 and kept_values(sel, ent) == {2.0, 3.0}
+    assert sel[0].nonzero().reshape(-1).tolist() == [4, 7]
     bottom = E.select_tokens(ent, mask, 0.8, "bottom")
-    assert int(bottom.sum()) == 4 and kept_values(bottom, ent) == {0.5, 1.0}
-    # all entropies equal: top keeps everything, bottom nothing
+    assert bottom[0].nonzero().reshape(-1).tolist() == [0, 1, 2, 3, 5, 6]  # exactly n − k = 6
+    # all entropies equal: exactly k kept (k = 1 of 5 at ρ = 0.2; 5 of 20 at ρ = 0.25), bottom the rest
     flat = torch.ones(1, 5)
-    assert E.select_tokens(flat, torch.ones(1, 5), 0.2, "top").all()
-    assert not E.select_tokens(flat, torch.ones(1, 5), 0.8, "bottom").any()
+    assert E.select_tokens(flat, torch.ones(1, 5), 0.2, "top")[0].tolist() == [True, False, False, False, False]
+    assert int(E.select_tokens(flat, torch.ones(1, 5), 0.8, "bottom").sum()) == 4
+    assert int(E.select_tokens(torch.zeros(4, 5), torch.ones(4, 5), 0.25, "top").sum()) == 5
     assert not E.select_tokens(ent, torch.zeros_like(mask), 0.2, "top").any()
+    # deterministic: the same call gives the same positions
+    assert torch.equal(E.select_tokens(ent, mask, 0.2, "top"), sel)
+
+
+def test_threshold_option_keeps_every_tie():
+    ent, mask = TIED, TIED_MASK
+    # n = 8: τ_0.1 = quantile(0.9) = 2.3 (between 2.0 and 3.0) -> {3.0}
+    assert kept_values(E.select_tokens(ent, mask, 0.1, "top", "threshold"), ent) == {3.0}
+    # τ_0.2 = quantile(0.8) = 2.0, a 3-way tie: every tied token is kept -> 4 of 8 (> ρ·n = 1.6)
+    sel = E.select_tokens(ent, mask, 0.2, "top", "threshold")
+    assert int(sel.sum()) == 4 and kept_values(sel, ent) == {2.0, 3.0}
+    bottom = E.select_tokens(ent, mask, 0.8, "bottom", "threshold")
+    assert int(bottom.sum()) == 4 and kept_values(bottom, ent) == {0.5, 1.0}
+    # all entropies equal: the tie-inclusive rule keeps everything (kept fraction 100 %), bottom nothing
+    flat = torch.ones(1, 5)
+    assert E.select_tokens(flat, torch.ones(1, 5), 0.2, "top", "threshold").all()
+    assert not E.select_tokens(flat, torch.ones(1, 5), 0.8, "bottom", "threshold").any()
 
 
 def test_statistics_on_hand_built_entropies():
@@ -211,6 +240,8 @@ def test_trainer_refuses_an_entropy_bonus_and_accumulation(random_base, task, tm
         E.build_trainer(_spec(random_base, tmp_path / "a", task, entropy_coef=0.01), 0.2)
     with pytest.raises(ValueError, match="normaliser"):
         E.build_trainer(_spec(random_base, tmp_path / "b", task), 0.2, "top", "tokens")
+    with pytest.raises(ValueError, match="selection"):
+        E.build_trainer(_spec(random_base, tmp_path / "c", task), 0.2, "top", "kept", "quantile")
 
 
 def test_end_to_end_kept_fraction_logged_and_loss_differs_from_full(random_base, task, tmp_path):
@@ -225,8 +256,9 @@ def test_end_to_end_kept_fraction_logged_and_loss_differs_from_full(random_base,
         hist = out[name]["history"]
         assert len(hist) == steps and all("entropy_mask/kept_fraction" in h for h in hist)
         for h in hist:
-            kf = h["entropy_mask/kept_fraction"]
-            assert (kf == 1.0) if name == "full" else (rho - 0.05 <= kf <= rho + 0.15), (name, h)
+            kf, n = h["entropy_mask/kept_fraction"], h["entropy_mask/tokens"]
+            # exact-k: k = ⌈ρN⌉ of the N tokens (top), N − ⌈0.2N⌉ (bottom): within 1/N of ρ
+            assert (kf == 1.0) if name == "full" else abs(kf - rho) < 1.0 / n + 1e-9, (name, h)
     first = {k: v["history"][0] for k, v in out.items()}
     assert first["top"]["reward"] == first["full"]["reward"] and first["top"]["reward_std"] > 0  # same batch
     assert first["top"]["loss"] != pytest.approx(first["full"]["loss"], abs=1e-6)
@@ -262,7 +294,8 @@ def test_entropy_family_job_writes_both_tables(random_base, task, tmp_path):
 
     rows = list(csv.DictReader(open(paths["entropy"])))
     assert [r["rho"] for r in rows] == ["0.2", "1.0"] and list(rows[0])[:14] == E.RUN_COLUMNS[:14]
-    assert 0.15 <= float(rows[0]["kept_fraction"]) <= 0.4 and float(rows[1]["kept_fraction"]) == 1.0
+    assert 0.2 <= float(rows[0]["kept_fraction"]) <= 0.25 and float(rows[1]["kept_fraction"]) == 1.0
+    assert rows[0]["selection"] == "exact_k" and len(rows[0]["correct_trained"]) == 16
     assert all(0.0 <= float(r["sparsity"]) <= 1.0 for r in rows)
     assert (res / "entropy/llama/rho0.2-top-kept/bf16/seed1/diff/mask.safetensors").exists()
     stats = list(csv.DictReader(open(paths["entropy_stats"])))
@@ -288,3 +321,17 @@ def test_dag_entropy_target_dry_run(tmp_path):
     assert r.stdout.count("rule entropy_family:") == len(fams)
     assert "entropy_table" in r.stdout and "rule train:" not in r.stdout
     assert f"{tmp_path}/results/tables/entropy_stats.csv" in r.stdout
+
+
+def test_entropy_stage_task_and_its_own_bases():
+    cfg = {"results": "res", "task": {"name": "tiny_arith", "n_train": 10, "n_test": 5, "seed": 1},
+           "families": {"llama": {}}, "entropy": {"families": ["llama"]}}
+    assert E.entropy_config(cfg) is cfg and E.entropy_base_dir(cfg, "llama") == Path("res/base/llama")
+    cfg["entropy"]["task"] = "tiny_column_add"
+    ec = E.entropy_config(cfg)
+    assert ec["task"] == {"name": "tiny_column_add", "n_train": 10, "n_test": 5, "seed": 1}
+    assert cfg["task"]["name"] == "tiny_arith"  # the experiment's config is not changed
+    assert E.entropy_base_dir(cfg, "llama") == Path("res/entropy/llama/base-tiny_column_add")
+    from rlsparsity.tasks import task_from_config
+
+    assert task_from_config(ec).spec.max_new_tokens == 48  # the reasoning task's generation budget

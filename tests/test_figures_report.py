@@ -120,6 +120,7 @@ def test_accuracy_verdict_needs_every_paper_algorithm_up():
     import pandas as pd
 
     from rlsparsity.figures.summary import FAILS, HOLDS, section_accuracy
+    from rlsparsity.figures.verdicts_accuracy import every_algorithm_improves
     from rlsparsity.grid import PAPER_ALGORITHMS
 
     def table(kto_delta: float) -> pd.DataFrame:
@@ -132,9 +133,8 @@ def test_accuracy_verdict_needs_every_paper_algorithm_up():
         return pd.DataFrame(rows)
 
     for kto, want in ((0.02, HOLDS), (-0.02, FAILS)):
-        V: list = []
-        text = "\n".join(section_accuracy(table(kto), V))
-        v = [x for x in V if x["claim"].startswith("Every paper algorithm")][0]
+        v = every_algorithm_improves(table(kto))
         assert v["verdict"] == want, v
-        assert ("7/7" if want == HOLDS else "6/7") in v["ours"]
-        assert "| kto | 2 | 2 |" in text
+        assert ("kto: 2.0 pts" if want == HOLDS else "kto: -2.0 pts") in v["ours"] and "dpo: 1.0 pts" in v["ours"]
+        text = "\n".join(section_accuracy(table(kto)))
+        assert "| bf16 | kto | 30.0% |" in text and "Per paper algorithm (bf16" in text

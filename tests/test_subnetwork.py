@@ -154,7 +154,7 @@ def test_causes_settings_reuse_grid_runs():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
     settings = SN.causes_settings(cfg)
-    assert len(settings) == 8 * len(cfg["causes"]["precisions"])
+    assert len(settings) == 8 * len(cfg["causes"]["precisions"]) * len(cfg["causes"]["seeds"])
     runs = set(expand_runs(cfg))
     for s in settings:
         if s.source == "grid":
@@ -210,6 +210,21 @@ def test_end_to_end_subnetwork_run(trained_base, tmp_path):
         assert 0 <= rs[0]["acc_subnetwork"] <= 1
     assert sub[0]["agreement"] >= 1 - sub[0]["mask_density"]  # frozen entries agree with the full run exactly
     assert sub[0]["acc_full"] == json.loads((run.dir(res) / "run.json").read_text())["acc_trained"]
+    # agreement on the mask's entries (≤ the all-entries number, which counts frozen entries), the
+    # per-problem outcomes for paired intervals, and the control's realised sparsity
+    for r in rows:
+        assert 0 <= r["agreement_on_mask"] <= 1 and len(r["correct_subnetwork"]) == len(r["correct_full"]) == 32
+    assert sub[1]["agreement_on_mask"] <= sub[1]["agreement"]
+    assert 0 < rnd[0]["sparsity_subnetwork"] < 1
+    # the random control matches the subnetwork's count per tensor AND per |w| octave of the base
+    from rlsparsity import masks as M
+    from rlsparsity.analysis.io import load_mask
+
+    m_sub = load_mask(SN.SubJob(run, "subnetwork").dir(res) / "mask.safetensors")
+    m_rnd = load_mask(SN.SubJob(run, "random").dir(res) / "mask.safetensors")
+    w0 = M.read_weights(res / "base" / "llama", m_sub)
+    assert M.bin_counts(m_rnd, w0) == M.bin_counts(m_sub, w0)
+    assert any(not torch.equal(m_rnd[k], m_sub[k]) for k in m_sub)
     d = SN.SubJob(run, "subnetwork").dir(res)
     assert (d / "model.safetensors").exists() and (d / "mask.safetensors").exists() and (d / "run.json").exists()
     assert not (d / "resume").exists()

@@ -1,5 +1,10 @@
 """Hyperparameter sweep for issue 3: configs x families x seeds x algorithms, one run per task,
-a process pool of CPU workers (OMP 1 each). Writes CSV rows to $OUT/sweep.csv."""
+a process pool of CPU workers (OMP 1 each). Writes CSV rows to $OUT/sweep.csv.
+
+Scored on the VALIDATION split (issue 15): each row's accuracies are greedy accuracy of the base
+and of the trained run on the first cfg.train.eval_n validation problems, never the test split
+that the pipeline reports. (The CSVs of sweeps 1-4 predate this and were scored on test.)
+Row: config, family, algorithm, seed, val_base, val_trained, val_delta, seconds, seconds_per_step."""
 import json, os, sys, time, copy
 import multiprocessing as mp
 
@@ -51,6 +56,17 @@ def init():
     from trl import GRPOTrainer, DPOTrainer  # noqa
 
 
+def val_accuracy(folder, task, n):
+    """Greedy accuracy of the stored model in ``folder`` on the first ``n`` validation problems."""
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer
+
+    return evaluate(load_model(folder, "fp32"), load_tokenizer(folder), task, task.val, n=n)["accuracy"]
+
+
+_VAL_BASE = {}
+
+
 def work(job):
     name, fam, seed, alg = job
     import yaml
@@ -70,9 +86,16 @@ def work(job):
     cfg["train"]["hparams"] = {alg: c["hp"][alg]}
     t = time.time()
     try:
-        rec = train_run(G.Run(fam, alg, "on_policy", c["prec"], seed), cfg)
-        row = [name, fam, alg, seed, rec["acc_base"], rec["acc_trained"], round(rec["acc_trained"] - rec["acc_base"], 4),
-               round(time.time() - t, 1), round(rec["seconds_per_step"], 3)]
+        from rlsparsity.tasks import task_from_config
+
+        run = G.Run(fam, alg, "on_policy", c["prec"], seed)
+        rec = train_run(run, cfg)  # (its test-split numbers are not used here)
+        task, n = task_from_config(cfg), cfg["train"]["eval_n"]
+        if fam not in _VAL_BASE:
+            _VAL_BASE[fam] = val_accuracy(G.base_dir(fam, res), task, n)
+        vb, vt = _VAL_BASE[fam], val_accuracy(run.dir(res), task, n)
+        row = [name, fam, alg, seed, vb, vt, round(vt - vb, 4), round(time.time() - t, 1),
+               round(rec["seconds_per_step"], 3)]
     except Exception as e:  # keep sweeping
         row = [name, fam, alg, seed, "", "", "", round(time.time() - t, 1), repr(e)[:80].replace(",", ";")]
     import shutil

@@ -92,7 +92,7 @@ def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dic
     test = evaluate(stored, tok, task, n=test_n or eval_n)
     metrics = {
         "family": family, "kind": "tiny", "task": task.name, "accuracy": test["accuracy"],
-        "mean_reward": test["mean_reward"], "val_accuracy": val_acc, "n_test": test["n"],
+        "mean_reward": test["mean_reward"], "correct": test["correct"], "val_accuracy": val_acc, "n_test": test["n"],
         "n_params": n_params(stored), "seed": seed, "steps": step, "lr": lr, "batch_size": batch_size,
         "target_accuracy": target_accuracy, "storage_dtype": "bfloat16", "history": history,
         "architecture": stored.config.model_type, "build_seconds": round(time.time() - t0, 2),
@@ -124,7 +124,8 @@ def build_pretrained_base(family: str, task: Task, out_dir: str | Path, spec: di
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {
         "family": family, "kind": "pretrained", "source": str(src), "task": task.name,
-        "accuracy": test["accuracy"], "mean_reward": test["mean_reward"], "n_test": test["n"],
+        "accuracy": test["accuracy"], "mean_reward": test["mean_reward"], "correct": test["correct"],
+        "n_test": test["n"],
         "n_params": n_params(stored), "seed": seed, "steps": 0, "storage_dtype": "bfloat16",
         "architecture": stored.config.model_type, "build_seconds": round(time.time() - t0, 2),
         "samples": test["samples"], "versions": versions(),
@@ -137,7 +138,7 @@ def build_base(family: str, config: dict[str, Any], out_dir: str | Path) -> dict
 
     task = task_from_config(config)
     spec = config["families"].get(family, {}) or {}
-    b = config["base"]
+    b = {**config["base"], **(config["base"].get("per_family") or {}).get(family, {})}
     if F.is_tiny(family) and "path" not in spec:
         m = train_tiny_base(family, task, out_dir, spec, seed=b["seed"], max_steps=b["max_steps"],
                             batch_size=b["batch_size"], lr=b["lr"], eval_every=b["eval_every"],

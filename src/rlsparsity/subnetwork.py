@@ -16,8 +16,11 @@ For a full run θ_full of the main grid (same family, algorithm, data, precision
    (full run as "base", subnetwork run as "tuned"; the sparsity of that diff IS the agreement);
 4. ``mask_violations`` = entries the rerun changed (vs base) outside its mask (must be 0).
 
-Random control: per tensor, a uniformly random mask with exactly the same number of True
-entries as m (``torch.randperm`` under a seeded generator), trained and compared the same way.
+Random control (:mod:`rlsparsity.masks`): by default the same number of True entries as m per
+tensor AND per octave of the base weight's magnitude (``random_match: magnitude``; ``uniform``:
+per tensor only), trained and compared the same way; each rerun's realised sparsity vs base
+(``sparsity_subnetwork``) and its agreement with the full run on the mask's entries
+(``agreement_on_mask``, beside the all-entries ``agreement``) are reported.
 
 Mask names are the stored tensor names; a tied ``lm_head.weight`` is stored once, so a
 mask without it is fine. Masks are aligned to ``model.named_parameters()`` before training:
@@ -49,7 +52,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -57,36 +60,15 @@ from rlsparsity import grid as G
 
 MASK_KINDS: tuple[str, ...] = ("subnetwork", "random")
 DEFAULT_AGREEMENT_TOLS: tuple[float, ...] = (0.0, 1e-5, 1e-4)
-#: The KL knob of each online algorithm and its default when config train.hparams does
-#: not set it (tests check these against the algorithms' DEFAULTS).
-KL_PARAM: dict[str, tuple[str, float]] = {"grpo": ("beta", 0.0), "rloo": ("beta", 0.0),
-                                          "ppo": ("kl_coef", 0.05), "prime": ("kl_coef", 0.0)}
-DEFAULT_KL_ON: dict[str, float] = {"grpo": 0.04, "ppo": 0.05}
 SUBNETWORK_COLUMNS = ["family", "algorithm", "seed", "precision", "mask", "acc_base", "acc_full",
                       "acc_subnetwork", "tolerance", "agreement", "data", "mask_tol", "mask_density",
                       "mask_violations", "sparsity_full", "sparsity_subnetwork", "n_params", "steps",
-                      "wall_seconds"]
-CAUSES_COLUMNS = ["family", "ablation", "setting", "precision", "sparsity", "tolerance", "sparsity_exact",
-                  "below_bf16_half_ulp", "algorithm", "data", "seed", "detail", "source", "acc_base",
-                  "acc_trained", "run"]
-
-
+                      "wall_seconds", "agreement_on_mask", "correct_base", "correct_full", "correct_subnetwork"]
 # ======================================================================= config -> jobs (light)
 
-
-def _as_list(x: Any) -> list[Any]:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
-def _families(config: dict[str, Any], spec: Any) -> list[str]:
-    fams = G.family_names(config)
-    if spec in (None, "all"):
-        return fams
-    out = _as_list(spec)
-    unknown = [f for f in out if f not in fams]
-    if unknown:
-        raise ValueError(f"subnetwork/causes name families {unknown} not listed under 'families'")
-    return out
+from rlsparsity.causes import (  # noqa: E402,F401  (re-exported: the stage API)
+    CAUSES_COLUMNS, DEFAULT_KL_ON, KL_PARAM, Setting, _as_list, _families, causes_settings, causes_table,
+    causes_to_train, causes_train)
 
 
 @dataclass(frozen=True)
@@ -104,7 +86,7 @@ def subnetwork_settings(config: dict[str, Any]) -> dict[str, Any]:
     b = dict(config.get("subnetwork") or {})
     return {"tolerances": tuple(float(t) for t in b.get("tolerances", DEFAULT_AGREEMENT_TOLS)),
             "mask_tol": float(b.get("mask_tol", 0.0)), "random_control": bool(b.get("random_control", True)),
-            "random_seed": int(b.get("random_seed", 0))}
+            "random_seed": int(b.get("random_seed", 0)), "random_match": str(b.get("random_match", "magnitude"))}
 
 
 def subnetwork_jobs(config: dict[str, Any]) -> list[SubJob]:
@@ -127,193 +109,9 @@ def subnetwork_jobs(config: dict[str, Any]) -> list[SubJob]:
     return sorted(set(jobs), key=lambda j: (j.run, j.kind))
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One cell of the causes table: which run gives it, and where that run lives."""
-
-    family: str
-    ablation: str
-    setting: str
-    algorithm: str
-    data: str
-    precision: str
-    seed: int
-    detail: str
-    source: str                 # "grid": a main-grid run folder; "causes": trained by causes-train
-    hparams: tuple[tuple[str, Any], ...] = field(default=())  # overrides on top of config train.hparams
-
-    @property
-    def run(self) -> G.Run:
-        return G.Run(self.family, self.algorithm, self.data, self.precision, self.seed)
-
-    def dir(self, results: str | Path) -> Path:
-        if self.source == "grid":
-            return self.run.dir(results)
-        tag = "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in self.hparams) or "default"
-        return (Path(results) / "causes" / "runs" / self.family / self.algorithm / tag / self.precision
-                / f"seed{self.seed}")
-
-
-def _effective(config: dict[str, Any], alg: str, key: str, default: float) -> float:
-    return float(((config.get("train") or {}).get("hparams") or {}).get(alg, {}).get(key, default))
-
-
-def causes_settings(config: dict[str, Any]) -> list[Setting]:
-    """Every (ablation, setting, precision, seed) of the optional ``causes`` block."""
-    b = config.get("causes")
-    if not b:
-        return []
-    fams = _families(config, b.get("family", b.get("families", "all")))
-    kl_on = {**DEFAULT_KL_ON, **(b.get("kl_coef") or {})}
-    out: list[Setting] = []
-    for fam in fams:
-        for prec in _as_list(b.get("precisions", list(G.PRECISIONS))):
-            for seed in _as_list(b.get("seeds", [1])):
-                seed = int(seed)
-                out += [Setting(fam, "dpo_data", "on_policy", "dpo", "on_policy", prec, seed,
-                                "pairs sampled from the base, labelled by the scorer", "grid"),
-                        Setting(fam, "dpo_data", "off_policy", "dpo", "off_policy", prec, seed,
-                                "reference answer vs corrupted answer", "grid"),
-                        Setting(fam, "sft_data", "on_policy", "sft", "on_policy", prec, seed,
-                                "rejection sampling: own correct samples", "grid"),
-                        Setting(fam, "sft_data", "off_policy", "sft", "off_policy", prec, seed,
-                                "reference solutions", "grid")]
-                for alg in ("grpo", "ppo"):
-                    key, default = KL_PARAM[alg]
-                    grid_value = _effective(config, alg, key, default)
-                    for name, value in (("kl_off", 0.0), ("kl_on", float(kl_on[alg]))):
-                        src = "grid" if value == grid_value else "causes"
-                        hp = () if src == "grid" else ((key, value),)
-                        out.append(Setting(fam, f"{alg}_kl", name, alg, "on_policy", prec, seed,
-                                           f"{key}={value:g}", src, hp))
-    return out
-
-
-def causes_to_train(config: dict[str, Any], family: str | None = None) -> list[Setting]:
-    return [s for s in causes_settings(config) if s.source == "causes" and family in (None, s.family)]
-
-
-# ======================================================================= masks
-
-
-def _n(shape: Iterable[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def mask_from_diff(base: str | Path, tuned: str | Path, out_path: str | Path, mask_tol: float = 0.0,
-                   stored: str | Path | None = None) -> dict[str, Any]:
-    """Update mask |θ_tuned − θ_base| > mask_tol (name -> bool tensor), also written to ``out_path``.
-
-    ``stored``: an exact (tol 0) mask file of the same pair (e.g. results/diff/<run>/mask.safetensors),
-    used as is when ``mask_tol`` is 0; otherwise the mask is computed from the two checkpoints."""
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import load_mask, open_checkpoint
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if stored is not None and mask_tol == 0 and Path(stored).exists():
-        if Path(stored).resolve() != out_path.resolve():
-            shutil.copyfile(stored, out_path)
-    else:
-        diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), (0.0,), mask_path=out_path,
-                         mask_tol=float(mask_tol), threads=1)
-    return load_mask(out_path)
-
-
-def random_mask_like(mask: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Per tensor, a uniformly random bool mask with exactly as many True entries as ``mask``."""
-    import torch
-
-    g = torch.Generator().manual_seed(int(seed))
-    out = {}
-    for name in sorted(mask):
-        m = mask[name]
-        k = int(m.sum())
-        flat = torch.zeros(m.numel(), dtype=torch.bool)
-        if k:
-            flat[torch.randperm(m.numel(), generator=g)[:k]] = True
-        out[name] = flat.reshape(m.shape)
-    return out
-
-
-def write_mask(mask: dict[str, Any], path: str | Path, meta: dict[str, str] | None = None) -> Path:
-    """Write a name -> bool tensor mask in the analysis stage's bit-packed format."""
-    from rlsparsity.analysis.io import MaskWriter
-
-    path = Path(path)
-    w = MaskWriter(path, {k: tuple(v.shape) for k, v in mask.items()}, meta)
-    try:
-        for k, v in mask.items():
-            w.write(k, 0, v.reshape(-1).numpy().astype(bool))
-    finally:
-        w.close()
-    return path
-
-
-def align_mask(mask: dict[str, Any], base_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restrict a stored-tensor mask to the model's parameters (``named_parameters`` names).
-
-    Names that are not parameters (buffers, tied aliases) are dropped; a parameter the mask
-    does not name is frozen whole (all False). Shapes must agree."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(str(base_dir))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    params = dict(model.named_parameters())
-    out, frozen_whole = {}, []
-    for name, p in params.items():
-        if name in mask:
-            if tuple(mask[name].shape) != tuple(p.shape):
-                raise ValueError(f"mask for {name} has shape {tuple(mask[name].shape)}, parameter {tuple(p.shape)}")
-            out[name] = mask[name].bool()
-        else:
-            out[name] = torch.zeros(p.shape, dtype=torch.bool)
-            frozen_whole.append(name)
-    dropped = sorted(set(mask) - set(params))
-    n = sum(v.numel() for v in out.values())
-    k = sum(int(v.sum()) for v in out.values())
-    return out, {"dropped_not_parameters": dropped, "frozen_whole": frozen_whole, "n": n, "n_true": k,
-                 "density": k / n if n else float("nan")}
-
-
-def mask_violations(base: str | Path, tuned: str | Path, mask_path: str | Path, scratch: str | Path) -> int:
-    """Entries that changed (tuned vs base, exact) outside the mask (0 when the mask held)."""
-    import numpy as np
-
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import load_packed_mask, open_checkpoint
-
-    diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), (0.0,), mask_path=Path(scratch), threads=1)
-    changed, allowed = load_packed_mask(scratch), load_packed_mask(mask_path)
-    bad = 0
-    for name, (pc, _) in changed.items():
-        pa = allowed[name][0] if name in allowed else np.zeros_like(pc)
-        bad += int(np.bitwise_count(pc & ~pa).sum())
-    Path(scratch).unlink(missing_ok=True)
-    return bad
-
-
-def agreement(full: str | Path, sub: str | Path, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS
-              ) -> dict[str, float]:
-    """Fraction of entries with |θ_sub − θ_full| ≤ t, per t (format(t, 'g') keys): the
-    sparsity of the diff full → sub, computed exactly by the streaming diff engine."""
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import open_checkpoint
-
-    res = diff_checkpoints(open_checkpoint(full), open_checkpoint(sub), tuple(tolerances), threads=1)
-    return dict(res.summary()["sparsity"])
-
-
-def sparsity_vs(base: str | Path, tuned: str | Path, tolerances: Iterable[float]) -> dict[str, Any]:
-    from rlsparsity.analysis.diff import diff_checkpoints
-    from rlsparsity.analysis.io import open_checkpoint
-
-    return diff_checkpoints(open_checkpoint(base), open_checkpoint(tuned), tuple(tolerances), threads=1).summary()
+from rlsparsity.masks import (  # noqa: E402,F401  (re-exported: the stage API)
+    align_mask, agreement, magnitude_bins, mask_from_diff, mask_violations, masked_agreement,
+    random_mask_like, random_mask_magnitude_matched, read_weights, sparsity_vs, write_mask)
 
 
 # ======================================================================= training
@@ -355,6 +153,7 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
     after = evaluate(load_model(out, "fp32", device), load_tokenizer(out), task, n=tc["eval_n"])
     record = {**run.as_dict(), "experiment": config.get("experiment"), "task": task.name, "base": str(base),
               "acc_base": base_metrics.get("accuracy"), "acc_trained": after["accuracy"],
+              "correct_base": base_metrics.get("correct"), "correct_trained": after["correct"],
               "mean_reward_trained": after["mean_reward"], "n_eval": after["n"], "steps": stats.get("steps"),
               "seconds_per_step": stats.get("seconds_per_step"), "wall_seconds": round(wall, 3),
               "hparams": stats.get("hparams"), "hparam_overrides": hparams or {},
@@ -368,7 +167,7 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
 def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path, out_root: str | Path,
                        mask_tol: float = 0.0, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS,
                        random_seed: int = 0, stored_mask: str | Path | None = None,
-                       log: Any = None) -> list[dict[str, Any]]:
+                       log: Any = None, random_match: str = "magnitude") -> list[dict[str, Any]]:
     """One masked rerun + its comparison; returns its rows of subnetwork.csv."""
     from rlsparsity.analysis.diff import tol_key
     from rlsparsity.analysis.io import load_mask
@@ -390,9 +189,14 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
     else:
         full_mask = load_mask(sub_mask_path)
     if job.kind == "random":
-        mask = random_mask_like(full_mask, random_seed + run.seed)
+        if random_match == "magnitude":
+            mask = random_mask_magnitude_matched(full_mask, read_weights(base, full_mask), random_seed + run.seed)
+        elif random_match == "uniform":
+            mask = random_mask_like(full_mask, random_seed + run.seed)
+        else:
+            raise ValueError(f"subnetwork.random_match must be 'magnitude' or 'uniform', got {random_match!r}")
         mask_path = write_mask(mask, out / "mask.safetensors", {"kind": "random", "seed": str(random_seed + run.seed),
-                                                               "mask_tol": repr(mask_tol)})
+                                                               "mask_tol": repr(mask_tol), "match": random_match})
     else:
         mask, mask_path = full_mask, sub_mask_path
     aligned, info = align_mask(mask, base)
@@ -401,12 +205,14 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
                                       "full_run": str(full)})
     viol = mask_violations(base, out, mask_path, out / "changed.tmp.safetensors")
     agr = agreement(full, out, tolerances)
+    agr_mask = masked_agreement(full, out, mask, tolerances)
     sp_sub = sparsity_vs(base, out, (0.0,))
     n_stored = sum(int(v.numel()) for v in mask.values())
     density = sum(int(v.sum()) for v in mask.values()) / n_stored if n_stored else float("nan")
     wall = round(time.time() - t0, 3)
     rec.update({"mask_violations": viol, "agreement": agr, "sparsity_subnetwork": sp_sub["sparsity"]["0"],
-                "mask_density": density, "acc_full": full_rec["acc_trained"]})
+                "mask_density": density, "acc_full": full_rec["acc_trained"], "agreement_on_mask": agr_mask,
+                "random_match": random_match if job.kind == "random" else None})
     (out / "run.json").write_text(json.dumps(rec, indent=1, default=str) + "\n")
     if viol:
         log(f"WARNING [subnetwork] {run.rel} {job.kind}: {viol} entries moved outside the mask")
@@ -418,6 +224,8 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
         rows.append({"family": run.family, "algorithm": run.algorithm, "seed": run.seed, "precision": run.precision,
                      "mask": job.kind, "acc_base": full_rec["acc_base"], "acc_full": full_rec["acc_trained"],
                      "acc_subnetwork": rec["acc_trained"], "tolerance": t, "agreement": agr[tol_key(t)],
+                     "agreement_on_mask": agr_mask[tol_key(t)], "correct_base": full_rec.get("correct_base"),
+                     "correct_full": full_rec.get("correct_trained"), "correct_subnetwork": rec.get("correct_trained"),
                      "data": run.data, "mask_tol": mask_tol, "mask_density": density, "mask_violations": viol,
                      "sparsity_full": 1.0 - density if job.kind == "subnetwork" else float("nan"),
                      "sparsity_subnetwork": sp_sub["sparsity"]["0"], "n_params": sp_sub["n_params"],
@@ -442,47 +250,8 @@ def subnetwork_family(config: dict[str, Any], family: str, out_csv: str | Path, 
     rows: list[dict[str, Any]] = []
     for job in jobs:
         rows += run_subnetwork_job(job, config, results, out_root, st["mask_tol"], st["tolerances"],
-                                   st["random_seed"], log=log)
+                                   st["random_seed"], log=log, random_match=st["random_match"])
     write_csv(Path(out_csv), rows, SUBNETWORK_COLUMNS)
-    return rows
-
-
-def causes_train(config: dict[str, Any], family: str, results: str | Path | None = None,
-                 log: Any = None) -> list[dict[str, Any]]:
-    """Train the causes settings that no main-grid run provides (the KL variants)."""
-    log = log or _print
-    results = results or config["results"]
-    todo = causes_to_train(config, family)
-    log(f"[causes] {family}: {len(todo)} setting(s) to train, the rest reuse main-grid runs")
-    recs = []
-    for s in todo:
-        out = s.dir(results)
-        rec = train_variant(s.run, config, out, G.base_dir(s.family, results), hparams=dict(s.hparams),
-                            extra_record={"causes": {"ablation": s.ablation, "setting": s.setting, "detail": s.detail}})
-        log(f"[causes] {out}: acc {rec['acc_base']} -> {rec['acc_trained']:.3f}")
-        recs.append(rec)
-    return recs
-
-
-def causes_table(config: dict[str, Any], out_csv: str | Path, results: str | Path | None = None) -> list[dict[str, Any]]:
-    """results/tables/causes.csv: update sparsity vs base of every causes setting."""
-    from rlsparsity.analysis.diff import tol_key
-    from rlsparsity.analysis.tables import write_csv
-
-    results = results or config["results"]
-    tol = float((config.get("causes") or {}).get("tolerance", 1e-5))
-    rows = []
-    for s in causes_settings(config):
-        d = s.dir(results)
-        summ = sparsity_vs(G.base_dir(s.family, results), d, (0.0, tol))
-        rec = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-        rows.append({"family": s.family, "ablation": s.ablation, "setting": s.setting, "precision": s.precision,
-                     "sparsity": summ["sparsity"][tol_key(tol)], "tolerance": tol,
-                     "sparsity_exact": summ["sparsity"]["0"], "below_bf16_half_ulp": summ["below_bf16_half_ulp"],
-                     "algorithm": s.algorithm, "data": s.data, "seed": s.seed, "detail": s.detail,
-                     "source": s.source, "acc_base": rec.get("acc_base"), "acc_trained": rec.get("acc_trained"),
-                     "run": str(d)})
-    write_csv(Path(out_csv), rows, CAUSES_COLUMNS)
     return rows
 
 

@@ -4,6 +4,11 @@ Every task uses one prompt format (``question + INSTRUCTION``, wrapped in the mo
 chat template) and one reward: the reasoning-gym scorer applied to the answer extracted
 from the completion, counted correct only at a score of 1.0 (the default scorers give
 partial credit for substrings and 0.01 for any number on gsm_symbolic).
+
+Reference solutions (supervised base training, off-policy pairs) are ``Answer: <n>`` for most
+tasks; ``tiny_column_add`` writes the column addition out before answering (one step per digit,
+ones first, carries included: ``7+8=15, 4+3+1=8. Answer: 85``), so its targets contain reasoning
+tokens whose next token is genuinely uncertain, not only near-zero-entropy template.
 """
 
 from __future__ import annotations
@@ -43,6 +48,26 @@ class TaskSpec:
     dataset: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    solution_style: str = "answer"  # "answer": "Answer: <n>"; "column": column addition steps, then the answer
+    max_new_tokens: int | None = None  # generation budget the solutions need (None: the model's default)
+
+
+_SUM = re.compile(r"(\d+)\s*\+\s*(\d+)")
+
+
+def column_steps(a: int, b: int) -> str:
+    """Column addition of two non-negative integers, ones first, carries written out:
+    ``column_steps(47, 38) == "7+8=15, 4+3+1=8. Answer: 85"``."""
+    if a < 0 or b < 0:
+        raise ValueError(f"column addition needs non-negative operands, got {a}, {b}")
+    da, db = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}")
+        carry = s // 10
+    return ", ".join(steps) + f". Answer: {a + b}"
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -60,6 +85,11 @@ TASKS: dict[str, TaskSpec] = {
                  "a ± b phrased differently"),
         TaskSpec("gsm_symbolic", "gsm_symbolic", dict(difficulty=1.0),
                  "grade-school word problems; for 1B+ models (SmolLM2-135M scores 0%)"),
+        TaskSpec("tiny_column_add", "basic_arithmetic",
+                 dict(min_terms=2, max_terms=2, min_digits=2, max_digits=3, operators=["+"],
+                      allow_parentheses=False, allow_negation=False),
+                 "a + b with 2–3 digit operands; targets reason (column steps with carries) before answering",
+                 solution_style="column", max_new_tokens=48),
     ]
 }
 
@@ -149,18 +179,28 @@ class Task:
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return f"{msgs[0]['content']}\n"
 
-    @staticmethod
-    def solution(entry: dict[str, Any]) -> str:
+    def _operands(self, entry: dict[str, Any]) -> tuple[int, int] | None:
+        m = _SUM.search(str(entry.get("question", "")))
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+    def solution(self, entry: dict[str, Any]) -> str:
         """Reference completion used for supervised training (without EOS)."""
+        ops = self._operands(entry) if self.spec.solution_style == "column" else None
+        if ops is not None and sum(ops) == int(entry["answer"]):
+            return column_steps(*ops)
         return f"Answer: {entry['answer']}"
 
     def corrupted_solution(self, entry: dict[str, Any], rng: Any) -> str:
-        """A wrong reference-style answer (off-policy rejected side)."""
+        """A wrong reference-style answer (off-policy rejected side); for column tasks the steps
+        of a sum with one operand off by the same offset, so both sides have the same form."""
         ans = entry["answer"]
         try:
             val = int(ans)
-            wrong = val + int(rng.choice([-3, -2, -1, 1, 2, 3, 10, -10]))
-            return f"Answer: {wrong}"
+            off = int(rng.choice([-3, -2, -1, 1, 2, 3, 10, -10]))
+            ops = self._operands(entry) if self.spec.solution_style == "column" else None
+            if ops is not None and ops[1] + off >= 0:
+                return column_steps(ops[0], ops[1] + off)
+            return f"Answer: {val + off}"
         except ValueError:
             return f"Answer: {ans}0"
 

@@ -68,12 +68,15 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
     tok = load_tokenizer(out)
     after = evaluate(model, tok, task, n=tc["eval_n"])
-    acc_base = base_metrics["accuracy"]
-    if base_metrics.get("n_test") != after["n"] or base_metrics.get("task") != task.name:
-        acc_base = evaluate(load_model(base, "fp32", device), tok, task, n=tc["eval_n"])["accuracy"]
+    acc_base, correct_base = base_metrics["accuracy"], base_metrics.get("correct")
+    if (base_metrics.get("n_test") != after["n"] or base_metrics.get("task") != task.name
+            or not isinstance(correct_base, str) or len(correct_base) != after["n"]):
+        b = evaluate(load_model(base, "fp32", device), tok, task, n=tc["eval_n"])
+        acc_base, correct_base = b["accuracy"], b["correct"]
     record = {
         **run.as_dict(), "experiment": config.get("experiment"), "task": task.name,
         "base": str(base), "acc_base": acc_base, "acc_trained": after["accuracy"],
+        "correct_base": correct_base, "correct_trained": after["correct"],
         "mean_reward_trained": after["mean_reward"], "n_eval": after["n"],
         "steps": stats.get("steps"), "seconds_per_step": stats.get("seconds_per_step"),
         "wall_seconds": round(wall, 3), "hparams": stats.get("hparams"),
@@ -146,7 +149,8 @@ def accuracy_table(config: dict[str, Any], out_csv: str | Path, by_algorithm_csv
         rec = json.loads((run.dir(config["results"]) / "run.json").read_text())
         rows.append({**run.as_dict(), "acc_base": rec["acc_base"], "acc_trained": rec["acc_trained"],
                      "delta": rec["acc_trained"] - rec["acc_base"], "steps": rec["steps"],
-                     "seconds_per_step": rec["seconds_per_step"], "wall_seconds": rec["wall_seconds"]})
+                     "seconds_per_step": rec["seconds_per_step"], "wall_seconds": rec["wall_seconds"],
+                     "correct_base": rec.get("correct_base"), "correct_trained": rec.get("correct_trained")})
     df = pd.DataFrame(rows)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)

@@ -1,5 +1,6 @@
 """Held-out accuracy base → trained from ``accuracy.csv`` (family, algorithm, data, precision,
-seed, acc_base, acc_trained, delta, steps, seconds_per_step, wall_seconds)."""
+seed, acc_base, acc_trained, delta, steps, seconds_per_step, wall_seconds, correct_base,
+correct_trained). Error bars: 95 % paired bootstrap over problems and runs (rlsparsity.stats)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from matplotlib.patches import Patch
 import pandas as pd
 
+from rlsparsity.stats import accuracy_difference, error_bar
 from rlsparsity.figures.style import (ALGORITHM_COLORS, PRECISION_COLORS, Plot, new_figure, no_data, order,
                                       order_precisions, pct, save)
 
@@ -46,17 +48,25 @@ def accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     precs = order_precisions(d["precision"].astype(str))
     w = 0.8 / max(1, len(precs))
     rng = np.random.default_rng(0)
+    cis = {}
     for j, prec in enumerate(precs):
         for i, alg in enumerate(algs):
-            v = d.loc[(d["algorithm"] == alg) & (d["precision"] == prec), "delta_pct"].to_numpy(dtype=float)
+            q = d[(d["algorithm"] == alg) & (d["precision"] == prec)]
+            v = q["delta_pct"].to_numpy(dtype=float)
             if len(v):
                 xs = i - 0.4 + w * (j + 0.5)
-                axd.bar(xs, v.mean(), width=w * 0.9, color=PRECISION_COLORS.get(prec, "0.5"), alpha=0.75)
+                iv = accuracy_difference(list(zip(q.get("correct_trained", [None] * len(q)),
+                                                  q.get("correct_base", [None] * len(q)))),
+                                         list(zip(q["acc_trained"], q["acc_base"])))
+                cis[(alg, prec)] = iv
+                lo, hi = error_bar(iv)
+                axd.bar(xs, v.mean(), width=w * 0.9, color=PRECISION_COLORS.get(prec, "0.5"), alpha=0.75,
+                        yerr=[[lo], [hi]], capsize=2, error_kw={"lw": 0.8})
                 axd.scatter(xs + rng.uniform(-w / 4, w / 4, len(v)), v, s=6, color="black", zorder=3)
     handles = [Patch(color=PRECISION_COLORS.get(p, "0.5"), alpha=0.75, label=p) for p in precs]
     axd.legend(handles=handles, title="precision")
     axd.axhline(0, color="black", lw=0.8)
     axd.set_xticks(range(len(algs)), algs)
     axd.set_ylabel("Δ accuracy (points)")
-    axd.set_title("Change per run (dots) by weight precision")
-    return save(Plot(fig, axes, {"table": t}), out)
+    axd.set_title("Change per run (dots), mean with 95 % CI, by precision")
+    return save(Plot(fig, axes, {"table": t, "delta_ci": cis}), out)

@@ -15,7 +15,9 @@ from rlsparsity.figures.style import PRECISION_COLORS, Plot, new_figure, no_data
 
 
 def paper_value(ablation: str, setting: str) -> tuple[float, float] | None:
-    """Paper Table 5 range for an (ablation, setting), matched loosely by name; None if unknown."""
+    """Paper Table 5 range for an (ablation, setting), matched by name; None where the paper has no
+    number (e.g. SFT on off-policy reference solutions: Table 5 reports SFT only on the model's own
+    samples, so that row must not carry DPO's off-policy value)."""
     a, s = str(ablation).lower(), str(setting).lower()
     key = f"{a} {s}"
     if "kl" in a or s.startswith("kl"):
@@ -24,8 +26,10 @@ def paper_value(ablation: str, setting: str) -> tuple[float, float] | None:
         if any(t in s for t in ("on", "with", "true")):
             return paper.CAUSES["kl_on"]
         return None
-    if "sft" in key and any(t in key for t in ("rejection", "own", "on_policy", "self")):
-        return paper.CAUSES["rejection_sampling_sft"]
+    if "sft" in key:
+        if any(t in key for t in ("rejection", "own", "on_policy", "self")):
+            return paper.CAUSES["rejection_sampling_sft"]
+        return None
     if "off" in s:
         return paper.CAUSES["dpo_off_policy"]
     if any(t in s for t in ("on_policy", "in_dist", "in-dist", "on-policy")):

@@ -1,8 +1,9 @@
 """80/20 token-entropy figures (arXiv 2506.01939).
 
 ``entropy.csv`` (family, rho, variant, normaliser, seed, precision, acc_base, acc_trained,
-kept_fraction, sparsity, o1, o2, o1_random, o2_random): accuracy by ρ / variant, the kept
-token fraction (proof that the mask is active) and the parameter sparsity of each variant.
+kept_fraction, sparsity, o1, o2, o1_random, o2_random, correct_*): accuracy by ρ / variant
+(error bars: 95 % bootstrap over problems and runs), the kept token fraction (proof that the mask
+is active; official exact-k rule: = ρ up to 1/N) and the parameter sparsity of each variant.
 
 ``entropy_stats.csv``: token-entropy statistics. Its layout is read tolerantly: long
 (``statistic``, ``value`` plus identity columns) or wide (one column per statistic). Recognised
@@ -24,6 +25,7 @@ import pandas as pd
 
 from rlsparsity.figures import paper
 from rlsparsity.figures.style import PAPER_KW, Plot, new_figure, no_data, pct, save
+from rlsparsity.stats import accuracy_interval, error_bar
 
 _Q = re.compile(r"^(?:p|q|quantile_?|percentile_?)(0?\.\d+|\d{1,3}(?:\.\d+)?)(?:_entropy|_h)?$", re.I)
 _HIST_LO, _HIST_HI, _HIST_N = ("bin_lo", "bin_left", "left", "lo"), ("bin_hi", "bin_right", "right", "hi"), (
@@ -197,10 +199,20 @@ def entropy_accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     norms = list(dict.fromkeys(t["normaliser"].astype(str)))
     w = 0.8 / max(1, len(norms))
     ax, axk, axs = axes
+    lab = [variant_label(r, v) for r, v in zip(df["rho"], df["variant"])]
+    d = df.assign(_label=lab)
+    errs = {}
     for j, nm in enumerate(norms):
         sub = t[t["normaliser"].astype(str) == nm].set_index("label").reindex(labels)
         xs = np.arange(len(labels)) - 0.4 + w * (j + 0.5)
-        ax.bar(xs, sub["acc_trained"], width=w * 0.9, color=f"C{j}", label=f"trained, {nm} normaliser")
+        e = []
+        for lb in labels:
+            q = d[(d["_label"] == lb) & (d["normaliser"].astype(str) == nm)]
+            e.append(error_bar(accuracy_interval(list(q.get("correct_trained", [None] * len(q))),
+                                                 list(q["acc_trained"]))) if len(q) else (0.0, 0.0))
+        errs[nm] = e
+        ax.bar(xs, sub["acc_trained"], width=w * 0.9, color=f"C{j}", label=f"trained, {nm} normaliser",
+               yerr=np.asarray(e, dtype=float).T, capsize=2, error_kw={"lw": 0.8})
         axs.bar(xs, sub["sparsity"], width=w * 0.9, color=f"C{j}")
         axk.scatter(sub["expected_kept"], sub["kept_fraction"], color=f"C{j}", label=nm, zorder=3)
     base = float(t["acc_base"].mean())
@@ -208,7 +220,7 @@ def entropy_accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     for a in (ax, axs):
         a.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("Accuracy by token subset (paper: top 20% ≥ all ≫ bottom 80%)")
+    ax.set_title("Accuracy by token subset, 95 % CI (paper: top 20% ≥ all ≫ bottom 80%)")
     ax.legend(fontsize=7)
     lim = [0, 1.05]
     axk.plot(lim, lim, **PAPER_KW, label="kept = expected")
@@ -220,4 +232,4 @@ def entropy_accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     axk.legend(fontsize=7)
     axs.set_ylabel("update sparsity (%)")
     axs.set_title("Parameter sparsity per variant")
-    return save(Plot(fig, axes, {"table": t}), out)
+    return save(Plot(fig, axes, {"table": t, "errors": errs}), out)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rlsparsity.figures import paper
-from rlsparsity.figures.style import PAPER_MARKER, Plot, new_figure, no_data, order, pct, save
+from rlsparsity.figures.style import PAPER_MARKER, Plot, new_figure, no_data, pct, save
 
 AXIS_ORDER = ("seed", "algorithm", "data", "precision")
 

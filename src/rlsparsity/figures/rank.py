@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rlsparsity.figures import paper
-from rlsparsity.figures.style import ALGORITHM_COLORS, PAPER_KW, Plot, new_figure, no_data, order, pct, prefer, save
+from rlsparsity.figures.style import ALGORITHM_COLORS, Plot, new_figure, no_data, order, pct, prefer, save
 
 
 def rank_fractions(df: pd.DataFrame) -> tuple[dict[str, np.ndarray], str]:

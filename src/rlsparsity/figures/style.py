@@ -122,9 +122,11 @@ def tol_label(t: float) -> str:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """A results table; an empty file (header only, or nothing) gives an empty frame."""
+    """A results table; an empty file (header only, or nothing) gives an empty frame. Columns named
+    ``correct*`` (per-problem outcome strings "0110…") are read as text, not numbers."""
     try:
-        return pd.read_csv(path)
+        cols = pd.read_csv(path, nrows=0).columns
+        return pd.read_csv(path, dtype={c: str for c in cols if str(c).startswith("correct")})
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
