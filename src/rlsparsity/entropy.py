@@ -314,9 +314,10 @@ def build_trainer(spec: Any, rho: float, variant: str = "top", normaliser: str =
     hp = entropy_hparams(spec.hparams)
     model, tok = _load(spec)
     args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
                  beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
-                 loss_type=hp["loss_type"], top_entropy_quantile=quantile, entropy_coef=hp["entropy_coef"])
+                 loss_type=hp["loss_type"], top_entropy_quantile=quantile, entropy_coef=hp["entropy_coef"],
+                 steps_per_generation=hp.get("steps_per_generation"))
     tr = trainer_class()(model=model, reward_funcs=_reward_fn(spec), args=args,
                          train_dataset=_online_dataset(spec, tok), processing_class=tok,
                          entropy_variant=variant, entropy_normaliser=normaliser)
@@ -357,7 +358,7 @@ def sample_responses(model: Any, tok: Any, task: Any, n_prompts: int, n_samples:
     from rlsparsity.modeling import max_new_tokens_for
 
     seed_everything(seed)
-    mnt = max_new_tokens or max_new_tokens_for(model)
+    mnt = max_new_tokens or max_new_tokens_for(model, task)
     prompts = [task.prompt(e, tok) for e in task.test[:n_prompts]]
     parts = []
     for i in range(0, len(prompts), batch_prompts):
@@ -370,13 +371,16 @@ def sample_responses(model: Any, tok: Any, task: Any, n_prompts: int, n_samples:
         B, p = r.input_ids.shape[0], r.prompt_len
         c = r.completion_mask.shape[1]
         left = P - p
-        prompt_ids = torch.cat([torch.full((B, left), pad, dtype=r.input_ids.dtype), r.input_ids[:, :p]], 1)
-        prompt_att = torch.cat([torch.zeros(B, left, dtype=r.attention_mask.dtype), r.attention_mask[:, :p]], 1)
-        comp = torch.cat([r.input_ids[:, p:], torch.full((B, C - c), pad, dtype=r.input_ids.dtype)], 1)
-        catt = torch.cat([r.attention_mask[:, p:], torch.zeros(B, C - c, dtype=r.attention_mask.dtype)], 1)
+        dev = r.input_ids.device
+        prompt_ids = torch.cat([torch.full((B, left), pad, dtype=r.input_ids.dtype, device=dev),
+                                r.input_ids[:, :p]], 1)
+        prompt_att = torch.cat([torch.zeros(B, left, dtype=r.attention_mask.dtype, device=dev),
+                                r.attention_mask[:, :p]], 1)
+        comp = torch.cat([r.input_ids[:, p:], torch.full((B, C - c), pad, dtype=r.input_ids.dtype, device=dev)], 1)
+        catt = torch.cat([r.attention_mask[:, p:], torch.zeros(B, C - c, dtype=r.attention_mask.dtype, device=dev)], 1)
         ids.append(torch.cat([prompt_ids, comp], 1))
         att.append(torch.cat([prompt_att, catt], 1))
-        cm.append(torch.cat([r.completion_mask, torch.zeros(B, C - c)], 1))
+        cm.append(torch.cat([r.completion_mask, torch.zeros(B, C - c, device=dev)], 1))
     return {"input_ids": torch.cat(ids), "attention_mask": torch.cat(att), "prompt_len": P,
             "completion_mask": torch.cat(cm), "temperature": float(temperature)}
 
@@ -445,24 +449,26 @@ def compare_entropies(base_ent: Any, other_ent: Any, mask: Any) -> dict[str, flo
 
 def stats_rows(base_dir: Path, models: dict[str, Path], task: Any, n_prompts: int, n_samples: int,
                temperature: float, seed: int = 0, row_extra: dict[str, dict[str, Any]] | None = None,
-               family: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+               family: str = "", device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """entropy_stats rows: the base and every model in ``models`` (label -> folder), scored on
     the same responses sampled once from the base."""
     from rlsparsity.modeling import load_model, load_tokenizer
 
     tok = load_tokenizer(base_dir)
-    base = load_model(base_dir, "fp32")
-    resp = sample_responses(base, tok, task, n_prompts, n_samples, temperature, seed)
+    base = load_model(base_dir, "fp32", device)
+    resp = sample_responses(base, tok, task, n_prompts, n_samples, temperature, seed,
+                            batch_prompts=16 if device == "cpu" else 128)
+    h0 = score_entropies(base, resp).cpu()
+    resp = {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in resp.items()}  # statistics on the CPU
     mask = resp["completion_mask"]
     comp_ids = resp["input_ids"][:, resp["prompt_len"]:]
-    h0 = score_entropies(base, resp)
     n_resp = int(mask.shape[0])
     rows = [{"family": family, "model": "base", **(row_extra or {}).get("base", {}), "n_responses": n_resp,
              **entropy_stats(h0, mask), "top20_overlap_with_base": 1.0, "top20_jaccard_with_base": 1.0,
              "forking_tokens": format_forking(forking_tokens(h0, mask, comp_ids, tok))}]
     for label, folder in models.items():
-        m = load_model(folder, "fp32")
-        h = score_entropies(m, resp)
+        m = load_model(folder, "fp32", device)
+        h = score_entropies(m, {k: (v.to(device) if hasattr(v, "to") else v) for k, v in resp.items()}).cpu()
         ov = compare_entropies(h0, h, mask)
         rows.append({"family": family, "model": label, **(row_extra or {}).get(label, {}), "n_responses": n_resp,
                      **entropy_stats(h, mask), "top20_overlap_with_base": ov["overlap"],
@@ -493,8 +499,11 @@ def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, de
     from rlsparsity.evaluate import evaluate
     from rlsparsity.modeling import load_model, load_tokenizer, versions, write_json
 
+    from rlsparsity.gpu import device_record, reset_peak
+
     spec = _spec_for(run, config, results, device)
     base_metrics = json.loads((spec.base_dir / "metrics.json").read_text())
+    reset_peak(device)
     t0 = time.time()
     stats = train_entropy(spec, run.rho, run.variant, run.normaliser)
     wall = time.time() - t0
@@ -509,7 +518,7 @@ def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, de
            "kept_fraction_max": stats["kept_fraction_max"], "hparams": stats["hparams"],
            "history": stats["history"], "checkpoint_every": spec.checkpoint_every,
            "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16", "samples": after["samples"],
-           "versions": versions(), "config": config}
+           "versions": versions(), "config": config, **device_record(device, wall, stats["steps"])}
     write_json(spec.out_dir / "run.json", rec)
     return rec
 
@@ -573,7 +582,8 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     models = {run.rel.split("/", 1)[1]: run.dir(results) for run in runs}
     extra = {run.rel.split("/", 1)[1]: {k: v for k, v in run.as_dict().items() if k != "family"} for run in runs}
     stats, info = stats_rows(base_path, models, task_from_config(config), blk["stats_prompts"],
-                             blk["stats_samples"], hp["temperature"], seed=0, row_extra=extra, family=family)
+                             blk["stats_samples"], hp["temperature"], seed=0, row_extra=extra, family=family,
+                             device=device)
     write_csv(out_dir / "entropy_stats.csv", stats, STATS_COLUMNS)
     (out_dir / "responses.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"[entropy] {family}: base mean H {stats[0]['mean_entropy']:.3f}, H<1e-2 {stats[0]['frac_below_1e-2']:.3f}, "
@@ -589,6 +599,19 @@ def _cmd_family(args: argparse.Namespace) -> int:
     if args.results:
         cfg["results"] = args.results
     entropy_family(cfg, args.family, device=args.device, threads=args.threads)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rlsparsity.config import load_config
+
+    cfg = load_config(args.config)
+    runs = [r for r in expand_entropy_runs(cfg, args.family) if r.tag == args.tag]
+    if len(runs) != 1:
+        known = sorted(r.tag for r in expand_entropy_runs(cfg, args.family))
+        raise ValueError(f"entropy run {args.family}/{args.tag} is not in the config (known: {known})")
+    rec = train_entropy_run(runs[0], cfg, Path(cfg["results"]), args.device)
+    print(json.dumps({k: rec.get(k) for k in ("acc_base", "acc_trained", "kept_fraction", "seconds_per_step")}))
     return 0
 
 
@@ -623,6 +646,13 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="diff worker threads")
     p.set_defaults(func=_cmd_family)
+
+    p = sub.add_parser("entropy-run", help="train one entropy run of a family (config entropy.job_per_run)")
+    p.add_argument("family")
+    p.add_argument("tag", help="e.g. rho0.2-top-kept (EntropyRun.tag)")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("entropy-table", help="stack per-family entropy CSVs")
     p.add_argument("inputs", nargs="+")

@@ -56,6 +56,9 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
                      checkpoint_every=tc["checkpoint_every"],
                      hparams=dict(tc.get("hparams", {}).get(run.algorithm, {})), device=device,
                      stop_after=stop_after)
+    from rlsparsity.gpu import device_record, reset_peak
+
+    reset_peak(device)
     t0 = time.time()
     stats = get_algorithm(run.algorithm)(spec)
     wall = time.time() - t0
@@ -77,6 +80,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "checkpoint_every": spec.checkpoint_every, "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
         "bf16_compute": bf16_compute(device) if run.precision == "bf16" else None,
         "samples": after["samples"], "versions": versions(), "config": config,
+        **device_record(device, wall, stats.get("steps")),
     }
     write_json(out / "run.json", record)
     return record

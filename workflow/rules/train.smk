@@ -41,6 +41,15 @@ def train_device(wildcards, resources):
     return " --device cuda" if int(resources.gpu or 0) > 0 else ""
 
 
+def train_gpu_slots(wildcards):
+    # packing: a 1-GPU job takes one of `--resources gpu_slots=N` (config gpu.slots_per_gpu per GPU)
+    return GPU.gpu_slots(config, wildcards.family, train_gpus(wildcards))
+
+
+def train_env(wildcards, resources):
+    return GPU.job_env(config, R) if int(resources.gpu or 0) == 1 else ""
+
+
 TRAIN_GROUP_BY = config["train"]["group_by"]
 
 
@@ -59,15 +68,17 @@ if not TRAIN_GROUP_BY:
         params:
             launch=train_launch,
             device=train_device,
+            env=train_env,
         resources:
             mem_mb=4000,
             runtime=120,
             gpu=train_gpus,
+            gpu_slots=train_gpu_slots,
         threads: 1
         conda:
             f"{ENVS}/train.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} {params.launch} {wildcards.family} {wildcards.algorithm} "
+            "{params.env}OMP_NUM_THREADS={threads} {params.launch} {wildcards.family} {wildcards.algorithm} "
             "--data {wildcards.data} --precision {wildcards.precision} --seed {wildcards.seed} "
             "--config {CONFIG_JSON}{params.device} > {log} 2>&1"
 
@@ -97,15 +108,17 @@ else:
             params:
                 group=_key,
                 device=" --device cuda" if _gpus else "",
+                env=GPU.job_env(config, R) if _gpus else "",
             resources:
                 mem_mb=4000,
                 runtime=30 * len(_runs),
                 gpu=min(1, _gpus),
+                gpu_slots=min(1, _gpus),
             threads: 1
             conda:
                 f"{ENVS}/train.yaml"
             shell:
-                "OMP_NUM_THREADS={threads} rlsparsity train-group --group '{params.group}' "
+                "{params.env}OMP_NUM_THREADS={threads} rlsparsity train-group --group '{params.group}' "
                 "--config {CONFIG_JSON}{params.device} > {log} 2>&1"
 
 

@@ -7,6 +7,8 @@ optional update mask. Precision: ``bf16`` loads the parameters in bf16 with TRL'
 ``fp32``/``fp32-master`` train in fp32 (the latter is rounded to bf16 when saved).
 
 * grpo  - GRPOTrainer: group-relative advantages from the task reward, no value model.
+          ``steps_per_generation`` k (hparam, default TRL's 1): one generation of
+          k x batch_size completions feeds k optimiser steps (cheap steps on a GPU).
 * rloo  - RLOOTrainer: REINFORCE with leave-one-out baselines.
 * dpo   - DPOTrainer (sigmoid loss) on preference pairs.
 * kto   - KTOTrainer on unpaired good/bad completions.
@@ -142,9 +144,10 @@ def train_grpo(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS["grpo"], **spec.hparams}
     model, tok = _load(spec)
     args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
                  beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
-                 loss_type=hp["loss_type"], top_entropy_quantile=hp["top_entropy_quantile"])
+                 loss_type=hp["loss_type"], top_entropy_quantile=hp["top_entropy_quantile"],
+                 steps_per_generation=hp.get("steps_per_generation"))
     tr = GRPOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
                      train_dataset=_online_dataset(spec, tok), processing_class=tok)
     return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
@@ -156,7 +159,7 @@ def train_rloo(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS["rloo"], **spec.hparams}
     model, tok = _load(spec)
     args = _args(RLOOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
                  beta=hp["beta"])
     tr = RLOOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
                      train_dataset=_online_dataset(spec, tok), processing_class=tok)
