@@ -240,3 +240,55 @@ def test_smoke_script_runs_algorithms_in_parallel_on_cpu(tmp_path: Path, task) -
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["failed"] == [] and {x["algorithm"] for x in summary["runs"]} == {"ppo", "prime"}
     assert all(x["steps"] == 2 and x["device"] == "cpu" and x["train_seconds_per_step"] > 0 for x in summary["runs"])
+
+
+def _bench_module(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "smollm2_gpu" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_ties() -> None:
+    sweep = _bench_module("sweep")
+    rows = [{"algorithm": "grpo", "precision": "bf16", "lr": 1e-5, "val_accuracy": 0.40},
+            {"algorithm": "grpo", "precision": "bf16", "lr": 3e-5, "val_accuracy": 0.405},  # one problem better: a tie
+            {"algorithm": "grpo", "precision": "fp32-master", "lr": 3e-6, "val_accuracy": 0.30},
+            {"algorithm": "grpo", "precision": "fp32-master", "lr": 1e-5, "val_accuracy": 0.36},
+            {"algorithm": "dpo", "precision": "bf16", "lr": 1e-6, "val_accuracy": None}]
+    hp = sweep.choose(rows, n_val=200)["train"]["hparams_by_precision"]
+    assert hp["bf16"] == {a: {"lr": 1e-5} for a in ("grpo", "ppo", "prime")}
+    assert hp["fp32-master"] == hp["fp32"] == {a: {"lr": 1e-5} for a in ("grpo", "ppo", "prime")}
+    from rlsparsity.grid import run_hparams
+
+    cfg = {"train": {"hparams": {"ppo": {"lr": 1.0, "kl_coef": 0.1}}, "hparams_by_precision": hp}}
+    assert run_hparams(cfg, "ppo", "bf16") == {"lr": 1e-5, "kl_coef": 0.1}
+    assert run_hparams(cfg, "dpo", "bf16") == {}
+
+
+def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -> None:
+    from conftest import make_random_base
+    from rlsparsity.modeling import write_json
+
+    base = make_random_base(tmp_path / "res" / "base" / "llama", task)
+    write_json(base / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
+    fam = json.dumps({"llama": {}})
+    tsk = json.dumps({"name": "tiny_arith", "prompt": "answer", "max_new_tokens": 8, "n_train": 200, "n_test": 16})
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "sweep.py"), "--device", "cpu",
+                        "--results", str(tmp_path / "res"), "--set", f"families={fam}", f"task={tsk}",
+                        "--representatives", "grpo", "--precisions", "bf16", "--lrs", "1e-4", "1e-3",
+                        "--steps", "2", "--val-n", "8", "--slots", "2"],
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "res" / "sweep" / "sweep.csv")))
+    assert sorted(float(x["lr"]) for x in rows) == [1e-4, 1e-3]
+    assert all(x["n_val"] == "8" and x["steps"] == "2" and x["device"] == "cpu" for x in rows)
+    chosen = yaml.safe_load((tmp_path / "res" / "sweep" / "chosen_hparams.yaml").read_text())
+    lr = chosen["train"]["hparams_by_precision"]["bf16"]["grpo"]["lr"]
+    best = max(float(x["val_accuracy"]) for x in rows)
+    assert lr == min(float(x["lr"]) for x in rows if float(x["val_accuracy"]) >= best - 1 / 8 - 1e-12)
+    assert not list((tmp_path / "res" / "sweep").rglob("*.safetensors"))  # weights are not kept

@@ -2,7 +2,7 @@
 shipped SmolLM2-135M-Instruct on VALIDATION problems, per (task, prompt style).
 
     python benchmarks/smollm2_gpu/measure_base.py --n 100 --max-new-tokens 160 \
-        --cases arith2d:cot chain_sum:cot --out benchmarks/smollm2_gpu/base_check.csv
+        --cases arith2d:cot 'arith2d:cot:operators=["+"]' --out benchmarks/smollm2_gpu/base_check.csv
 
 The base is converted from the GGUF once into --base (default /tmp/smollm2-base). Runs on
 CPU in a few minutes (--device cuda on the GPU machine)."""
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
 import time
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="/tmp/smollm2-base")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=160)
-    ap.add_argument("--cases", nargs="+", default=["arith2d:cot"], help="TASK:PROMPT_STYLE[:key=value,...]")
+    ap.add_argument("--cases", nargs="+", default=["arith2d:cot"], help="TASK:PROMPT_STYLE[:key=JSON;key=JSON...]")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--out", default=None)
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for case in a.cases:
         name, style, *kw = case.split(":")
-        kwargs = dict(x.split("=") for x in kw[0].split(",")) if kw else {}
-        kwargs = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in kwargs.items()}
+        kwargs = dict(x.split("=", 1) for x in kw[0].split(";")) if kw else {}
+        kwargs = {k: json.loads(v) for k, v in kwargs.items()}  # values are JSON: 3, ["+"]
         task = get_task(name, n_train=10, n_test=a.n, kwargs=kwargs, prompt=style, max_new_tokens=a.max_new_tokens)
         items = task.val[: a.n]
         prompts = [task.prompt(e, tok) for e in items]
@@ -57,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(row, flush=True)
     if a.out:
-        with open(a.out, "w", newline="") as f:
+        new = not Path(a.out).exists()
+        with open(a.out, "a", newline="") as f:  # appends: one file collects every measured case
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
+            if new:
+                w.writeheader()
             w.writerows(rows)
     return 0
 

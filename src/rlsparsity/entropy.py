@@ -487,7 +487,9 @@ def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: st
 
     blk = entropy_block(config)
     tc = config["train"]
-    hp = {**tc.get("hparams", {}).get("grpo", {}), **blk.get("hparams", {})}
+    from rlsparsity.grid import run_hparams
+
+    hp = {**run_hparams(config, "grpo", run.precision), **blk.get("hparams", {})}
     return TrainSpec(run=Run(run.family, "grpo", "on_policy", run.precision, run.seed),
                      base_dir=base_dir(run.family, results), out_dir=run.dir(results),
                      task=task_from_config(config), steps=blk["steps"] or tc["steps"],
@@ -578,7 +580,9 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     write_csv(out_dir / "entropy.csv", rows, RUN_COLUMNS)
     # entropy statistics on the same held-out responses, sampled once from the base
     blk = entropy_block(config)
-    hp = entropy_hparams({**config["train"].get("hparams", {}).get("grpo", {}), **blk.get("hparams", {})})
+    from rlsparsity.grid import run_hparams
+
+    hp = entropy_hparams({**run_hparams(config, "grpo", blk["precision"]), **blk.get("hparams", {})})
     models = {run.rel.split("/", 1)[1]: run.dir(results) for run in runs}
     extra = {run.rel.split("/", 1)[1]: {k: v for k, v in run.as_dict().items() if k != "family"} for run in runs}
     stats, info = stats_rows(base_path, models, task_from_config(config), blk["stats_prompts"],

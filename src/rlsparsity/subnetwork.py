@@ -346,7 +346,7 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
     base_metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").exists() else {}
     task = task_from_config(config)
     tc = config["train"]
-    hp = _hparams(config, run.algorithm, hparams)
+    hp = {**G.run_hparams(config, run.algorithm, run.precision), **(hparams or {})}
     spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
                      checkpoint_every=tc["checkpoint_every"], hparams=hp, mask=mask, device=device)
     from rlsparsity.gpu import device_record, reset_peak

@@ -54,7 +54,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     tc = config["train"]
     spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
                      checkpoint_every=tc["checkpoint_every"],
-                     hparams=dict(tc.get("hparams", {}).get(run.algorithm, {})), device=device,
+                     hparams=G.run_hparams(config, run.algorithm, run.precision), device=device,
                      stop_after=stop_after)
     from rlsparsity.gpu import device_record, reset_peak
 

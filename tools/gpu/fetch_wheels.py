@@ -31,7 +31,9 @@ PINS = {
 }
 #: Not needed at import/run time by the pipeline (skipped on purpose):
 #: pulp (Snakemake's ILP scheduler; remote.sh runs `--scheduler greedy`; its wheel carries
-#: ~50 MB of solver binaries), pycosat (a C sdist, imported by no reasoning-gym task we use).
+#: ~50 MB of solver binaries), pycosat (a C sdist: prepare.sh fetches the sdist, remote.sh
+#: stage2 builds it on the GPU machine or installs a stub; reasoning_gym imports it at import
+#: time, only its zebra puzzles call it).
 SKIP = {"pulp", "pycosat", "torch", "nvidia-cudnn-cu12"}
 #: Packages the GPU image already has (KINDS.md of the device tool, 2026-11-17).
 IMAGE = set(canonicalize_name(n) for n in """

@@ -139,6 +139,12 @@ def _online_dataset(spec: TrainSpec, tok: Any) -> Any:
 
 
 def train_grpo(spec: TrainSpec) -> dict[str, Any]:
+    tr, model, tok, hp = grpo_trainer(spec)
+    return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
+
+
+def grpo_trainer(spec: TrainSpec) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The GRPOTrainer of ``train_grpo`` (model loaded, seeded), for benchmarks."""
     from trl import GRPOConfig, GRPOTrainer
 
     hp = {**DEFAULTS["grpo"], **spec.hparams}
@@ -150,7 +156,7 @@ def train_grpo(spec: TrainSpec) -> dict[str, Any]:
                  steps_per_generation=hp.get("steps_per_generation"))
     tr = GRPOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
                      train_dataset=_online_dataset(spec, tok), processing_class=tok)
-    return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
+    return tr, model, tok, hp
 
 
 def train_rloo(spec: TrainSpec) -> dict[str, Any]:
