@@ -69,6 +69,8 @@ if SUB_PER_RUN:
                 f"{R}/subnetwork/{_fam}/subnetwork.csv",
             log:
                 f"{R}/logs/subnetwork/{_fam}.log",
+            benchmark:
+                f"{R}/benchmarks/subnetwork/{_fam}.tsv"
             resources:
                 mem_mb=1000,
                 runtime=10,

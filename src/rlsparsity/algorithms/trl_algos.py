@@ -52,18 +52,19 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
     """Weight checkpoints every k steps, mask enforcement, simulated kill."""
     from transformers import TrainerCallback
 
-    frozen = None
+    frozen = mask = None
     if spec.mask is not None:
         sd = dict(model.named_parameters())
         frozen = {n: sd[n].detach().clone() for n in spec.mask}
+        mask = {n: m.to(sd[n].device).bool() for n, m in spec.mask.items()}  # on the parameters' device (CUDA)
 
     class _CB(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, **kw):  # after backward + clipping
-            apply_mask_to_grads(model, spec.mask)
+            apply_mask_to_grads(model, mask)
 
         def on_optimizer_step(self, args, state, control, **kw):
             snap_to_bf16(model, spec.precision)
-            restore_masked(model, spec.mask, frozen)
+            restore_masked(model, mask, frozen)
 
         def on_step_end(self, args, state, control, **kw):
             if state.global_step % spec.checkpoint_every == 0 and state.is_world_process_zero:
