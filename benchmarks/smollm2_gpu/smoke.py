@@ -24,7 +24,7 @@ ALL = ["ppo", "grpo", "dpo", "kto", "orpo", "simpo", "prime", "sft"]
 TINY = {"grpo": {"batch_size": 8, "num_generations": 4, "steps_per_generation": 2},
         "ppo": {"prompts_per_rollout": 4, "samples_per_prompt": 2, "minibatch_size": 4},
         "prime": {"prompts_per_rollout": 4, "samples_per_prompt": 2, "oversample": 2, "minibatch_size": 4},
-        **{a: {"batch_size": 4, "n_prompts": 16, "k": 4} for a in ("dpo", "kto", "orpo", "simpo", "sft")}}
+        **{a: {"batch_size": 4, "n_prompts": 32, "k": 4} for a in ("dpo", "kto", "orpo", "simpo", "sft")}}
 
 
 def smoke_config(args: argparse.Namespace) -> dict:
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32-master", "fp32"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--eval-n", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--task", default=None, help="override the config's task name (tiny bases: tiny_arith)")
-    ap.add_argument("--prompt", default=None, choices=["answer", "cot"], help="override the config's prompt style")
+    ap.add_argument("--prompt", default=None, choices=["answer", "cot", "explain"], help="override the config's prompt style")
     ap.add_argument("--timeout", type=float, default=540.0)
     a = ap.parse_args(argv)
 

@@ -17,7 +17,9 @@ INSTRUCTION = "Give the final answer as 'Answer: <number>'."
 #: Instruction per prompt style (config ``task.prompt``): ``cot`` asks for reasoning first, so
 #: that completions have forking tokens before the answer (pretrained models only).
 PROMPT_STYLES = {"answer": INSTRUCTION,
-                 "cot": "Think step by step, then give the final answer as 'Answer: <number>'."}
+                 "cot": "Think step by step, then give the final answer as 'Answer: <number>'.",
+                 "explain": "Explain your calculation in one or two sentences, then give the final answer as "
+                            "'Answer: <number>'."}
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _AFTER_ANSWER = re.compile(r"answer[\s:=*]*(?:is[\s:=*]*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
