@@ -210,6 +210,19 @@ def test_smollm2_gpu_config_plans_every_stage(tmp_path: Path) -> None:
     assert r.stdout.count("gpu_slots=1") >= 38 + 6 + 4 + 1
 
 
+def test_cpu_overlay_plans_the_same_stages_without_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--nolock", "--configfile", "config/smollm2-gpu.yaml",
+                        "config/smollm2-gpu-cpu.yaml", "--config", f"results={tmp_path / 'res'}", "--cores", "2"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c]
+    assert len([c for c in cmds if "rlsparsity train " in c]) == 4
+    assert not [c for c in cmds if "--device" in c or "RLSPARSITY_GPU" in c]
+    for stage in ("summary", "entropy_smollm2-135m", "subnetwork_smollm2-135m", "analyze_smollm2-135m"):
+        assert f"rule {stage}:" in r.stdout, stage
+
+
 def test_config_gpu_block_is_validated() -> None:
     from rlsparsity.config import ConfigError, validate_config
 
