@@ -265,10 +265,10 @@ def _bench_module(name: str) -> Any:
     return mod
 
 
-def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_ties() -> None:
+def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_exact_ties() -> None:
     sweep = _bench_module("sweep")
     rows = [{"algorithm": "grpo", "precision": "bf16", "lr": 1e-5, "val_accuracy": 0.40},
-            {"algorithm": "grpo", "precision": "bf16", "lr": 3e-5, "val_accuracy": 0.405},  # one problem better: a tie
+            {"algorithm": "grpo", "precision": "bf16", "lr": 3e-5, "val_accuracy": 0.40},  # exact tie: smaller lr
             {"algorithm": "grpo", "precision": "fp32-master", "lr": 3e-6, "val_accuracy": 0.30},
             {"algorithm": "grpo", "precision": "fp32-master", "lr": 1e-5, "val_accuracy": 0.36},
             {"algorithm": "dpo", "precision": "bf16", "lr": 1e-6, "val_accuracy": None}]

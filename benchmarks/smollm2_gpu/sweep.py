@@ -13,7 +13,7 @@ claimed as in the DAG). Each job is scored by greedy accuracy on the task's VALI
                                  second ``--configfile`` for the DAG (tools/gpu/remote.sh dag
                                  passes it when present); commit it next to the CSV.
 
-Ties (at most one validation problem apart) go to the smaller lr. On an H200: ~3-4 min.
+Exact ties go to the smaller lr. On an H200: ~3-4 min.
 
     python benchmarks/smollm2_gpu/sweep.py --results results/smollm2-gpu --out results/smollm2-gpu/sweep
     python benchmarks/smollm2_gpu/sweep.py --device cpu --steps 2 --val-n 8 ...   # CPU check (tests)
@@ -107,7 +107,7 @@ def base_val(cfg: dict[str, Any], device: str, n: int) -> float:
 
 
 def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
-    """Best lr per (representative, precision); a tie within one validation problem -> smaller lr."""
+    """Best validation accuracy per (representative, precision); an exact tie -> the smaller lr."""
     by_prec: dict[str, dict[str, Any]] = {}
     for rep, members in FAMILIES.items():
         for prec in PRECISIONS:
@@ -115,7 +115,7 @@ def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
             if not cand:
                 continue
             top = max(r["val_accuracy"] for r in cand)
-            best = min((r for r in cand if r["val_accuracy"] >= top - 1.0 / max(1, n_val) - 1e-12), key=lambda r: r["lr"])
+            best = min((r for r in cand if r["val_accuracy"] >= top - 1e-12), key=lambda r: r["lr"])
             for prec_out in ([prec, "fp32"] if prec == "fp32-master" else [prec]):
                 for alg in members:
                     by_prec.setdefault(prec_out, {})[alg] = {"lr": float(best["lr"])}
