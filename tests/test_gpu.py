@@ -304,3 +304,28 @@ def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -
     chosen = yaml.safe_load((tmp_path / "res" / "sweep" / "chosen_hparams.yaml").read_text())
     assert chosen["train"]["hparams_by_precision"]["bf16"] == {a: {"lr": 1e-3} for a in ("grpo", "ppo", "prime")}
     assert not list((tmp_path / "res" / "sweep").rglob("*.safetensors"))  # weights are not kept
+
+
+def test_entropy_kept_normaliser_with_several_steps_per_generation(random_base, task, tmp_path: Path) -> None:
+    """The GPU config generates once per 4 optimiser steps (steps_per_generation 4): TRL then
+    normalises the DAPO loss by the generation batch's tokens / 4; the kept normaliser (paper
+    Eq. 6) must still divide by the kept tokens of the update batch, exactly."""
+    from rlsparsity import entropy as E
+    from test_entropy import _batch, _loss, _spec
+
+    tr, hp = E.build_trainer(_spec(random_base, tmp_path / "tr", task, steps_per_generation=4), 0.2, "top", "kept")
+    assert tr.args.steps_per_generation == 4 and hp["steps_per_generation"] == 4
+    tr.current_gradient_accumulation_steps = 1
+    tr.model.train()
+    inputs, _ = _batch(tr)
+    mask = inputs["completion_mask"]
+    A = inputs["advantages"][:, None]
+    N = float(mask.sum())
+    inputs["num_items_in_batch"] = torch.tensor(4 * N)  # the generation batch holds 4 such update batches
+    kept_l, sel = _loss(tr, inputs, 0.2, "top", "kept")
+    all_l, sel2 = _loss(tr, inputs, 0.2, "top", "all")
+    K = float(sel.sum())
+    assert torch.equal(sel, sel2) and 0 < K < N
+    masked_sum = -float((A * sel).sum())
+    assert all_l == pytest.approx(masked_sum / N, abs=1e-6)   # TRL: 4N / 4 tokens
+    assert kept_l == pytest.approx(masked_sum / K, abs=1e-6)  # Eq. 6: kept tokens of this batch
