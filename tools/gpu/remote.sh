@@ -160,5 +160,5 @@ case "$cmd" in
   dag) dag "$@" ;;
   status) status ;;
   collect) collect ;;
-  *) die "usage: remote.sh stage1|stage2|smoke [STEPS]|sweep|bench|dag [WAIT_S]|status|collect" ;;
+  *) die "usage: remote.sh stage1|stage2|base|smoke [STEPS]|sweep [ARGS]|bench [ARGS]|dag [WAIT_S]|status|collect" ;;
 esac
