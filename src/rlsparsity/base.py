@@ -102,7 +102,7 @@ def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dic
 
 
 def build_pretrained_base(family: str, task: Task, out_dir: str | Path, spec: dict[str, Any] | None = None,
-                          eval_n: int = 200, seed: int = 0) -> dict[str, Any]:
+                          eval_n: int = 200, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """SmolLM2 (converted from the shipped GGUF) or any HF causal LM, stored in bf16."""
     import torch
 
@@ -117,7 +117,7 @@ def build_pretrained_base(family: str, task: Task, out_dir: str | Path, spec: di
     model = load_model(src, "fp32")
     tok = load_tokenizer(src)
     save_model(model, tok, out, "bf16")
-    stored = load_model(out, "fp32")
+    stored = load_model(out, "fp32", device)
     bs = int((spec or {}).get("eval_batch_size", 16))
     test = evaluate(stored, tok, task, n=eval_n, batch_size=bs, progress=True)
     del model
@@ -128,11 +128,11 @@ def build_pretrained_base(family: str, task: Task, out_dir: str | Path, spec: di
         "n_test": test["n"],
         "n_params": n_params(stored), "seed": seed, "steps": 0, "storage_dtype": "bfloat16",
         "architecture": stored.config.model_type, "build_seconds": round(time.time() - t0, 2),
-        "samples": test["samples"], "versions": versions(),
+        "samples": test["samples"], "versions": versions(), "device": device,
     }
 
 
-def build_base(family: str, config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+def build_base(family: str, config: dict[str, Any], out_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
     """Build the base for ``family`` as the experiment config says; writes metrics.json."""
     from rlsparsity.tasks import task_from_config
 
@@ -145,7 +145,8 @@ def build_base(family: str, config: dict[str, Any], out_dir: str | Path) -> dict
                             eval_n=b["eval_n"], target_accuracy=b["target_accuracy"],
                             test_n=config["train"]["eval_n"])
     else:  # held-out accuracy on the same problems the trained runs are scored on
-        m = build_pretrained_base(family, task, out_dir, spec, eval_n=config["train"]["eval_n"], seed=b["seed"])
+        m = build_pretrained_base(family, task, out_dir, spec, eval_n=config["train"]["eval_n"], seed=b["seed"],
+                                  device=device)
     m["experiment"] = config.get("experiment")
     write_json(Path(out_dir) / "metrics.json", m)
     return m

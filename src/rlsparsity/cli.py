@@ -29,7 +29,7 @@ def cmd_build_base(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.family not in cfg["families"]:
         raise CLIError(f"family {args.family!r} is not in {args.config} (has {sorted(cfg['families'])})")
-    m = build_base(args.family, cfg, args.out)
+    m = build_base(args.family, cfg, args.out, device=args.device)
     print(json.dumps({k: m[k] for k in ("family", "accuracy", "n_params", "steps", "build_seconds")}))
     return 0
 
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-base", help="train (tiny) or convert (pretrained) one family's base model")
     p.add_argument("family")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device", default="cpu", help="where a pretrained base is evaluated (cpu, cuda)")
     _add_common(p)
     p.set_defaults(func=cmd_build_base)
 
@@ -149,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if str(getattr(args, "device", "cpu")).startswith("cuda"):
+        from rlsparsity.gpu import claim_gpu_slot
+
+        claim_gpu_slot()  # packed GPU jobs (config gpu.slots_per_gpu): before CUDA starts
     try:
         return int(func(args) or 0)
     except CLIError as e:

@@ -222,7 +222,9 @@ def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: st
 
     blk = entropy_block(config)
     tc = config["train"]
-    hp = {**tc.get("hparams", {}).get("grpo", {}), **blk.get("hparams", {})}
+    from rlsparsity.grid import run_hparams
+
+    hp = {**run_hparams(config, "grpo", run.precision), **blk.get("hparams", {})}
     return TrainSpec(run=Run(run.family, "grpo", "on_policy", run.precision, run.seed),
                      base_dir=entropy_base_dir({**config, "results": str(results)}, run.family),
                      out_dir=run.dir(results), task=task_from_config(entropy_config(config)),
@@ -235,8 +237,11 @@ def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, de
     from rlsparsity.evaluate import evaluate
     from rlsparsity.modeling import load_model, load_tokenizer, versions, write_json
 
+    from rlsparsity.gpu import device_record, reset_peak
+
     spec = _spec_for(run, config, results, device)
     base_metrics = json.loads((spec.base_dir / "metrics.json").read_text())
+    reset_peak(device)
     t0 = time.time()
     blk = entropy_block(config)
     stats = train_entropy(spec, run.rho, run.variant, run.normaliser, blk["selection"])
@@ -252,7 +257,7 @@ def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, de
            "kept_fraction_max": stats["kept_fraction_max"], "hparams": stats["hparams"],
            "history": stats["history"], "checkpoint_every": spec.checkpoint_every,
            "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16", "samples": after["samples"],
-           "versions": versions(), "config": config}
+           "versions": versions(), "config": config, **device_record(device, wall, stats["steps"])}
     write_json(spec.out_dir / "run.json", rec)
     return rec
 
@@ -313,11 +318,14 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     write_csv(out_dir / "entropy.csv", rows, RUN_COLUMNS)
     # entropy statistics on the same held-out responses, sampled once from the base
     blk = entropy_block(config)
-    hp = entropy_hparams({**config["train"].get("hparams", {}).get("grpo", {}), **blk.get("hparams", {})})
+    from rlsparsity.grid import run_hparams
+
+    hp = entropy_hparams({**run_hparams(config, "grpo", blk["precision"]), **blk.get("hparams", {})})
     models = {run.rel.split("/", 1)[1]: run.dir(results) for run in runs}
     extra = {run.rel.split("/", 1)[1]: {k: v for k, v in run.as_dict().items() if k != "family"} for run in runs}
     stats, info = stats_rows(base_path, models, task_from_config(entropy_config(config)), blk["stats_prompts"],
-                             blk["stats_samples"], hp["temperature"], seed=0, row_extra=extra, family=family)
+                             blk["stats_samples"], hp["temperature"], seed=0, row_extra=extra, family=family,
+                             device=device)
     write_csv(out_dir / "entropy_stats.csv", stats, STATS_COLUMNS)
     (out_dir / "responses.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"[entropy] {family}: base mean H {stats[0]['mean_entropy']:.3f}, H<1e-2 {stats[0]['frac_below_1e-2']:.3f}, "
@@ -333,6 +341,19 @@ def _cmd_family(args: argparse.Namespace) -> int:
     if args.results:
         cfg["results"] = args.results
     entropy_family(cfg, args.family, device=args.device, threads=args.threads)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rlsparsity.config import load_config
+
+    cfg = load_config(args.config)
+    runs = [r for r in expand_entropy_runs(cfg, args.family) if r.tag == args.tag]
+    if len(runs) != 1:
+        known = sorted(r.tag for r in expand_entropy_runs(cfg, args.family))
+        raise ValueError(f"entropy run {args.family}/{args.tag} is not in the config (known: {known})")
+    rec = train_entropy_run(runs[0], cfg, Path(cfg["results"]), args.device)
+    print(json.dumps({k: rec.get(k) for k in ("acc_base", "acc_trained", "kept_fraction", "seconds_per_step")}))
     return 0
 
 
@@ -367,6 +388,13 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="diff worker threads")
     p.set_defaults(func=_cmd_family)
+
+    p = sub.add_parser("entropy-run", help="train one entropy run of a family (config entropy.job_per_run)")
+    p.add_argument("family")
+    p.add_argument("tag", help="e.g. rho0.2-top-kept (EntropyRun.tag)")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("entropy-table", help="stack per-family entropy CSVs")
     p.add_argument("inputs", nargs="+")

@@ -117,10 +117,12 @@ def trainer_class() -> Any:
             a = self.args
             if a.loss_type != "dapo":
                 raise ValueError(f"EntropyGRPOTrainer needs loss_type='dapo' (got {a.loss_type!r})")
-            if a.gradient_accumulation_steps != 1 or a.steps_per_generation != 1 or self.accelerator.num_processes != 1:
-                raise ValueError("EntropyGRPOTrainer needs one micro-batch per generation batch on one process "
-                                 "(gradient_accumulation_steps = steps_per_generation = 1): the selection is "
-                                 "taken per micro-batch, and here the micro-batch must be the whole batch")
+            if a.gradient_accumulation_steps != 1 or self.accelerator.num_processes != 1:
+                raise ValueError("EntropyGRPOTrainer needs one micro-batch per optimiser step on one process "
+                                 "(gradient_accumulation_steps = 1): the selection is taken per micro-batch, "
+                                 "and here the micro-batch must be the whole update batch")
+            # steps_per_generation k > 1 is fine: the generation batch is cut into k update batches
+            # (the official code's mini-batches), each one optimiser step with its own selection
             if self._entropy_bonus_enabled:
                 raise ValueError("the paper trains without an entropy bonus: entropy_coef must be 0")
             if entropy_variant == "bottom" and self.top_entropy_quantile >= 1.0:
@@ -152,11 +154,15 @@ def trainer_class() -> Any:
                 mask = mask * inputs["tool_mask"]
             n_all = float(mask.sum())
             kept = n_all if self._selection is None else float(self._selection.sum())
-            if self.entropy_normaliser == "kept" and 0 < kept < n_all:
-                # TRL's dapo loss is sum(per-token loss · kept) / normaliser, normaliser = all completion
-                # tokens of the batch (one micro-batch per generation batch is enforced above)
-                loss = loss * (inputs["num_items_in_batch"].clamp(min=1.0).to(loss.dtype) / kept)
             mode = "train" if self.model.training else "eval"
+            if self.entropy_normaliser == "kept" and 0 < kept < n_all:
+                # TRL's dapo loss is sum(per-token loss · kept) / normaliser with normaliser = the
+                # generation batch's completion tokens / steps_per_generation (x accumulation steps,
+                # 1 here): replace that normaliser by the number of kept tokens of this update batch
+                norm = inputs["num_items_in_batch"].clamp(min=1.0).to(loss.dtype)
+                if mode == "train":
+                    norm = norm * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+                loss = loss * (norm / kept)
             m = self._metrics[mode]
             m["entropy_mask/kept_fraction"].append(kept / n_all if n_all else float("nan"))
             m["entropy_mask/kept_tokens"].append(kept)
@@ -201,10 +207,10 @@ def build_trainer(spec: Any, rho: float, variant: str = "top", normaliser: str =
     hp = entropy_hparams(spec.hparams)
     model, tok = _load(spec)
     args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=getattr(spec.task.spec, "max_new_tokens", None) or max_new_tokens_for(model),
-                 temperature=hp["temperature"],
+                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
                  beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
-                 loss_type=hp["loss_type"], top_entropy_quantile=quantile, entropy_coef=hp["entropy_coef"])
+                 loss_type=hp["loss_type"], top_entropy_quantile=quantile, entropy_coef=hp["entropy_coef"],
+                 steps_per_generation=hp.get("steps_per_generation"))
     tr = trainer_class()(model=model, reward_funcs=_reward_fn(spec), args=args,
                          train_dataset=_online_dataset(spec, tok), processing_class=tok,
                          entropy_variant=variant, entropy_normaliser=normaliser, entropy_selection=selection)

@@ -30,7 +30,7 @@ def sample_responses(model: Any, tok: Any, task: Any, n_prompts: int, n_samples:
     from rlsparsity.modeling import max_new_tokens_for
 
     seed_everything(seed)
-    mnt = max_new_tokens or getattr(getattr(task, "spec", None), "max_new_tokens", None) or max_new_tokens_for(model)
+    mnt = max_new_tokens or max_new_tokens_for(model, task)
     prompts = [task.prompt(e, tok) for e in task.test[:n_prompts]]
     parts = []
     for i in range(0, len(prompts), batch_prompts):
@@ -43,13 +43,16 @@ def sample_responses(model: Any, tok: Any, task: Any, n_prompts: int, n_samples:
         B, p = r.input_ids.shape[0], r.prompt_len
         c = r.completion_mask.shape[1]
         left = P - p
-        prompt_ids = torch.cat([torch.full((B, left), pad, dtype=r.input_ids.dtype), r.input_ids[:, :p]], 1)
-        prompt_att = torch.cat([torch.zeros(B, left, dtype=r.attention_mask.dtype), r.attention_mask[:, :p]], 1)
-        comp = torch.cat([r.input_ids[:, p:], torch.full((B, C - c), pad, dtype=r.input_ids.dtype)], 1)
-        catt = torch.cat([r.attention_mask[:, p:], torch.zeros(B, C - c, dtype=r.attention_mask.dtype)], 1)
+        dev = r.input_ids.device
+        prompt_ids = torch.cat([torch.full((B, left), pad, dtype=r.input_ids.dtype, device=dev),
+                                r.input_ids[:, :p]], 1)
+        prompt_att = torch.cat([torch.zeros(B, left, dtype=r.attention_mask.dtype, device=dev),
+                                r.attention_mask[:, :p]], 1)
+        comp = torch.cat([r.input_ids[:, p:], torch.full((B, C - c), pad, dtype=r.input_ids.dtype, device=dev)], 1)
+        catt = torch.cat([r.attention_mask[:, p:], torch.zeros(B, C - c, dtype=r.attention_mask.dtype, device=dev)], 1)
         ids.append(torch.cat([prompt_ids, comp], 1))
         att.append(torch.cat([prompt_att, catt], 1))
-        cm.append(torch.cat([r.completion_mask, torch.zeros(B, C - c)], 1))
+        cm.append(torch.cat([r.completion_mask, torch.zeros(B, C - c, device=dev)], 1))
     return {"input_ids": torch.cat(ids), "attention_mask": torch.cat(att), "prompt_len": P,
             "completion_mask": torch.cat(cm), "temperature": float(temperature)}
 
@@ -118,24 +121,26 @@ def compare_entropies(base_ent: Any, other_ent: Any, mask: Any) -> dict[str, flo
 
 def stats_rows(base_dir: Path, models: dict[str, Path], task: Any, n_prompts: int, n_samples: int,
                temperature: float, seed: int = 0, row_extra: dict[str, dict[str, Any]] | None = None,
-               family: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+               family: str = "", device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """entropy_stats rows: the base and every model in ``models`` (label -> folder), scored on
-    the same responses sampled once from the base."""
+    the same responses sampled once from the base (on ``device``; statistics on the CPU)."""
     from rlsparsity.modeling import load_model, load_tokenizer
 
     tok = load_tokenizer(base_dir)
-    base = load_model(base_dir, "fp32")
-    resp = sample_responses(base, tok, task, n_prompts, n_samples, temperature, seed)
+    base = load_model(base_dir, "fp32", device)
+    resp = sample_responses(base, tok, task, n_prompts, n_samples, temperature, seed,
+                            batch_prompts=16 if device == "cpu" else 128)
+    h0 = score_entropies(base, resp).cpu()
+    resp = {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in resp.items()}
     mask = resp["completion_mask"]
     comp_ids = resp["input_ids"][:, resp["prompt_len"]:]
-    h0 = score_entropies(base, resp)
     n_resp = int(mask.shape[0])
     rows = [{"family": family, "model": "base", **(row_extra or {}).get("base", {}), "n_responses": n_resp,
              **entropy_stats(h0, mask), "top20_overlap_with_base": 1.0, "top20_jaccard_with_base": 1.0,
              "forking_tokens": format_forking(forking_tokens(h0, mask, comp_ids, tok))}]
     for label, folder in models.items():
-        m = load_model(folder, "fp32")
-        h = score_entropies(m, resp)
+        m = load_model(folder, "fp32", device)
+        h = score_entropies(m, {k: (v.to(device) if hasattr(v, "to") else v) for k, v in resp.items()}).cpu()
         ov = compare_entropies(h0, h, mask)
         rows.append({"family": family, "model": label, **(row_extra or {}).get(label, {}), "n_responses": n_resp,
                      **entropy_stats(h, mask), "top20_overlap_with_base": ov["overlap"],

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from rlsparsity.modeling import generate, max_new_tokens_for
+from rlsparsity.modeling import gen_batch_size, generate, max_new_tokens_for
 from rlsparsity.tasks import Task
 
 
 def evaluate(model: Any, tokenizer: Any, task: Task, entries: Sequence[dict[str, Any]] | None = None,
-             n: int | None = None, batch_size: int = 64, max_new_tokens: int | None = None,
+             n: int | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
              progress: bool = False) -> dict[str, Any]:
     """Greedy decoding on ``entries`` (default: the task's test split, first ``n``).
 
@@ -25,8 +25,9 @@ def evaluate(model: Any, tokenizer: Any, task: Task, entries: Sequence[dict[str,
     if n is not None:
         items = items[:n]
     prompts = [task.prompt(e, tokenizer) for e in items]
-    mnt = max_new_tokens or getattr(task.spec, "max_new_tokens", None) or max_new_tokens_for(model)
-    comps = generate(model, tokenizer, prompts, mnt, do_sample=False, batch_size=batch_size, progress=progress)
+    mnt = max_new_tokens or max_new_tokens_for(model, task)
+    bs = batch_size or gen_batch_size(model)
+    comps = generate(model, tokenizer, prompts, mnt, do_sample=False, batch_size=bs, progress=progress)
     rewards = task.rewards(comps, items)
     acc = sum(r >= 1.0 for r in rewards) / max(1, len(items))
     return {"task": task.name, "n": len(items), "accuracy": acc,

@@ -63,6 +63,14 @@ class Run:
                 "precision": self.precision, "seed": self.seed}
 
 
+def run_hparams(config: dict[str, Any], algorithm: str, precision: str) -> dict[str, Any]:
+    """Config overrides of one run: ``train.hparams[algorithm]``, then
+    ``train.hparams_by_precision[precision][algorithm]`` (e.g. a validation-chosen lr per precision)."""
+    tc = config.get("train") or {}
+    by_prec = ((tc.get("hparams_by_precision") or {}).get(precision) or {}).get(algorithm) or {}
+    return {**dict((tc.get("hparams") or {}).get(algorithm, {}) or {}), **dict(by_prec)}
+
+
 def base_dir(family: str, results: str | Path = "results") -> Path:
     return Path(results) / "base" / family
 

@@ -181,9 +181,24 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     return outs
 
 
-def max_new_tokens_for(model_or_folder: Any) -> int:
-    """Generation budget: tiny char-level models answer in ~12 characters; pretrained
-    models write a sentence or two before the answer."""
+def gen_batch_size(model: Any, default: int = 64) -> int:
+    """Rows per ``generate`` call: ``RLSPARSITY_GEN_BATCH`` if set, else 512 on CUDA (decoding a
+    small model is launch-bound there, so wider batches are nearly free) and ``default`` on CPU."""
+    env = os.environ.get("RLSPARSITY_GEN_BATCH")
+    if env:
+        return max(1, int(env))
+    dev = next(model.parameters()).device
+    return 512 if dev.type == "cuda" else default
+
+
+def max_new_tokens_for(model_or_folder: Any, task: Any = None) -> int:
+    """Generation budget: the task's ``max_new_tokens`` (config ``task.max_new_tokens``) when
+    set; else tiny char-level models answer in ~12 characters (16) and pretrained models
+    write a sentence or two before the answer (64)."""
+    if task is not None and getattr(task, "max_new_tokens", None):
+        return int(task.max_new_tokens)
+    if task is not None and getattr(getattr(task, "spec", None), "max_new_tokens", None):
+        return int(task.spec.max_new_tokens)  # the task's own need (e.g. worked solutions)
     cfg = getattr(model_or_folder, "config", None)
     if cfg is None:
         cfg = json.loads((Path(model_or_folder) / "config.json").read_text())

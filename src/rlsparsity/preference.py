@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rlsparsity.modeling import generate, max_new_tokens_for
+from rlsparsity.modeling import gen_batch_size, generate, max_new_tokens_for
 from rlsparsity.tasks import Task
 
 
@@ -28,8 +28,11 @@ def sample_labelled(model: Any, tokenizer: Any, task: Task, entries: list[dict[s
                     temperature: float = 1.0) -> list[tuple[dict[str, Any], str, list[str], list[float]]]:
     """For each entry: (entry, prompt, k sampled completions, their rewards)."""
     prompts = [task.prompt(e, tokenizer) for e in entries]
-    comps = generate(model, tokenizer, prompts, max_new_tokens_for(model), do_sample=True,
-                     temperature=temperature, batch_size=64, num_return_sequences=k)
+    # rows per generate call: 64 prompts x k on CPU, 512 on CUDA (a 135M model decodes 512
+    # rows about as fast as 64 there)
+    bs = max(1, gen_batch_size(model, 64 * k) // k)
+    comps = generate(model, tokenizer, prompts, max_new_tokens_for(model, task), do_sample=True,
+                     temperature=temperature, batch_size=bs, num_return_sequences=k)
     out = []
     for i, e in enumerate(entries):
         cs = [c.strip() for c in comps[i * k : (i + 1) * k]]

@@ -144,9 +144,12 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
     base_metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").exists() else {}
     task = task_from_config(config)
     tc = config["train"]
-    hp = _hparams(config, run.algorithm, hparams)
+    hp = {**G.run_hparams(config, run.algorithm, run.precision), **(hparams or {})}
     spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
                      checkpoint_every=tc["checkpoint_every"], hparams=hp, mask=mask, device=device)
+    from rlsparsity.gpu import device_record, reset_peak
+
+    reset_peak(device)
     t0 = time.time()
     stats = get_algorithm(run.algorithm)(spec)
     wall = time.time() - t0
@@ -159,7 +162,8 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
               "hparams": stats.get("hparams"), "hparam_overrides": hparams or {},
               "data_stats": stats.get("data_stats"), "history": stats.get("history"),
               "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
-              "samples": after["samples"], "versions": versions(), **(extra_record or {})}
+              "samples": after["samples"], "versions": versions(), **device_record(device, wall, stats.get("steps")),
+              **(extra_record or {})}
     write_json(out / "run.json", record)
     return record
 
@@ -167,8 +171,13 @@ def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str
 def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path, out_root: str | Path,
                        mask_tol: float = 0.0, tolerances: Iterable[float] = DEFAULT_AGREEMENT_TOLS,
                        random_seed: int = 0, stored_mask: str | Path | None = None,
-                       log: Any = None, random_match: str = "magnitude") -> list[dict[str, Any]]:
-    """One masked rerun + its comparison; returns its rows of subnetwork.csv."""
+                       log: Any = None, random_match: str = "magnitude", device: str = "cpu",
+                       standalone: bool = False) -> list[dict[str, Any]]:
+    """One masked rerun + its comparison; returns its rows of subnetwork.csv.
+
+    ``standalone``: the job runs in its own process next to the other kind of the same run
+    (config ``subnetwork.job_per_run``), so a random job derives the full-run mask into its
+    own folder instead of sharing (and racing on) the subnetwork job's mask file."""
     from rlsparsity.analysis.diff import tol_key
     from rlsparsity.analysis.io import load_mask
 
@@ -184,6 +193,8 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
     t0 = time.time()
     # the subnetwork mask of the full run (always computed/stored next to the subnetwork job)
     sub_mask_path = SubJob(run, "subnetwork").dir(out_root) / "mask.safetensors"
+    if standalone and job.kind == "random":
+        sub_mask_path = out / "full_mask.safetensors"
     if job.kind == "subnetwork" or not sub_mask_path.exists():
         full_mask = mask_from_diff(base, full, sub_mask_path, mask_tol, stored_mask)
     else:
@@ -202,7 +213,7 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
     aligned, info = align_mask(mask, base)
     rec = train_variant(run, config, out, base, mask=aligned,
                         extra_record={"mask_kind": job.kind, "mask_tol": mask_tol, "mask_info": info,
-                                      "full_run": str(full)})
+                                      "full_run": str(full)}, device=device)
     viol = mask_violations(base, out, mask_path, out / "changed.tmp.safetensors")
     agr = agreement(full, out, tolerances)
     agr_mask = masked_agreement(full, out, mask, tolerances)
@@ -235,7 +246,7 @@ def run_subnetwork_job(job: SubJob, config: dict[str, Any], results: str | Path,
 
 def subnetwork_family(config: dict[str, Any], family: str, out_csv: str | Path, results: str | Path | None = None,
                       out_root: str | Path | None = None, algorithms: list[str] | None = None,
-                      kinds: list[str] | None = None, log: Any = None) -> list[dict[str, Any]]:
+                      kinds: list[str] | None = None, log: Any = None, device: str = "cpu") -> list[dict[str, Any]]:
     """Every configured masked rerun of one family (one process), rows -> ``out_csv``."""
     from rlsparsity.analysis.tables import write_csv
 
@@ -250,7 +261,22 @@ def subnetwork_family(config: dict[str, Any], family: str, out_csv: str | Path, 
     rows: list[dict[str, Any]] = []
     for job in jobs:
         rows += run_subnetwork_job(job, config, results, out_root, st["mask_tol"], st["tolerances"],
-                                   st["random_seed"], log=log, random_match=st["random_match"])
+                                   st["random_seed"], log=log, random_match=st["random_match"], device=device)
+    write_csv(Path(out_csv), rows, SUBNETWORK_COLUMNS)
+    return rows
+
+
+def subnetwork_one(config: dict[str, Any], job: SubJob, out_csv: str | Path, results: str | Path | None = None,
+                   device: str = "cpu", log: Any = None) -> list[dict[str, Any]]:
+    """One configured masked rerun in its own process (``subnetwork.job_per_run``): rows -> ``out_csv``."""
+    from rlsparsity.analysis.tables import write_csv
+
+    if job not in subnetwork_jobs(config):
+        raise ValueError(f"{job.run.rel} {job.kind}: not a masked rerun of the config's subnetwork block")
+    results = results or config["results"]
+    st = subnetwork_settings(config)
+    rows = run_subnetwork_job(job, config, results, results, st["mask_tol"], st["tolerances"], st["random_seed"],
+                              log=log, random_match=st["random_match"], device=device, standalone=True)
     write_csv(Path(out_csv), rows, SUBNETWORK_COLUMNS)
     return rows
 
@@ -274,7 +300,14 @@ def _cmd_subnetwork_family(args: argparse.Namespace) -> int:
     if args.mask_tol is not None:
         cfg.setdefault("subnetwork", {})["mask_tol"] = args.mask_tol
     subnetwork_family(cfg, args.family, args.out, out_root=args.out_root, algorithms=args.algorithms,
-                      kinds=args.kinds)
+                      kinds=args.kinds, device=args.device)
+    return 0
+
+
+def _cmd_subnetwork_job(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    job = SubJob(G.Run(args.family, args.algorithm, args.data, args.precision, args.seed), args.kind)
+    subnetwork_one(cfg, job, args.out, device=args.device)
     return 0
 
 
@@ -307,7 +340,21 @@ def register(sub: Any) -> None:
     p.add_argument("--kinds", nargs="*", default=None, choices=MASK_KINDS)
     p.add_argument("--tolerances", nargs="*", type=float, default=None)
     p.add_argument("--mask-tol", type=float, default=None)
+    p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_subnetwork_family)
+
+    p = sub.add_parser("subnetwork-job", help="one masked rerun (subnetwork or random) of one full run, compared")
+    p.add_argument("family")
+    p.add_argument("algorithm", choices=G.ALGORITHMS)
+    p.add_argument("--data", default="on_policy", choices=G.DATA_SOURCES)
+    p.add_argument("--precision", default="bf16", choices=G.PRECISIONS)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kind", required=True, choices=MASK_KINDS)
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--results", default=None)
+    p.add_argument("--out", required=True, help="CSV of this job's rows")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_subnetwork_job)
 
     p = sub.add_parser("subnetwork-table", help="stack per-family subnetwork CSVs")
     p.add_argument("inputs", nargs="+")

@@ -19,6 +19,12 @@ from functools import cached_property
 from typing import Any, Sequence
 
 INSTRUCTION = "Give the final answer as 'Answer: <number>'."
+#: Instruction per prompt style (config ``task.prompt``): ``cot`` asks for reasoning first, so
+#: that completions have forking tokens before the answer (pretrained models only).
+PROMPT_STYLES = {"answer": INSTRUCTION,
+                 "cot": "Think step by step, then give the final answer as 'Answer: <number>'.",
+                 "explain": "Explain your calculation in one or two sentences, then give the final answer as "
+                            "'Answer: <number>'."}
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _AFTER_ANSWER = re.compile(r"answer[\s:=*]*(?:is[\s:=*]*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -107,6 +113,12 @@ class Task:
     n_test: int = 200
     seed: int = 1234
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompt_style: str = "answer"           # key of PROMPT_STYLES
+    max_new_tokens: int | None = None      # generation budget (None: modeling.max_new_tokens_for's rule)
+
+    def __post_init__(self) -> None:
+        if self.prompt_style not in PROMPT_STYLES:
+            raise TaskError(f"unknown prompt style {self.prompt_style!r}; known: {sorted(PROMPT_STYLES)}")
 
     @property
     def name(self) -> str:
@@ -170,7 +182,7 @@ class Task:
         return self._splits[2]
 
     def user_message(self, entry: dict[str, Any]) -> str:
-        return f"{entry['question']} {INSTRUCTION}"
+        return f"{entry['question']} {PROMPT_STYLES[self.prompt_style]}"
 
     def prompt(self, entry: dict[str, Any], tokenizer: Any) -> str:
         """The single prompt format: the user message in the model's chat template."""
@@ -220,13 +232,15 @@ class Task:
 
 
 def get_task(name: str, n_train: int = 2000, n_test: int = 200, seed: int = 1234,
-             kwargs: dict[str, Any] | None = None) -> Task:
+             kwargs: dict[str, Any] | None = None, prompt: str = "answer",
+             max_new_tokens: int | None = None) -> Task:
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return Task(TASKS[name], n_train=n_train, n_test=n_test, seed=seed, extra_kwargs=dict(kwargs or {}))
+    return Task(TASKS[name], n_train=n_train, n_test=n_test, seed=seed, extra_kwargs=dict(kwargs or {}),
+                prompt_style=prompt, max_new_tokens=max_new_tokens)
 
 
 def task_from_config(cfg: dict[str, Any]) -> Task:
     t = cfg["task"]
     return get_task(t["name"], t.get("n_train", 2000), t.get("n_test", 200), t.get("seed", 1234),
-                    t.get("kwargs"))
+                    t.get("kwargs"), t.get("prompt") or "answer", t.get("max_new_tokens"))

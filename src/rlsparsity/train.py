@@ -60,8 +60,11 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     tc = config["train"]
     spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
                      checkpoint_every=tc["checkpoint_every"],
-                     hparams=dict(tc.get("hparams", {}).get(run.algorithm, {})), device=device,
+                     hparams=G.run_hparams(config, run.algorithm, run.precision), device=device,
                      stop_after=stop_after, samples=tuple(Path(p) for p in samples))
+    from rlsparsity.gpu import device_record, reset_peak
+
+    reset_peak(device)
     stats, wall = _train_or_reuse(spec, get_algorithm(run.algorithm))
     if not is_main_process():
         return {**run.as_dict(), "main_process": False}
@@ -84,6 +87,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "checkpoint_every": spec.checkpoint_every, "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
         "bf16_compute": bf16_compute(device) if run.precision == "bf16" else None,
         "samples": after["samples"], "versions": versions(), "config": config,
+        **device_record(device, wall, stats.get("steps")),
     }
     write_model_card(out, record)
     write_json(out / "run.json", record)

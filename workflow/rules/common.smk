@@ -10,6 +10,24 @@ def all_targets():
     return [t for stage in TARGETS.values() for t in stage]
 
 
+from rlsparsity import gpu as GPU  # noqa: E402
+
+
+def family_device(family):
+    """' --device cuda' for a family with `gpus` >= 1, '' for CPU families."""
+    return " --device cuda" if GPU.family_gpus(config, family) > 0 else ""
+
+
+def family_gpu_slots(family):
+    """`gpu_slots` resource of one job of `family` (config gpu.slots_per_gpu packs them)."""
+    return GPU.gpu_slots(config, family)
+
+
+def gpu_env(family):
+    """Shell prefix with which a GPU job claims a packed slot (rlsparsity.gpu); '' on CPU."""
+    return GPU.job_env(config, R) if GPU.family_gpus(config, family) > 0 else ""
+
+
 def run_dir(run):
     return str(run.dir(R))
 

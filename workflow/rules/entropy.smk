@@ -10,7 +10,12 @@ from rlsparsity import entropy as E  # noqa: E402
 ENTROPY_RUNS = E.expand_entropy_runs(config)
 ENTROPY_FAMILIES = sorted({r.family for r in ENTROPY_RUNS})
 ENTROPY_TABLES = ["entropy", "entropy_stats"]
+# entropy.job_per_run: every run trains in its own job (entropy_run_<family>_<tag>_...,
+# packed on GPUs like train jobs); the family job then finds their run.json and only
+# diffs, overlaps and computes the statistics.
+ENTROPY_PER_RUN = bool((config.get("entropy") or {}).get("job_per_run", False))
 
+<<<<<<< HEAD
 
 rule entropy_family:
     input:
@@ -34,6 +39,73 @@ rule entropy_family:
     shell:
         "OMP_NUM_THREADS={threads} rlsparsity entropy-family {wildcards.family:q} --config {input.config:q}"
         " --threads {threads} > {log:q} 2>&1"
+=======
+for _fam in ENTROPY_FAMILIES:
+    _eruns = [r for r in ENTROPY_RUNS if r.family == _fam]
+    _trained = [f"{r.dir(R)}/{f}" for r in _eruns for f in ("run.json", "model.safetensors")]
+
+    if ENTROPY_PER_RUN:
+        for _r in _eruns:
+
+            rule:
+                name:
+                    f"entropy_run_{_fam}_{_r.tag}_{_r.precision}_seed{_r.seed}".replace(".", "_")
+                input:
+                    base=f"{base_folder(_fam)}/metrics.json",
+                output:
+                    record=f"{_r.dir(R)}/run.json",
+                    model=f"{_r.dir(R)}/model.safetensors",
+                params:
+                    family=_fam,
+                    tag=_r.tag,
+                    env=gpu_env(_fam),
+                    device=family_device(_fam),
+                log:
+                    f"{R}/logs/entropy/{_r.rel}.log",
+                benchmark:
+                    f"{R}/benchmarks/entropy/{_r.rel}.tsv"
+                threads: 1
+                resources:
+                    mem_mb=4000,
+                    runtime=120,
+                    gpu_slots=min(1, family_gpu_slots(_fam)),
+                conda:
+                    f"{ENVS}/train.yaml"
+                shell:
+                    "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-run {params.family} {params.tag}"
+                    " --config {CONFIG_JSON}{params.device} > {log} 2>&1"
+
+    rule:
+        name:
+            f"entropy_{_fam}"
+        input:
+            base=f"{base_folder(_fam)}/metrics.json",
+            trained=_trained if ENTROPY_PER_RUN else [],
+        output:
+            tables=[f"{R}/entropy/{_fam}/{t}.csv" for t in ENTROPY_TABLES],
+            records=[] if ENTROPY_PER_RUN else [f"{r.dir(R)}/run.json" for r in _eruns],
+            models=[] if ENTROPY_PER_RUN else [f"{r.dir(R)}/model.safetensors" for r in _eruns],
+            masks=[f"{r.dir(R)}/diff/mask.safetensors" for r in _eruns],
+        params:
+            family=_fam,
+            env=gpu_env(_fam),
+            device=family_device(_fam),
+        log:
+            f"{R}/logs/entropy/{_fam}.log",
+        benchmark:
+            f"{R}/benchmarks/entropy/{_fam}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            gpus=0,
+            gpu_slots=min(1, family_gpu_slots(_fam)),
+        conda:
+            f"{ENVS}/train.yaml"
+        shell:
+            "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-family {params.family} --config {CONFIG_JSON}"
+            " --threads {threads}{params.device} > {log} 2>&1"
+>>>>>>> gpu
 
 
 rule entropy_table:

@@ -120,7 +120,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     ref = load_model(spec.base_dir, spec.precision, spec.device).eval().requires_grad_(False)
     critic = build_value_model(spec.base_dir).to(spec.device).eval()
     if hp["max_new_tokens"] is None:
-        hp["max_new_tokens"] = max_new_tokens_for(policy)
+        hp["max_new_tokens"] = max_new_tokens_for(policy, spec.task)
     opt = adamw(policy.parameters(), hp["lr"], hp["weight_decay"])
     vopt = adamw(critic.parameters(), hp["vf_lr"], hp["weight_decay"])
     task, train_set = spec.task, spec.task.train
@@ -131,8 +131,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         entries = rng.sample(train_set, int(hp["prompts_per_rollout"]))
         prompts = [task.prompt(e, tok) for e in entries]
         ro = sample(policy, tok, prompts, int(hp["samples_per_prompt"]), int(hp["max_new_tokens"]), T)
-        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())])
         ids, att, P, cm = ro.input_ids, ro.attention_mask, ro.prompt_len, ro.completion_mask
+        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())],
+                              device=ids.device)
         with torch.no_grad():
             old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
             ref_logp = token_logprobs(ref, ids, att, P, T)
@@ -140,7 +141,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         kl = (old_logp - ref_logp) * cm
         rewards = -beta * kl
         last = ro.lengths - 1
-        rewards[torch.arange(len(last)), last] += scores.to(rewards.dtype)
+        rewards[torch.arange(len(last), device=last.device), last] += scores.to(rewards.dtype)
         adv, returns = gae(rewards, values, cm, float(hp["gamma"]), float(hp["lam"]))
         adv = masked_whiten(adv, cm)
         buffer = {"input_ids": ids, "attention_mask": att, "prompt_len": P, "completion_mask": cm,

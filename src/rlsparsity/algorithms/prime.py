@@ -92,25 +92,28 @@ DEFAULTS: dict[str, Any] = {
 
 
 def rloo_stream(rewards: Tensor, mask: Tensor, group: Tensor) -> Tensor:
-    """The official PRIME ``masked_rloo``: r ← r·K/(K−1) − Σ_{j in group} mean_mask(r_j)/(K−1), on ``mask``."""
+    """The official PRIME ``masked_rloo``: r ← r·K/(K−1) − Σ_{j in group} mean_mask(r_j)/(K−1), on ``mask``.
+
+    Vectorised over groups (no per-group loop): group sums and sizes by ``index_add``."""
     m = mask.to(rewards.dtype)
     per_resp = (rewards * m).sum(-1) / m.sum(-1).clamp(min=1.0)
-    out = torch.zeros_like(rewards)
-    for g in torch.unique(group).tolist():
-        sel = group == g
-        k = int(sel.sum())
-        if k < 2:
-            raise ValueError("PRIME needs at least 2 samples per prompt (samples_per_prompt >= 2)")
-        base = per_resp[sel].sum() / (k - 1)
-        out[sel] = (rewards[sel] * k / (k - 1) - base) * m[sel]
-    return out
+    _, inv = torch.unique(group, return_inverse=True)
+    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
+    size = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
+        0, inv, torch.ones_like(per_resp))
+    if n_groups and bool((size < 2).any()):
+        raise ValueError("PRIME needs at least 2 samples per prompt (samples_per_prompt >= 2)")
+    total = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, inv, per_resp)
+    k = size[inv].unsqueeze(-1)
+    base = (total[inv] / (size[inv] - 1)).unsqueeze(-1)
+    return (rewards * k / (k - 1) - base) * m
 
 
 def prime_advantages(process: Tensor, scores: Tensor, cm: Tensor, group: Tensor, process_coef: float,
                      outcome_coef: float) -> tuple[Tensor, Tensor]:
     """RLOO of both streams, mixed; returns = reverse cumsum (γ = 1); advantages = whitened returns."""
     last = cm.sum(-1).long() - 1
-    rows = torch.arange(cm.shape[0])
+    rows = torch.arange(cm.shape[0], device=cm.device)
     outcome = torch.zeros_like(cm)
     outcome[rows, last] = scores.to(cm.dtype)
     omask = torch.zeros_like(cm)
@@ -137,7 +140,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         prm_ref = load_model(spec.base_dir, "fp32", spec.device).eval().requires_grad_(False)
     prm = load_model(spec.base_dir, "fp32", spec.device).eval()
     if hp["max_new_tokens"] is None:
-        hp["max_new_tokens"] = max_new_tokens_for(policy)
+        hp["max_new_tokens"] = max_new_tokens_for(policy, spec.task)
     K = int(hp["samples_per_prompt"])
     if K < 2:
         raise ValueError("PRIME needs samples_per_prompt >= 2 (leave-one-out baselines)")
@@ -173,15 +176,17 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         entries = rng.sample(train_set, n_sample)
         prompts = [task.prompt(e, tok) for e in entries]
         ro = sample(policy, tok, prompts, K, int(hp["max_new_tokens"]), T)
-        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())])
+        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())],
+                              device=ro.input_ids.device)
         acc = scores.view(n_sample, K).mean(-1)
         if filt:
             lo, hi = float(filt[0]), float(filt[1])
-            passing = [g for g in range(n_sample) if lo <= acc[g].item() <= hi][:n_prompts]
+            passing = [g for g, a in enumerate(acc.tolist()) if lo <= a <= hi][:n_prompts]
             keep_groups = passing if passing else list(range(n_prompts))
         else:
             keep_groups = list(range(n_prompts))
-        rows = torch.cat([torch.arange(g * K, (g + 1) * K) for g in keep_groups])
+        rows = (torch.tensor(keep_groups, device=scores.device).unsqueeze(-1) * K
+                + torch.arange(K, device=scores.device)).reshape(-1)
         buf = trim({"input_ids": ro.input_ids[rows], "attention_mask": ro.attention_mask[rows],
                     "prompt_len": ro.prompt_len, "completion_mask": ro.completion_mask[rows]})
         ids, att, P, cm = buf["input_ids"], buf["attention_mask"], buf["prompt_len"], buf["completion_mask"]

@@ -277,6 +277,9 @@ def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
             a.model.load_state_dict(state["extra_models"][name])
             a.optimizer.load_state_dict(ex["aux_optimizers"][name])
         step, cursor, buffer, rstats = state["step"], ex["cursor"], ex["buffer"], ex["rollout_stats"]
+        # the state is loaded onto the CPU: the rollout buffer goes back to the policy's device
+        dev = next(policy.parameters()).device
+        buffer = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in buffer.items()} if buffer else buffer
         schedule, history = ex["schedule"], ex["history"]
         data_rng.setstate(ex["data_rng"])
         set_rng_state(state["rng"])

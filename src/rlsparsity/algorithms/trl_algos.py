@@ -7,6 +7,8 @@ optional update mask. Precision: ``bf16`` loads the parameters in bf16 with TRL'
 ``fp32``/``fp32-master`` train in fp32 (the latter is rounded to bf16 when saved).
 
 * grpo  - GRPOTrainer: group-relative advantages from the task reward, no value model.
+          ``steps_per_generation`` k (hparam, default TRL's 1): one generation of
+          k x batch_size completions feeds k optimiser steps (cheap steps on a GPU).
 * rloo  - RLOOTrainer: REINFORCE with leave-one-out baselines.
 * dpo   - DPOTrainer (sigmoid loss) on preference pairs.
 * kto   - KTOTrainer on unpaired good/bad completions.
@@ -53,18 +55,19 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
     """Weight checkpoints every k steps, mask enforcement, simulated kill."""
     from transformers import TrainerCallback
 
-    frozen = None
+    frozen = mask = None
     if spec.mask is not None:
         sd = dict(model.named_parameters())
         frozen = {n: sd[n].detach().clone() for n in spec.mask}
+        mask = {n: m.to(sd[n].device).bool() for n, m in spec.mask.items()}  # on the parameters' device (CUDA)
 
     class _CB(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, **kw):  # after backward + clipping
-            apply_mask_to_grads(model, spec.mask)
+            apply_mask_to_grads(model, mask)
 
         def on_optimizer_step(self, args, state, control, **kw):
             snap_to_bf16(model, spec.precision)
-            restore_masked(model, spec.mask, frozen)
+            restore_masked(model, mask, frozen)
 
         def on_step_end(self, args, state, control, **kw):
             if state.global_step % spec.checkpoint_every == 0 and state.is_world_process_zero:
@@ -176,17 +179,24 @@ def _online_dataset(spec: TrainSpec, tok: Any) -> Any:
 
 
 def train_grpo(spec: TrainSpec) -> dict[str, Any]:
+    tr, model, tok, hp = grpo_trainer(spec)
+    return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
+
+
+def grpo_trainer(spec: TrainSpec) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The GRPOTrainer of ``train_grpo`` (model loaded, seeded), for benchmarks."""
     from trl import GRPOConfig, GRPOTrainer
 
     hp = {**DEFAULTS["grpo"], **spec.hparams}
     model, tok = _load(spec)
     args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
                  beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
-                 loss_type=hp["loss_type"], top_entropy_quantile=hp["top_entropy_quantile"])
+                 loss_type=hp["loss_type"], top_entropy_quantile=hp["top_entropy_quantile"],
+                 steps_per_generation=hp.get("steps_per_generation"))
     tr = GRPOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
                      train_dataset=_online_dataset(spec, tok), processing_class=tok)
-    return {**_run_trainer(spec, tr, model, tok), "hparams": hp}
+    return tr, model, tok, hp
 
 
 def train_rloo(spec: TrainSpec) -> dict[str, Any]:
@@ -195,7 +205,7 @@ def train_rloo(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS["rloo"], **spec.hparams}
     model, tok = _load(spec)
     args = _args(RLOOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model), temperature=hp["temperature"],
+                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
                  beta=hp["beta"])
     tr = RLOOTrainer(model=model, reward_funcs=_reward_fn(spec), args=args,
                      train_dataset=_online_dataset(spec, tok), processing_class=tok)

@@ -1,0 +1,225 @@
+"""Validation-only learning-rate sweep for config/smollm2-gpu.yaml, packed on one GPU.
+
+One representative algorithm per family (grpo for the online RL family grpo/ppo/prime, dpo for
+the preference family dpo/kto/orpo/simpo, sft alone) x precision (bf16, fp32-master) x 3 learning
+rates, 1 seed, ``--steps`` optimiser steps, every job its own process, all at once (GPU slots
+claimed as in the DAG). Each job is scored by greedy accuracy on the task's VALIDATION split
+(``task.val``: disjoint from the test problems every table reports). Writes
+
+* ``<out>/sweep.csv``            one row per job (val accuracy, base val accuracy, s/step, wall)
+* ``<out>/chosen_hparams.yaml``  ``train.hparams_by_precision`` with the best lr per (family,
+                                 precision), applied to every algorithm of the family; fp32 gets
+                                 the fp32-master choice (same arithmetic, other storage). A
+                                 second ``--configfile`` for the DAG (tools/gpu/remote.sh dag
+                                 passes it when present); commit it next to the CSV.
+
+Exact ties go to the smaller lr. On an H200: ~3-4 min.
+
+    python benchmarks/smollm2_gpu/sweep.py --results results/smollm2-gpu --out results/smollm2-gpu/sweep
+    python benchmarks/smollm2_gpu/sweep.py --device cpu --steps 2 --val-n 8 ...   # CPU check (tests)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILIES = {"grpo": ["grpo", "ppo", "prime"], "dpo": ["dpo", "kto", "orpo", "simpo"], "sft": ["sft"]}
+LRS = {"grpo": [3e-6, 1e-5, 3e-5], "dpo": [3e-7, 1e-6, 3e-6], "sft": [1e-6, 3e-6, 1e-5]}
+PRECISIONS = ["bf16", "fp32-master"]
+
+
+def load_cfg(path: Path, results: Path, overrides: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from rlsparsity.config import validate_config
+
+    cfg = yaml.safe_load(Path(path).read_text())
+    cfg["results"] = str(results)
+    for o in overrides:  # KEY.SUB=JSON, e.g. families={"llama": {}}
+        key, val = o.split("=", 1)
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = json.loads(val)
+    return validate_config(cfg)
+
+
+def run_job(a: argparse.Namespace) -> int:
+    """One sweep job (child process): train ``steps`` steps, score on validation, write JSON."""
+    if a.device.startswith("cuda"):
+        from rlsparsity.gpu import claim_gpu_slot
+
+        claim_gpu_slot()  # before torch touches CUDA
+    import torch
+
+    from rlsparsity.algorithms import TrainSpec, get_algorithm
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.gpu import device_record, reset_peak
+    from rlsparsity.grid import Run, base_dir, run_hparams
+    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads, write_json
+    from rlsparsity.tasks import task_from_config
+
+    torch_threads()
+    cfg = json.loads(Path(a.config_json).read_text())
+    task = task_from_config(cfg)
+    fam = next(iter(cfg["families"]))
+    run = Run(fam, a.algorithm, "on_policy", a.precision, a.seed)
+    out = Path(a.job_out)
+    hp = {**run_hparams(cfg, a.algorithm, a.precision), "lr": a.lr}
+    spec = TrainSpec(run=run, base_dir=base_dir(fam, cfg["results"]), out_dir=out / "run", task=task,
+                     steps=a.steps, checkpoint_every=10**6, hparams=hp, device=a.device)
+    reset_peak(a.device)
+    t0 = time.time()
+    stats = get_algorithm(a.algorithm)(spec)
+    wall = time.time() - t0
+    model = load_model(out / "run", "fp32", a.device)
+    val = evaluate(model, load_tokenizer(out / "run"), task, task.val, n=a.val_n)
+    write_json(out / "result.json", {"algorithm": a.algorithm, "precision": a.precision, "lr": a.lr,
+                                     "seed": a.seed, "steps": stats.get("steps"), "val_accuracy": val["accuracy"],
+                                     "n_val": val["n"], "seconds_per_step": stats.get("seconds_per_step"),
+                                     "wall_seconds": round(wall, 1), **device_record(a.device, wall, stats.get("steps"))})
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    for f in (out / "run").glob("*.safetensors"):  # weights are not kept
+        f.unlink()
+    return 0
+
+
+def base_val(cfg: dict[str, Any], device: str, n: int) -> float:
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.grid import base_dir
+    from rlsparsity.modeling import load_model, load_tokenizer
+    from rlsparsity.tasks import task_from_config
+
+    b = base_dir(next(iter(cfg["families"])), cfg["results"])
+    task = task_from_config(cfg)
+    return evaluate(load_model(b, "fp32", device), load_tokenizer(b), task, task.val, n=n)["accuracy"]
+
+
+def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
+    """Best validation accuracy per (representative, precision); an exact tie -> the smaller lr."""
+    by_prec: dict[str, dict[str, Any]] = {}
+    for rep, members in FAMILIES.items():
+        for prec in PRECISIONS:
+            cand = [r for r in rows if r["algorithm"] == rep and r["precision"] == prec and r.get("val_accuracy") is not None]
+            if not cand:
+                continue
+            top = max(r["val_accuracy"] for r in cand)
+            best = min((r for r in cand if r["val_accuracy"] >= top - 1e-12), key=lambda r: r["lr"])
+            for prec_out in ([prec, "fp32"] if prec == "fp32-master" else [prec]):
+                for alg in members:
+                    by_prec.setdefault(prec_out, {})[alg] = {"lr": float(best["lr"])}
+    return {"train": {"hparams_by_precision": by_prec}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=REPO / "config" / "smollm2-gpu.yaml")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY.SUB=JSON (tests: a tiny family)")
+    ap.add_argument("--results", type=Path, default=Path("results/smollm2-gpu"))
+    ap.add_argument("--out", type=Path, default=None, help="default: <results>/sweep")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--val-n", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--representatives", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--lrs", nargs="*", default=None, help="override every family's lr grid")
+    ap.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
+    ap.add_argument("--slots", type=int, default=16, help="jobs at once")
+    ap.add_argument("--timeout", type=float, default=290.0, help="seconds for all jobs; late ones are killed")
+    ap.add_argument("--job", nargs=5, metavar=("ALG", "PREC", "LR", "CONFIG_JSON", "OUT"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.job:
+        a.algorithm, a.precision, lr, a.config_json, a.job_out = a.job
+        a.lr = float(lr)
+        return run_job(a)
+
+    from rlsparsity.grid import base_dir
+    from rlsparsity.modeling import write_json
+
+    out = a.out or a.results / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_cfg(a.config, a.results, a.set)
+    fam = next(iter(cfg["families"]))
+    cfg_json = out / "config.json"
+    write_json(cfg_json, cfg)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    if a.device.startswith("cuda"):
+        env.update(RLSPARSITY_GPU_LOCKS=str(out / ".gpu_locks"), RLSPARSITY_GPU_SLOTS=str(a.slots))
+    t0 = time.time()
+    base = base_dir(fam, cfg["results"])
+    if not (base / "metrics.json").exists():
+        r = subprocess.run([sys.executable, "-m", "rlsparsity.cli", "build-base", fam, "--out", str(base),
+                            "--config", str(cfg_json), "--device", a.device], env=env, capture_output=True, text=True)
+        if r.returncode:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return 1
+    print(f"[sweep] base ready ({time.time() - t0:.0f} s)", flush=True)
+    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions
+            for lr in (a.lrs or LRS[rep])]
+    procs: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
+    pending = list(jobs)
+    running: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
+    t1 = time.time()
+    bval = None
+    while pending or running:
+        while pending and len(running) < a.slots:
+            rep, prec, lr = pending.pop(0)
+            jdir = out / f"{rep}_{prec}_lr{lr:g}"
+            jdir.mkdir(parents=True, exist_ok=True)
+            log = open(jdir / "log.txt", "w")
+            p = subprocess.Popen([sys.executable, __file__, "--job", rep, prec, repr(lr), str(cfg_json), str(jdir)]
+                                 + ["--steps", str(a.steps), "--val-n", str(a.val_n), "--device", a.device,
+                                    "--seed", str(a.seed)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append(((rep, prec, lr), p, jdir))
+            procs.append(running[-1])
+        if bval is None:  # the base's validation accuracy, while the jobs run
+            bval = base_val(cfg, a.device, a.val_n)
+        time.sleep(0.5)
+        late = time.time() - t1 > a.timeout
+        for item in list(running):
+            if item[1].poll() is not None or late:
+                if late and item[1].poll() is None:
+                    item[1].kill()
+                running.remove(item)
+        if late:
+            pending.clear()
+    rows = []
+    for (rep, prec, lr), p, jdir in procs:
+        res = jdir / "result.json"
+        row = json.loads(res.read_text()) if res.exists() else {"algorithm": rep, "precision": prec, "lr": lr,
+                                                                 "val_accuracy": None, "error": f"rc {p.returncode}"}
+        row["base_val_accuracy"] = bval
+        rows.append(row)
+        print(f"[sweep] {rep:5s} {prec:11s} lr {lr:<8g} val acc {row.get('val_accuracy')} "
+              f"(base {bval:.3f})  {row.get('seconds_per_step')} s/step  {row.get('error', '')}", flush=True)
+    cols = ["algorithm", "precision", "lr", "seed", "steps", "val_accuracy", "base_val_accuracy", "n_val",
+            "seconds_per_step", "train_seconds_per_step", "wall_seconds", "device", "peak_gpu_memory_mb", "error"]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    import yaml
+
+    chosen = choose(rows, a.val_n)
+    (out / "chosen_hparams.yaml").write_text(
+        f"# validation-chosen lr (benchmarks/smollm2_gpu/sweep.py, {a.steps} steps, {a.val_n} validation problems,"
+        f" seed {a.seed}); see sweep.csv\n" + yaml.safe_dump(chosen, sort_keys=True))
+    print(f"[sweep] {len(rows)} jobs in {time.time() - t1:.0f} s -> {out / 'sweep.csv'}, {out / 'chosen_hparams.yaml'}")
+    print(yaml.safe_dump(chosen, sort_keys=True))
+    return 0 if all(r.get("val_accuracy") is not None for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

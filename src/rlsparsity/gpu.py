@@ -1,0 +1,140 @@
+"""GPU packing and the device record of every run.
+
+Packing. A 135M model leaves an H200 mostly idle, so several training processes share one
+GPU. Snakemake does the counting: every job of a family with ``gpus: 1`` asks for one
+``gpu_slots`` resource (:func:`gpu_slots`), and the DAG is started with
+``--resources gpu_slots=<slots_per_gpu x GPUs>`` (config ``gpu.slots_per_gpu``), so at most that
+many run at once. Which GPU a job uses is decided by the job itself, at start, before CUDA is
+initialised (:func:`claim_gpu_slot`, called by the CLI for ``--device cuda``): it takes an
+exclusive ``flock`` on the first free slot file ``<locks>/gpu<g>-slot<s>.lock``, visiting
+slot 0 of every GPU before slot 1 (so jobs spread over the GPUs), holds it until the process
+exits (the kernel drops the lock even on a crash) and sets ``CUDA_VISIBLE_DEVICES=<g>``.
+The rules pass ``RLSPARSITY_GPU_LOCKS`` / ``RLSPARSITY_GPU_SLOTS`` / ``RLSPARSITY_GPU_DEVICES``
+(:func:`job_env`). A job started with ``CUDA_VISIBLE_DEVICES`` already set (SLURM, a user)
+claims nothing.
+
+Record. :func:`device_record` gives run.json's ``device`` (``cuda: <card name>`` or ``cpu``)
+and the peak GPU memory of the process since :func:`reset_peak`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+_HELD: list[Any] = []  # open lock files: a claim lasts as long as the process
+
+
+def slots_per_gpu(config: dict[str, Any]) -> int:
+    return int((config.get("gpu") or {}).get("slots_per_gpu", 1) or 1)
+
+
+def family_gpus(config: dict[str, Any], family: str) -> int:
+    return int((config["families"].get(family) or {}).get("gpus", 0) or 0)
+
+
+def gpu_slots(config: dict[str, Any], family: str, gpus: int | None = None) -> int:
+    """``gpu_slots`` one job of ``family`` takes: 0 on CPU, 1 for a one-GPU job (packed
+    ``slots_per_gpu`` to a GPU), whole GPUs' worth (gpus x slots_per_gpu) for multi-GPU jobs."""
+    n = family_gpus(config, family) if gpus is None else int(gpus)
+    if n <= 0:
+        return 0
+    return 1 if n == 1 else n * slots_per_gpu(config)
+
+
+def job_env(config: dict[str, Any], results: str | Path) -> str:
+    """Shell prefix that lets a GPU job claim a slot (see module doc); paths are quoted."""
+    env = {"RLSPARSITY_GPU_LOCKS": str(Path(results) / ".gpu_locks"),
+           "RLSPARSITY_GPU_SLOTS": str(slots_per_gpu(config))}
+    dev = (config.get("gpu") or {}).get("devices")
+    if dev:
+        env["RLSPARSITY_GPU_DEVICES"] = str(int(dev))
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
+
+
+def count_gpus() -> int:
+    """GPUs on the host without initialising CUDA: RLSPARSITY_GPU_DEVICES, else ``nvidia-smi -L``."""
+    env = os.environ.get("RLSPARSITY_GPU_DEVICES")
+    if env:
+        return max(1, int(env))
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1
+    return max(1, sum(1 for line in out.splitlines() if line.startswith("GPU ")))
+
+
+def claim_gpu_slot(lock_dir: str | Path | None = None, n_gpus: int | None = None, slots: int | None = None,
+                   wait_s: float = 600.0, poll_s: float = 1.0) -> int | None:
+    """Claim a free (GPU, slot) and point CUDA_VISIBLE_DEVICES at that GPU; returns the GPU index.
+
+    No-op (None) when CUDA_VISIBLE_DEVICES is already set or no lock folder is configured.
+    Waits up to ``wait_s`` for a free slot (Snakemake's resource count makes that rare)."""
+    import fcntl
+
+    lock_dir = lock_dir or os.environ.get("RLSPARSITY_GPU_LOCKS")
+    if not lock_dir or os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return None
+    n_gpus = n_gpus or count_gpus()
+    slots = slots or int(os.environ.get("RLSPARSITY_GPU_SLOTS", "1"))
+    d = Path(lock_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for s in range(slots):
+            for g in range(n_gpus):
+                f = open(d / f"gpu{g}-slot{s}.lock", "a+")
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.close()
+                    continue
+                f.seek(0)
+                f.truncate()
+                f.write(f"{os.getpid()}\n")
+                f.flush()
+                _HELD.append(f)
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(g)
+                return g
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU slot in {d} after {wait_s:.0f} s ({n_gpus} GPU(s) x {slots} slots): "
+                               "run Snakemake with --resources gpu_slots=<GPUs x gpu.slots_per_gpu>")
+        time.sleep(poll_s)
+
+
+def release_gpu_slots() -> None:
+    while _HELD:
+        _HELD.pop().close()
+
+
+def device_name(device: str) -> str:
+    """``cuda: <card name>`` for a CUDA device, else the device string (``cpu``)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    return str(device)
+
+
+def reset_peak(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def device_record(device: str, train_seconds: float | None = None, steps: int | None = None) -> dict[str, Any]:
+    """run.json fields: device, peak GPU memory (MiB, None on CPU) since :func:`reset_peak`, and
+    seconds per optimiser step over the training wall time (loading + data + steps, no evaluation)."""
+    peak = None
+    if str(device).startswith("cuda"):
+        import torch
+
+        peak = round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)
+    sps = round(train_seconds / steps, 4) if train_seconds is not None and steps else None
+    return {"device": device_name(device), "peak_gpu_memory_mb": peak, "train_seconds_per_step": sps,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

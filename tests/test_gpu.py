@@ -1,0 +1,331 @@
+"""GPU readiness without a GPU: device discipline of our own loops, GPU-slot packing (resource
+functions, slot claims, a real Snakemake run that packs 4 jobs on one 'GPU'), the run.json
+device record and the smollm2-gpu config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch.overrides import TorchFunctionMode
+
+from rlsparsity import gpu as GPU
+from test_own_algorithms import base, make_spec  # noqa: F401  (base is a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = str(REPO / "src" / "rlsparsity")
+TORCH = str(Path(torch.__file__).parent)
+BIN = Path(sys.executable).parent
+
+#: tensor factories that put their result on the CPU unless told otherwise
+FACTORIES = {"arange", "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "linspace",
+             "as_tensor", "eye", "zeros_like_cpu"}
+#: deliberate CPU tensors: minibatch permutations drawn from the seeded CPU generator (used as
+#: indices, which torch accepts for tensors on any device)
+ALLOWED = {"randperm"}
+
+
+class DeviceGuard(TorchFunctionMode):
+    """Records every tensor factory called from rlsparsity code without ``device=``: on CUDA such a
+    tensor lands on the CPU next to CUDA tensors (the issue's ppo/prime crash)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in FACTORIES and name not in ALLOWED and "device" not in kwargs:
+            fr = sys._getframe(1)
+            while fr is not None and fr.f_code.co_filename.startswith(TORCH):
+                fr = fr.f_back
+            if fr is not None and fr.f_code.co_filename.startswith(SRC):  # called by our code itself
+                self.hits.append(f"{Path(fr.f_code.co_filename).name}:{fr.f_lineno} torch.{name}")
+        return func(*args, **kwargs)
+
+
+def test_guard_flags_the_issue_bug() -> None:
+    """The guard catches exactly the pattern of the CUDA crash (torch.arange with no device)."""
+    g = DeviceGuard()
+    code = compile("import torch\ndef f():\n    return torch.arange(3)\n", f"{SRC}/fake_mod.py", "exec")
+    ns: dict[str, Any] = {}
+    exec(code, ns)
+    with g:
+        ns["f"]()
+        torch.arange(3)  # from a test file: not ours, not recorded
+    assert g.hits == ["fake_mod.py:3 torch.arange"]
+
+
+@pytest.mark.parametrize("alg", ["ppo", "prime"])
+def test_own_loops_create_every_tensor_on_the_model_device(base, tmp_path: Path, alg: str) -> None:  # noqa: F811
+    from rlsparsity.algorithms import ppo, prime
+
+    mod = {"ppo": ppo, "prime": prime}[alg]
+    spec = make_spec(base, alg, tmp_path / alg, steps=4)
+    g = DeviceGuard()
+    with g:
+        stats = mod.train(spec)
+    assert stats["steps"] == 4
+    assert g.hits == [], f"tensors created off the model's device in the {alg} loop: {sorted(set(g.hits))}"
+
+
+def test_generation_and_entropy_paths_create_no_cpu_tensors(base) -> None:  # noqa: F811
+    from rlsparsity.entropy import sample_responses, score_entropies
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer
+    from rlsparsity.preference import sample_labelled
+
+    folder, task = base
+    task.test = task.train[:6]
+    model, tok = load_model(folder, "fp32"), load_tokenizer(folder)
+    g = DeviceGuard()
+    with g:
+        resp = sample_responses(model, tok, task, 6, 2, 1.0, batch_prompts=4, max_new_tokens=6)
+        ent = score_entropies(model, resp)
+        ev = evaluate(model, tok, task, task.train[:4], max_new_tokens=6)
+        lab = sample_labelled(model, tok, task, task.train[:3], k=2)
+    assert ent.shape == resp["completion_mask"].shape and resp["input_ids"].shape[0] == 12
+    assert ev["n"] == 4 and len(lab) == 3 and all(len(x[2]) == 2 for x in lab)
+    assert g.hits == [], sorted(set(g.hits))
+
+
+# ------------------------------------------------------------------ packing
+def test_gpu_slots_per_job() -> None:
+    cfg = {"families": {"cpu": {}, "one": {"gpus": 1}, "two": {"gpus": 2}}, "gpu": {"slots_per_gpu": 4}}
+    assert [GPU.gpu_slots(cfg, f) for f in ("cpu", "one", "two")] == [0, 1, 8]
+    assert GPU.gpu_slots({"families": {"one": {"gpus": 1}}}, "one") == 1  # default: one job per GPU
+    env = GPU.job_env(cfg, "res dir")
+    assert env == "RLSPARSITY_GPU_LOCKS='res dir/.gpu_locks' RLSPARSITY_GPU_SLOTS=4 "
+
+
+def test_claims_spread_over_gpus_and_run_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    got = []
+    try:
+        for _ in range(4):
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+            got.append(GPU.claim_gpu_slot(tmp_path, n_gpus=2, slots=2, wait_s=0))
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == str(got[-1])
+        assert got == [0, 1, 0, 1]
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        with pytest.raises(RuntimeError, match="no free GPU slot"):
+            GPU.claim_gpu_slot(tmp_path, n_gpus=2, slots=2, wait_s=0.2, poll_s=0.05)
+        GPU.release_gpu_slots()  # released (as at process exit): claimable again
+        assert GPU.claim_gpu_slot(tmp_path, n_gpus=2, slots=2, wait_s=0) == 0
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # already placed (SLURM): no claim
+        assert GPU.claim_gpu_slot(tmp_path, n_gpus=2, slots=2) is None
+    finally:
+        GPU.release_gpu_slots()
+
+
+PACK_SNAKEFILE = r'''
+import sys
+sys.path.insert(0, {src!r})
+from rlsparsity import gpu as GPU
+config = {{"families": {{"smol": {{"gpus": 1}}}}, "gpu": {{"slots_per_gpu": 4, "devices": 1}}}}
+rule all:
+    input: expand("out/job{{i}}.json", i=range(8))
+rule job:
+    output: "out/job{{i}}.json"
+    resources: gpu_slots=GPU.gpu_slots(config, "smol")
+    params: env=GPU.job_env(config, "out")
+    shell: "{{params.env}}{py} -c 'import json, os, sys, time; from rlsparsity.gpu import claim_gpu_slot; "
+           "g = claim_gpu_slot(); t0 = time.time(); time.sleep(1.5); "
+           "held = sorted(os.listdir(\"out/.gpu_locks\")); "
+           "json.dump(dict(gpu=g, cvd=os.environ[\"CUDA_VISIBLE_DEVICES\"], start=t0, end=time.time()), "
+           "open(sys.argv[1], \"w\"))' {{output}}"
+'''
+
+
+def test_snakemake_packs_four_jobs_on_one_gpu(tmp_path: Path) -> None:
+    """8 one-GPU jobs, gpu.slots_per_gpu 4, --resources gpu_slots=4 on 8 cores: exactly 4 at a time,
+    all on GPU 0, each in its own slot."""
+    (tmp_path / "Snakefile").write_text(PACK_SNAKEFILE.format(src=str(REPO / "src"), py=sys.executable))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO / "src")}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    r = subprocess.run([str(BIN / "snakemake"), "--cores", "8", "--resources", "gpu_slots=4", "--nolock",
+                        "--scheduler", "greedy"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = [json.loads((tmp_path / "out" / f"job{i}.json").read_text()) for i in range(8)]
+    assert {j["cvd"] for j in jobs} == {"0"} and {j["gpu"] for j in jobs} == {0}
+    events = sorted([(j["start"], 1) for j in jobs] + [(j["end"], -1) for j in jobs])
+    live, peak = 0, 0
+    for _, d in events:
+        live += d
+        peak = max(peak, live)
+    assert peak == 4, f"{peak} jobs ran at once (want 4 = gpu_slots)"
+    assert sorted(p.name for p in (tmp_path / "out" / ".gpu_locks").iterdir()) == [f"gpu0-slot{s}.lock"
+                                                                                      for s in range(4)]
+
+
+# ------------------------------------------------------------------ record and config
+def test_device_record_on_cpu() -> None:
+    rec = GPU.device_record("cpu", train_seconds=12.0, steps=4)
+    assert rec["device"] == "cpu" and rec["peak_gpu_memory_mb"] is None and rec["train_seconds_per_step"] == 3.0
+    assert GPU.device_record("cpu")["train_seconds_per_step"] is None
+
+
+def test_smollm2_gpu_config_plans_every_stage(tmp_path: Path) -> None:
+    from rlsparsity.config import load_config
+    from rlsparsity.entropy import expand_entropy_runs
+    from rlsparsity.grid import expand_runs
+    from rlsparsity.subnetwork import subnetwork_jobs
+    from rlsparsity.tasks import task_from_config
+
+    cfg = load_config(REPO / "config" / "smollm2-gpu.yaml")
+    runs = expand_runs(cfg)
+    assert len(runs) == 38 and cfg["train"]["steps"] >= 100
+    algs = {r.algorithm for r in runs if r.precision in ("bf16", "fp32-master") and r.data == "on_policy"}
+    assert algs == {"ppo", "grpo", "dpo", "kto", "orpo", "simpo", "prime", "sft"}
+    assert {(r.algorithm, r.seed) for r in runs if r.precision == "fp32"} == {(a, s) for a in ("grpo", "dpo")
+                                                                                for s in (1, 2)}
+    assert {(r.algorithm, r.data) for r in runs if r.data == "off_policy"} == {("dpo", "off_policy")}
+    assert {(e.variant, e.rho) for e in expand_entropy_runs(cfg)} == {("top", 0.2), ("top", 1.0), ("bottom", 0.8)}
+    assert len(expand_entropy_runs(cfg)) == 6 and len(subnetwork_jobs(cfg)) == 4
+    task = task_from_config(cfg)
+    assert task.prompt_style == "cot" and task.max_new_tokens == cfg["task"]["max_new_tokens"] <= 160
+    assert cfg["task"]["n_test"] >= 500 and cfg["gpu"]["slots_per_gpu"] >= 2
+    assert "Think step by step" in task.user_message({"question": "What is 2 + 3?"})
+    # the whole DAG plans on a CPU-only machine, every GPU job packed and on cuda
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--nolock", "--configfile", "config/smollm2-gpu.yaml",
+                        "--config", f"results={tmp_path / 'res'}", "--cores", "16", "--resources", "gpu_slots=12"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmds = [c.split("Shell command: ")[1] for c in r.stdout.splitlines() if "Shell command:" in c]
+    gpu_cmds = [c for c in cmds if "--device cuda" in c]
+    assert len([c for c in gpu_cmds if "rlsparsity train " in c]) == 38
+    assert len([c for c in gpu_cmds if "rlsparsity entropy-run " in c]) == 6
+    assert len([c for c in gpu_cmds if "rlsparsity subnetwork-job " in c]) == 4
+    assert all(c.startswith("RLSPARSITY_GPU_LOCKS=") for c in gpu_cmds)
+    for stage in ("summary", "fig_entropy", "fig_subnetwork", "analyze_smollm2-135m", "entropy_smollm2-135m"):
+        assert f"rule {stage}:" in r.stdout, stage
+    assert r.stdout.count("gpu_slots=1") >= 38 + 6 + 4 + 1
+
+
+def test_cpu_overlay_plans_the_same_stages_without_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    r = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--nolock", "--configfile", "config/smollm2-gpu.yaml",
+                        "config/smollm2-gpu-cpu.yaml", "--config", f"results={tmp_path / 'res'}", "--cores", "2"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c]
+    assert len([c for c in cmds if "rlsparsity train " in c]) == 4
+    assert not [c for c in cmds if "--device" in c or "RLSPARSITY_GPU" in c]
+    for stage in ("summary", "entropy_smollm2-135m", "subnetwork_smollm2-135m", "analyze_smollm2-135m"):
+        assert f"rule {stage}:" in r.stdout, stage
+
+
+def test_config_gpu_block_is_validated() -> None:
+    from rlsparsity.config import ConfigError, validate_config
+
+    cfg = yaml.safe_load((REPO / "config" / "smollm2-gpu.yaml").read_text())
+    cfg["gpu"]["slots_per_gpu"] = 0
+    with pytest.raises(ConfigError):
+        validate_config(cfg)
+    cfg = yaml.safe_load((REPO / "config" / "smollm2-gpu.yaml").read_text())
+    cfg["task"]["prompt"] = "chatty"
+    with pytest.raises(ConfigError):
+        validate_config(cfg)
+
+
+def test_smoke_script_runs_algorithms_in_parallel_on_cpu(tmp_path: Path, task) -> None:
+    """The GPU smoke path (benchmarks/smollm2_gpu/smoke.py: runs launched as parallel `rlsparsity train`
+    processes), here on CPU with a tiny random base and one algorithm."""
+    from conftest import make_random_base
+    from rlsparsity.modeling import write_json
+
+    base = make_random_base(tmp_path / "base", task)
+    write_json(base / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "smoke.py"), "--device", "cpu",
+                        "--family", "llama", "--base", str(base), "--results", str(tmp_path / "res"),
+                        "--algorithms", "ppo", "--steps", "2", "--eval-n", "8", "--max-new-tokens", "8",
+                        "--task", "tiny_arith", "--prompt", "answer"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["failed"] == [] and [x["algorithm"] for x in summary["runs"]] == ["ppo"]
+    assert all(x["steps"] == 2 and x["device"] == "cpu" and x["train_seconds_per_step"] > 0 for x in summary["runs"])
+
+
+def _bench_module(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "smollm2_gpu" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_exact_ties() -> None:
+    sweep = _bench_module("sweep")
+    rows = [{"algorithm": "grpo", "precision": "bf16", "lr": 1e-5, "val_accuracy": 0.40},
+            {"algorithm": "grpo", "precision": "bf16", "lr": 3e-5, "val_accuracy": 0.40},  # exact tie: smaller lr
+            {"algorithm": "grpo", "precision": "fp32-master", "lr": 3e-6, "val_accuracy": 0.30},
+            {"algorithm": "grpo", "precision": "fp32-master", "lr": 1e-5, "val_accuracy": 0.36},
+            {"algorithm": "dpo", "precision": "bf16", "lr": 1e-6, "val_accuracy": None}]
+    hp = sweep.choose(rows, n_val=200)["train"]["hparams_by_precision"]
+    assert hp["bf16"] == {a: {"lr": 1e-5} for a in ("grpo", "ppo", "prime")}
+    assert hp["fp32-master"] == hp["fp32"] == {a: {"lr": 1e-5} for a in ("grpo", "ppo", "prime")}
+    from rlsparsity.grid import run_hparams
+
+    cfg = {"train": {"hparams": {"ppo": {"lr": 1.0, "kl_coef": 0.1}}, "hparams_by_precision": hp}}
+    assert run_hparams(cfg, "ppo", "bf16") == {"lr": 1e-5, "kl_coef": 0.1}
+    assert run_hparams(cfg, "dpo", "bf16") == {}
+
+
+def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -> None:
+    from conftest import make_random_base
+    from rlsparsity.modeling import write_json
+
+    base = make_random_base(tmp_path / "res" / "base" / "llama", task)
+    write_json(base / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
+    fam = json.dumps({"llama": {}})
+    tsk = json.dumps({"name": "tiny_arith", "prompt": "answer", "max_new_tokens": 8, "n_train": 200, "n_test": 16})
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "sweep.py"), "--device", "cpu",
+                        "--results", str(tmp_path / "res"), "--set", f"families={fam}", f"task={tsk}",
+                        "--representatives", "grpo", "--precisions", "bf16", "--lrs", "1e-3",
+                        "--steps", "2", "--val-n", "8", "--slots", "2"],
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "res" / "sweep" / "sweep.csv")))
+    assert [float(x["lr"]) for x in rows] == [1e-3] and 0.0 <= float(rows[0]["val_accuracy"]) <= 1.0
+    assert all(x["n_val"] == "8" and x["steps"] == "2" and x["device"] == "cpu" for x in rows)
+    chosen = yaml.safe_load((tmp_path / "res" / "sweep" / "chosen_hparams.yaml").read_text())
+    assert chosen["train"]["hparams_by_precision"]["bf16"] == {a: {"lr": 1e-3} for a in ("grpo", "ppo", "prime")}
+    assert not list((tmp_path / "res" / "sweep").rglob("*.safetensors"))  # weights are not kept
+
+
+def test_entropy_kept_normaliser_with_several_steps_per_generation(random_base, task, tmp_path: Path) -> None:
+    """The GPU config generates once per 4 optimiser steps (steps_per_generation 4): TRL then
+    normalises the DAPO loss by the generation batch's tokens / 4; the kept normaliser (paper
+    Eq. 6) must still divide by the kept tokens of the update batch, exactly."""
+    from rlsparsity import entropy as E
+    from test_entropy import _batch, _loss, _spec
+
+    tr, hp = E.build_trainer(_spec(random_base, tmp_path / "tr", task, steps_per_generation=4), 0.2, "top", "kept")
+    assert tr.args.steps_per_generation == 4 and hp["steps_per_generation"] == 4
+    tr.current_gradient_accumulation_steps = 1
+    tr.model.train()
+    inputs, _ = _batch(tr)
+    mask = inputs["completion_mask"]
+    A = inputs["advantages"][:, None]
+    N = float(mask.sum())
+    inputs["num_items_in_batch"] = torch.tensor(4 * N)  # the generation batch holds 4 such update batches
+    kept_l, sel = _loss(tr, inputs, 0.2, "top", "kept")
+    all_l, sel2 = _loss(tr, inputs, 0.2, "top", "all")
+    K = float(sel.sum())
+    assert torch.equal(sel, sel2) and 0 < K < N
+    masked_sum = -float((A * sel).sum())
+    assert all_l == pytest.approx(masked_sum / N, abs=1e-6)   # TRL: 4N / 4 tokens
+    assert kept_l == pytest.approx(masked_sum / K, abs=1e-6)  # Eq. 6: kept tokens of this batch

