@@ -142,3 +142,43 @@ def test_base_key_reruns_everything_and_labels_rerun_nothing(done):
     c = copy.deepcopy(cfg)
     c["experiment"] = "renamed"  # a label, in no slice
     assert plan(tmp, c) == {}
+
+
+@pytest.mark.slow
+def test_precision_hparams_rerun_only_their_group_and_gpu_block_reruns_nothing(done):
+    tmp, _, cfg = done
+    c = copy.deepcopy(cfg)
+    c["train"]["hparams_by_precision"] = {"fp32": {"dpo": {"lr": 2e-3}}, "bf16": {"grpo": {"lr": 1e-4}}}
+    assert plan(tmp, c) == {"job_config": 1, "train_group": 1, **DOWNSTREAM}  # dpo fp32 only (no bf16 run)
+    c = copy.deepcopy(cfg)
+    c["gpu"] = {"slots_per_gpu": 4}  # scheduling only
+    c["base"]["per_family"] = {"other": {"lr": 1e-2}}  # another family's base
+    assert plan(tmp, c) == {}
+
+
+def test_job_slices_of_per_run_jobs_and_scheduling_keys() -> None:
+    from rlsparsity import config_slices as CS
+    from rlsparsity.config import load_config
+
+    cfg = load_config(REPO / "config" / "smollm2-gpu.yaml")
+    name = "smollm2-135m__rho0.2-top-kept__bf16__seed1"
+    d_run, d_fam = CS.slice_digest(cfg, "entropy_run", name), CS.slice_digest(cfg, "entropy", "smollm2-135m")
+    job = "smollm2-135m__grpo__on_policy__bf16__seed1__random"
+    d_job = CS.slice_digest(cfg, "subnetwork_job", job)
+    c = copy.deepcopy(cfg)
+    c["entropy"]["job_per_run"] = c["subnetwork"]["job_per_run"] = False
+    c["gpu"]["slots_per_gpu"] = 3
+    assert (CS.slice_digest(c, "entropy_run", name), CS.slice_digest(c, "entropy", "smollm2-135m"),
+            CS.slice_digest(c, "subnetwork_job", job)) == (d_run, d_fam, d_job)
+    c["entropy"]["stats_prompts"] = 7  # the family's statistics, not a run
+    assert CS.slice_digest(c, "entropy_run", name) == d_run != CS.slice_digest(c, "entropy", "smollm2-135m")
+    c["train"]["hparams_by_precision"] = {"bf16": {"dpo": {"lr": 3e-6}}}  # dpo only: not this grpo job
+    assert CS.slice_digest(c, "subnetwork_job", job) == d_job
+    c["train"]["hparams_by_precision"] = {"bf16": {"grpo": {"lr": 3e-6}}}
+    assert CS.slice_digest(c, "subnetwork_job", job) != d_job != CS.slice_digest(cfg, "subnetwork_job",
+                                                                                   job.replace("random", "subnetwork"))
+    assert CS.slice_digest(c, "entropy_run", name) != d_run
+    with pytest.raises(ValueError, match="not in the config"):
+        CS.config_slice(cfg, "entropy_run", "smollm2-135m__rho0.5-top-kept__bf16__seed1")
+    with pytest.raises(ValueError, match="not in the config"):
+        CS.config_slice(cfg, "subnetwork_job", job.replace("seed1", "seed9"))

@@ -43,6 +43,8 @@ def load_cfg(path: Path, results: Path, overrides: list[str]) -> dict[str, Any]:
 
     cfg = yaml.safe_load(Path(path).read_text())
     cfg["results"] = str(results)
+    for stage in ("entropy", "subnetwork", "causes"):  # the sweep trains only: a --set families= must not
+        cfg.pop(stage, None)  # fail validation on a stage block that names the config's own families
     for o in overrides:  # KEY.SUB=JSON, e.g. families={"llama": {}}
         key, val = o.split("=", 1)
         node = cfg

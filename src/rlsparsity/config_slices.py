@@ -10,19 +10,29 @@ when the Snakefile is parsed (``snakemake -n`` and ``--lint`` create no file).
 
 The file holds the whole validated config as it was when the slice last changed; keys
 outside the slice may be older than the current config, by definition without effect on
-the job. ``results`` and ``experiment`` (a folder and a label) are in no slice.
+the job. ``results`` and ``experiment`` (a folder and a label) are in no slice, nor are
+scheduling keys that change no result: ``gpu`` (slots, devices) and ``entropy.job_per_run`` /
+``subnetwork.job_per_run`` (one job per run or per family).
 
 Scopes (``stage/name``):
 
-    base/<family>         task, the family's entry, base, train.eval_n (the base's test accuracy)
+    base/<family>         task, the family's entry, base (its per_family entry of this family only),
+                          train.eval_n (the base's test accuracy)
     samples/<setting>     task, the family's entry (setting: family, precision, seed, n_prompts, k)
     train/<group>         task, the runs of the group and their families' entries, train.steps,
-                          checkpoint_every, eval_n, the hparams of the group's algorithms
+                          checkpoint_every, eval_n, the hparams of the group's algorithms and
+                          hparams_by_precision of its (precision, algorithm) pairs
                           (``accelerate`` as well when a family trains on several GPUs)
     entropy/<family>      task, the family's entry, train (steps, checkpoint_every, eval_n,
-                          hparams.grpo), the entropy block without its family list
+                          hparams.grpo, hparams_by_precision of grpo), the entropy block
+                          without its family list
+    entropy_run/<run>     one run of entropy.job_per_run (name: family__tag__precision__seed<N>):
+                          as entropy/<family> without the grid lists and the statistics keys,
+                          plus the run
     subnetwork/<family>   task, the family's entry, train (as above, for the subnetwork
                           algorithms), the subnetwork block without its family list, its jobs
+    subnetwork_job/<job>  one masked rerun of subnetwork.job_per_run (name: family__algorithm__
+                          data__precision__seed<N>__kind): as subnetwork/<family>, for that job
     causes/<family>       task, the family's entry, train, the causes block, its settings
     causes/table          the causes settings (every run's files are inputs)
     accuracy/table        the run list (every run.json is an input)
@@ -90,14 +100,36 @@ def _families(config: dict[str, Any], names: Any) -> dict[str, Any]:
     return {f: config["families"][f] for f in sorted(set(names))}
 
 
-def _train(config: dict[str, Any], algorithms: Any) -> dict[str, Any]:
+#: Keys of the entropy / subnetwork blocks that only schedule jobs (no result depends on them).
+_SCHEDULING = ("families", "job_per_run")
+
+
+def _train(config: dict[str, Any], algorithms: Any, precisions: Any = None) -> dict[str, Any]:
+    """train.steps/checkpoint_every/eval_n, hparams of ``algorithms`` and hparams_by_precision of
+    the (precision, algorithm) pairs (every precision of the config when ``precisions`` is None)."""
     tc = config["train"]
     hp = tc.get("hparams", {}) or {}
-    return {**{k: tc[k] for k in _TRAIN_KEYS}, "hparams": {a: hp[a] for a in sorted(set(algorithms)) if a in hp}}
+    algs = sorted(set(algorithms))
+    by_prec = tc.get("hparams_by_precision") or {}
+    precs = sorted(by_prec) if precisions is None else sorted(set(precisions))
+    bp = {p: {a: by_prec[p][a] for a in algs if a in (by_prec.get(p) or {})} for p in precs}
+    out = {**{k: tc[k] for k in _TRAIN_KEYS}, "hparams": {a: hp[a] for a in algs if a in hp}}
+    bp = {p: v for p, v in bp.items() if v}
+    if bp:  # absent when empty, so configs without the key keep their digests
+        out["hparams_by_precision"] = bp
+    return out
+
+
+def _block(config: dict[str, Any], name: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in (config.get(name) or {}).items() if k not in _SCHEDULING + drop}
 
 
 def base_slice(config: dict[str, Any], family: str) -> dict[str, Any]:
-    return {"task": config["task"], "families": _families(config, [family]), "base": config["base"],
+    base = {k: v for k, v in config["base"].items() if k != "per_family"}
+    own = (config["base"].get("per_family") or {}).get(family)
+    if own:
+        base["per_family"] = {family: own}
+    return {"task": config["task"], "families": _families(config, [family]), "base": base,
             "eval_n": config["train"]["eval_n"]}
 
 
@@ -108,26 +140,61 @@ def train_slice(config: dict[str, Any], group: str) -> dict[str, Any]:
     runs = groups[group]
     fams = _families(config, [r.family for r in runs])
     out = {"task": config["task"], "families": fams, "runs": [r.rel for r in runs],
-           "train": _train(config, [r.algorithm for r in runs])}
+           "train": _train(config, [r.algorithm for r in runs], [r.precision for r in runs])}
     if any(int((s or {}).get("gpus", 0)) > 1 for s in fams.values()):
         out["accelerate"] = config.get("accelerate", {})
     return out
 
 
 def entropy_slice(config: dict[str, Any], family: str) -> dict[str, Any]:
-    blk = {k: v for k, v in (config.get("entropy") or {}).items() if k != "families"}
     return {"task": config["task"], "families": _families(config, [family]), "train": _train(config, ["grpo"]),
-            "entropy": blk}
+            "entropy": _block(config, "entropy")}
+
+
+#: entropy-block keys one entropy run does not depend on (the grid it is one point of, the statistics)
+_ENTROPY_GRID = ("rhos", "variants", "normalisers", "normaliser_rhos", "seeds", "precision", "stats_prompts",
+                 "stats_samples")
+
+
+def entropy_run_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """One entropy run (entropy.job_per_run); ``name`` is ``family__tag__precision__seed<N>``."""
+    from rlsparsity import entropy as E
+
+    runs = {f"{r.family}__{r.tag}__{r.precision}__seed{r.seed}": r for r in E.expand_entropy_runs(config)}
+    if name not in runs:
+        raise ValueError(f"entropy run {name!r} is not in the config's entropy block (runs: {sorted(runs)[:5]} ...)")
+    run = runs[name]
+    return {"task": config["task"], "families": _families(config, [run.family]),
+            "train": _train(config, ["grpo"], [run.precision]), "entropy": _block(config, "entropy", _ENTROPY_GRID),
+            "run": run.rel}
 
 
 def subnetwork_slice(config: dict[str, Any], family: str) -> dict[str, Any]:
     from rlsparsity import subnetwork as SN
 
     jobs = [j for j in SN.subnetwork_jobs(config) if j.run.family == family]
-    blk = {k: v for k, v in (config.get("subnetwork") or {}).items() if k != "families"}
     return {"task": config["task"], "families": _families(config, [family]),
-            "train": _train(config, [j.run.algorithm for j in jobs]), "subnetwork": blk,
-            "jobs": [f"{j.run.rel}/{j.kind}" for j in jobs]}
+            "train": _train(config, [j.run.algorithm for j in jobs], [j.run.precision for j in jobs]),
+            "subnetwork": _block(config, "subnetwork"), "jobs": [f"{j.run.rel}/{j.kind}" for j in jobs]}
+
+
+def subnetwork_job_name(job: Any) -> str:
+    r = job.run
+    return f"{r.family}__{r.algorithm}__{r.data}__{r.precision}__seed{r.seed}__{job.kind}"
+
+
+def subnetwork_job_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """One masked rerun (subnetwork.job_per_run); ``name``: ``family__algorithm__data__precision__seed<N>__kind``."""
+    from rlsparsity import subnetwork as SN
+
+    jobs = {subnetwork_job_name(j): j for j in SN.subnetwork_jobs(config)}
+    if name not in jobs:
+        raise ValueError(f"masked rerun {name!r} is not in the config's subnetwork block (jobs: {sorted(jobs)[:5]} ...)")
+    j = jobs[name]
+    blk = _block(config, "subnetwork", ("algorithms", "seeds", "precision"))
+    return {"task": config["task"], "families": _families(config, [j.run.family]),
+            "train": _train(config, [j.run.algorithm], [j.run.precision]), "subnetwork": blk,
+            "job": f"{j.run.rel}/{j.kind}"}
 
 
 def causes_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -158,7 +225,8 @@ def accuracy_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
     return {"runs": [r.rel for r in G.expand_runs(config)]}
 
 
-_SLICES = {"base": base_slice, "samples": samples_slice, "train": train_slice, "entropy": entropy_slice, "subnetwork": subnetwork_slice,
+_SLICES = {"base": base_slice, "samples": samples_slice, "train": train_slice, "entropy": entropy_slice,
+           "entropy_run": entropy_run_slice, "subnetwork": subnetwork_slice, "subnetwork_job": subnetwork_job_slice,
            "causes": causes_slice, "accuracy": accuracy_slice}
 STAGES: tuple[str, ...] = tuple(_SLICES)
 

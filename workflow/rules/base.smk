@@ -33,34 +33,21 @@ rule base:
         f"{R}/logs/base/{{family}}.log",
     benchmark:
         f"{R}/benchmarks/base/{{family}}.tsv"
-<<<<<<< HEAD
     conda:
         f"{ENVS}/train.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+        # pretrained bases of GPU families are evaluated on the GPU (a packed slot)
+        gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
     params:
         out=lambda wildcards, output: str(Path(output.metrics).parent),
+        env=lambda wildcards: gpu_env(wildcards.family),
+        device=lambda wildcards: family_device(wildcards.family),
     shell:
-        "OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family:q} "
-        "--out {params.out:q} --config {input.config:q} > {log:q} 2>&1"
-=======
-    params:
-        # pretrained bases of GPU families are evaluated on the GPU (a packed slot)
-        env=lambda wc: gpu_env(wc.family),
-        device=lambda wc: family_device(wc.family),
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu_slots=lambda wc: min(1, family_gpu_slots(wc.family)),
-    threads: 1
-    conda:
-        f"{ENVS}/train.yaml"
-    shell:
-        "{params.env}OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family} "
-        "--out {R}/base/{wildcards.family} --config {CONFIG_JSON}{params.device} > {log} 2>&1"
->>>>>>> gpu
+        "{params.env}OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family:q} "
+        "--out {params.out:q} --config {input.config:q}{params.device} > {log:q} 2>&1"
 
 
 TARGETS["base"] = [f"{R}/base/{f}/metrics.json" for f in FAMILIES]

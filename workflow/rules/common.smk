@@ -78,3 +78,43 @@ def trained(runs):
     if not config["train"]["group_by"]:
         return [f for r in runs for f in run_files(r)]
     return list(dict.fromkeys(group_manifest(CS.group_of(config, r)) for r in runs))
+
+
+# --- training on GPUs (train.smk)
+def train_gpus(wildcards):
+    n = family_gpus(wildcards.family)
+    # ppo and prime (algorithms/ppo.py, prime.py) are single-process: one GPU
+    return min(n, 1) if wildcards.algorithm in ("ppo", "prime") else n
+
+
+def train_gpu_slots(wildcards):
+    # packing: a 1-GPU job takes one of `--resources gpu_slots=N` (config gpu.slots_per_gpu per GPU)
+    return GPU.gpu_slots(config, wildcards.family, train_gpus(wildcards))
+
+
+def train_env(wildcards, resources):
+    return GPU.job_env(config, R) if int(resources.gpu or 0) == 1 else ""
+
+
+# --- entropy.job_per_run (entropy.smk: ENTROPY_RUNS, ENTROPY_PER_RUN)
+def entropy_runs_of(family):
+    return [r for r in ENTROPY_RUNS if r.family == family]
+
+
+def entropy_run_files(wildcards):
+    """The family job's inputs from the per-run jobs (entropy.job_per_run), else none."""
+    if not ENTROPY_PER_RUN:
+        return []
+    return [f"{r.dir(R)}/{f}" for r in entropy_runs_of(wildcards.family) for f in ("run.json", "model.safetensors")]
+
+
+# --- subnetwork.job_per_run (subnetwork.smk: SUB_JOBS)
+def sub_job_rows(wildcards):
+    """rows.csv of the family's masked reruns (SubJob.dir), made by rule subnetwork_job."""
+    return [f"{j.dir(R)}/rows.csv" for j in SUB_JOBS if j.run.family == wildcards.family]
+
+
+def sub_full_run(wildcards):
+    """The full run a masked rerun copies (its files, or its group's manifest)."""
+    run = G.Run(wildcards.family, wildcards.algorithm, wildcards.data, wildcards.precision, int(wildcards.seed))
+    return trained([run])

@@ -5,22 +5,59 @@
 # sparsity + mask), overlaps its mask with the ρ = 1 run of the same seed, and computes
 # token-entropy statistics of base and trained policies on the same held-out responses.
 # entropy_table stacks the families. Logic: rlsparsity.entropy. Only with an `entropy:` block.
+import re
+
 from rlsparsity import entropy as E  # noqa: E402
 
 ENTROPY_RUNS = E.expand_entropy_runs(config)
 ENTROPY_FAMILIES = sorted({r.family for r in ENTROPY_RUNS})
 ENTROPY_TABLES = ["entropy", "entropy_stats"]
-# entropy.job_per_run: every run trains in its own job (entropy_run_<family>_<tag>_...,
+# entropy.job_per_run: every run trains in its own job (rule entropy_run,
 # packed on GPUs like train jobs); the family job then finds their run.json and only
 # diffs, overlaps and computes the statistics.
 ENTROPY_PER_RUN = bool((config.get("entropy") or {}).get("job_per_run", False))
 
-<<<<<<< HEAD
 
+if ENTROPY_PER_RUN:
+
+    # One job per entropy run (EntropyRun.dir: R/entropy/<family>/<tag>/<precision>/seed<N>),
+    # packed on GPUs like train jobs; its config slice is the run's (config_slices.entropy_run_slice).
+    rule entropy_run:
+        input:
+            base=f"{R}/base/{{family}}/metrics.json",
+            config=f"{R}/config/entropy_run/{{family}}__{{tag}}__{{precision}}__seed{{seed}}.json",
+        output:
+            record=f"{R}/entropy/{{family}}/{{tag}}/{{precision}}/seed{{seed}}/run.json",
+            model=f"{R}/entropy/{{family}}/{{tag}}/{{precision}}/seed{{seed}}/model.safetensors",
+        log:
+            f"{R}/logs/entropy/{{family}}/{{tag}}/{{precision}}/seed{{seed}}.log",
+        benchmark:
+            f"{R}/benchmarks/entropy/{{family}}/{{tag}}/{{precision}}/seed{{seed}}.tsv"
+        wildcard_constraints:
+            family="|".join(ENTROPY_FAMILIES),
+            tag="|".join(sorted({re.escape(r.tag) for r in ENTROPY_RUNS})),
+        conda:
+            f"{ENVS}/train.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+        params:
+            env=lambda wildcards: gpu_env(wildcards.family),
+            device=lambda wildcards: family_device(wildcards.family),
+        shell:
+            "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-run {wildcards.family:q} {wildcards.tag:q}"
+            " --config {input.config:q}{params.device} > {log:q} 2>&1"
+
+
+# With entropy.job_per_run the runs are inputs (trained by entropy_run) and this job only
+# diffs, overlaps and computes the statistics; without it, it trains them too.
 rule entropy_family:
     input:
         base=f"{R}/base/{{family}}/metrics.json",
         config=f"{R}/config/entropy/{{family}}.json",
+        runs=entropy_run_files,
     output:
         tables=expand(f"{R}/entropy/{{{{family}}}}/{{table}}.csv", table=ENTROPY_TABLES),
     log:
@@ -36,76 +73,13 @@ rule entropy_family:
         mem_mb=4000,
         runtime=120,
         gpus=0,
+        gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+    params:
+        env=lambda wildcards: gpu_env(wildcards.family),
+        device=lambda wildcards: family_device(wildcards.family),
     shell:
-        "OMP_NUM_THREADS={threads} rlsparsity entropy-family {wildcards.family:q} --config {input.config:q}"
-        " --threads {threads} > {log:q} 2>&1"
-=======
-for _fam in ENTROPY_FAMILIES:
-    _eruns = [r for r in ENTROPY_RUNS if r.family == _fam]
-    _trained = [f"{r.dir(R)}/{f}" for r in _eruns for f in ("run.json", "model.safetensors")]
-
-    if ENTROPY_PER_RUN:
-        for _r in _eruns:
-
-            rule:
-                name:
-                    f"entropy_run_{_fam}_{_r.tag}_{_r.precision}_seed{_r.seed}".replace(".", "_")
-                input:
-                    base=f"{base_folder(_fam)}/metrics.json",
-                output:
-                    record=f"{_r.dir(R)}/run.json",
-                    model=f"{_r.dir(R)}/model.safetensors",
-                params:
-                    family=_fam,
-                    tag=_r.tag,
-                    env=gpu_env(_fam),
-                    device=family_device(_fam),
-                log:
-                    f"{R}/logs/entropy/{_r.rel}.log",
-                benchmark:
-                    f"{R}/benchmarks/entropy/{_r.rel}.tsv"
-                threads: 1
-                resources:
-                    mem_mb=4000,
-                    runtime=120,
-                    gpu_slots=min(1, family_gpu_slots(_fam)),
-                conda:
-                    f"{ENVS}/train.yaml"
-                shell:
-                    "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-run {params.family} {params.tag}"
-                    " --config {CONFIG_JSON}{params.device} > {log} 2>&1"
-
-    rule:
-        name:
-            f"entropy_{_fam}"
-        input:
-            base=f"{base_folder(_fam)}/metrics.json",
-            trained=_trained if ENTROPY_PER_RUN else [],
-        output:
-            tables=[f"{R}/entropy/{_fam}/{t}.csv" for t in ENTROPY_TABLES],
-            records=[] if ENTROPY_PER_RUN else [f"{r.dir(R)}/run.json" for r in _eruns],
-            models=[] if ENTROPY_PER_RUN else [f"{r.dir(R)}/model.safetensors" for r in _eruns],
-            masks=[f"{r.dir(R)}/diff/mask.safetensors" for r in _eruns],
-        params:
-            family=_fam,
-            env=gpu_env(_fam),
-            device=family_device(_fam),
-        log:
-            f"{R}/logs/entropy/{_fam}.log",
-        benchmark:
-            f"{R}/benchmarks/entropy/{_fam}.tsv"
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=120,
-            gpus=0,
-            gpu_slots=min(1, family_gpu_slots(_fam)),
-        conda:
-            f"{ENVS}/train.yaml"
-        shell:
-            "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-family {params.family} --config {CONFIG_JSON}"
-            " --threads {threads}{params.device} > {log} 2>&1"
->>>>>>> gpu
+        "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-family {wildcards.family:q} --config {input.config:q}"
+        " --threads {threads}{params.device} > {log:q} 2>&1"
 
 
 rule entropy_table:

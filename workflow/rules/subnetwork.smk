@@ -15,134 +15,98 @@ SUB_FAMILIES = sorted({j.run.family for j in SUB_JOBS})
 SUB_SETTINGS = SN.subnetwork_settings(config)
 CAUSE_SETTINGS = SN.causes_settings(config)
 CAUSE_TRAIN_FAMILIES = sorted({s.family for s in CAUSE_SETTINGS if s.source == "causes"})
-# subnetwork.job_per_run: one job per masked rerun (subnetwork_job_<...>, packed on GPUs);
+# subnetwork.job_per_run: one job per masked rerun (rule subnetwork_job, packed on GPUs);
 # the family job only stacks their rows.
 SUB_PER_RUN = bool((config.get("subnetwork") or {}).get("job_per_run", False))
 
 
-<<<<<<< HEAD
-rule subnetwork_family:
-    input:
-        base=f"{R}/base/{{family}}/metrics.json",
-        runs=lambda wildcards: trained(sorted({j.run for j in SUB_JOBS if j.run.family == wildcards.family})),
-        config=f"{R}/config/subnetwork/{{family}}.json",
-    output:
-        table=f"{R}/subnetwork/{{family}}/subnetwork.csv",
-    log:
-        f"{R}/logs/subnetwork/{{family}}.log",
-    benchmark:
-        f"{R}/benchmarks/subnetwork/{{family}}.tsv"
-    wildcard_constraints:
-        family="|".join(SUB_FAMILIES),
-    conda:
-        f"{ENVS}/train.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        gpus=0,
-    shell:
-        "OMP_NUM_THREADS={threads} rlsparsity subnetwork-family {wildcards.family:q}"
-        " --config {input.config:q} --out {output.table:q} > {log:q} 2>&1"
-=======
-def sub_job_name(j):
-    return re.sub(r"\W", "_", f"subnetwork_job_{j.run.rel}_{j.kind}")
+SUB_RUN = f"{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}"  # G.Run.rel as wildcards
 
 
 if SUB_PER_RUN:
-    for _j in SUB_JOBS:
 
-        rule:
-            name:
-                sub_job_name(_j)
-            input:
-                base=f"{base_folder(_j.run.family)}/metrics.json",
-                model=f"{run_dir(_j.run)}/model.safetensors",
-                record=f"{run_dir(_j.run)}/run.json",
-            output:
-                rows=f"{_j.dir(R)}/rows.csv",
-                model=f"{_j.dir(R)}/model.safetensors",
-                record=f"{_j.dir(R)}/run.json",
-            params:
-                args=(f"{_j.run.family} {_j.run.algorithm} --data {_j.run.data} --precision {_j.run.precision}"
-                      f" --seed {_j.run.seed} --kind {_j.kind}"),
-                env=gpu_env(_j.run.family),
-                device=family_device(_j.run.family),
-            log:
-                f"{R}/logs/subnetwork/{_j.run.rel}/{_j.kind}.log",
-            benchmark:
-                f"{R}/benchmarks/subnetwork/{_j.run.rel}/{_j.kind}.tsv"
-            threads: 1
-            resources:
-                mem_mb=4000,
-                runtime=120,
-                gpu_slots=min(1, family_gpu_slots(_j.run.family)),
-            conda:
-                f"{ENVS}/train.yaml"
-            shell:
-                "{params.env}OMP_NUM_THREADS={threads} rlsparsity subnetwork-job {params.args}"
-                " --config {CONFIG_JSON} --out {output.rows}{params.device} > {log} 2>&1"
-
-    for _fam in SUB_FAMILIES:
-
-        rule:
-            name:
-                f"subnetwork_{_fam}"
-            input:
-                [f"{j.dir(R)}/rows.csv" for j in SUB_JOBS if j.run.family == _fam],
-            output:
-                f"{R}/subnetwork/{_fam}/subnetwork.csv",
-            log:
-                f"{R}/logs/subnetwork/{_fam}.log",
-            benchmark:
-                f"{R}/benchmarks/subnetwork/{_fam}.tsv"
-            resources:
-                mem_mb=1000,
-                runtime=10,
-            conda:
-                f"{ENVS}/train.yaml"
-            shell:
-                "rlsparsity subnetwork-table {input} --out {output} > {log} 2>&1"
-
-
-for _fam in SUB_FAMILIES if not SUB_PER_RUN else []:
-    _jobs = [j for j in SUB_JOBS if j.run.family == _fam]
-    _full = sorted({j.run for j in _jobs})
-
-    rule:
-        name:
-            f"subnetwork_{_fam}"
+    # One job per masked rerun (SubJob.dir: R/subnetwork/<run>/<kind>), packed on GPUs; the
+    # family job only stacks their rows.
+    rule subnetwork_job:
         input:
-            base=f"{base_folder(_fam)}/metrics.json",
-            models=[f"{run_dir(r)}/model.safetensors" for r in _full],
-            records=[f"{run_dir(r)}/run.json" for r in _full],
+            base=f"{R}/base/{{family}}/metrics.json",
+            run=sub_full_run,
+            config=f"{R}/config/subnetwork_job/{{family}}__{{algorithm}}__{{data}}__{{precision}}__seed{{seed}}__{{kind}}.json",
         output:
-            table=f"{R}/subnetwork/{_fam}/subnetwork.csv",
-            models=[f"{j.dir(R)}/model.safetensors" for j in _jobs],
-            records=[f"{j.dir(R)}/run.json" for j in _jobs],
-            masks=[f"{j.dir(R)}/mask.safetensors" for j in _jobs],
-        params:
-            family=_fam,  # shell: is evaluated at job time, when the loop variable has moved on
-            settings=SUB_SETTINGS,
-            steps=config["train"]["steps"],
-            env=gpu_env(_fam),
-            device=family_device(_fam),
+            rows=f"{R}/subnetwork/{SUB_RUN}/{{kind}}/rows.csv",
+            model=f"{R}/subnetwork/{SUB_RUN}/{{kind}}/model.safetensors",
+            record=f"{R}/subnetwork/{SUB_RUN}/{{kind}}/run.json",
         log:
-            f"{R}/logs/subnetwork/{_fam}.log",
+            f"{R}/logs/subnetwork/{SUB_RUN}/{{kind}}.log",
         benchmark:
-            f"{R}/benchmarks/subnetwork/{_fam}.tsv"
+            f"{R}/benchmarks/subnetwork/{SUB_RUN}/{{kind}}.tsv"
+        wildcard_constraints:
+            family="|".join(SUB_FAMILIES),
+            kind="|".join(SN.MASK_KINDS),
+        conda:
+            f"{ENVS}/train.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+        params:
+            env=lambda wildcards: gpu_env(wildcards.family),
+            device=lambda wildcards: family_device(wildcards.family),
+        shell:
+            "{params.env}OMP_NUM_THREADS={threads} rlsparsity subnetwork-job {wildcards.family:q} "
+            "{wildcards.algorithm:q} --data {wildcards.data:q} --precision {wildcards.precision:q} "
+            "--seed {wildcards.seed:q} --kind {wildcards.kind:q} --config {input.config:q} "
+            "--out {output.rows:q}{params.device} > {log:q} 2>&1"
+
+    rule subnetwork_family:
+        input:
+            sub_job_rows,
+        output:
+            table=f"{R}/subnetwork/{{family}}/subnetwork.csv",
+        log:
+            f"{R}/logs/subnetwork/{{family}}.log",
+        benchmark:
+            f"{R}/benchmarks/subnetwork/{{family}}.tsv"
+        wildcard_constraints:
+            family="|".join(SUB_FAMILIES),
+        conda:
+            f"{ENVS}/train.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        shell:
+            "rlsparsity subnetwork-table {input:q} --out {output.table:q} > {log:q} 2>&1"
+
+else:
+
+    rule subnetwork_family:
+        input:
+            base=f"{R}/base/{{family}}/metrics.json",
+            runs=lambda wildcards: trained(sorted({j.run for j in SUB_JOBS if j.run.family == wildcards.family})),
+            config=f"{R}/config/subnetwork/{{family}}.json",
+        output:
+            table=f"{R}/subnetwork/{{family}}/subnetwork.csv",
+        log:
+            f"{R}/logs/subnetwork/{{family}}.log",
+        benchmark:
+            f"{R}/benchmarks/subnetwork/{{family}}.tsv"
+        wildcard_constraints:
+            family="|".join(SUB_FAMILIES),
+        conda:
+            f"{ENVS}/train.yaml"
         threads: 1
         resources:
             mem_mb=4000,
             runtime=120,
             gpus=0,
-            gpu_slots=min(1, family_gpu_slots(_fam)),
-        conda:
-            f"{ENVS}/train.yaml"
+            gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+        params:
+            env=lambda wildcards: gpu_env(wildcards.family),
+            device=lambda wildcards: family_device(wildcards.family),
         shell:
-            "{params.env}OMP_NUM_THREADS={threads} rlsparsity subnetwork-family {params.family}"
-            " --config {CONFIG_JSON} --out {output.table}{params.device} > {log} 2>&1"
->>>>>>> gpu
+            "{params.env}OMP_NUM_THREADS={threads} rlsparsity subnetwork-family {wildcards.family:q}"
+            " --config {input.config:q} --out {output.table:q}{params.device} > {log:q} 2>&1"
 
 
 rule subnetwork_table:

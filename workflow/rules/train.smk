@@ -10,15 +10,6 @@ import shlex
 
 from rlsparsity import samples as SAMPLES
 
-def train_gpu_slots(wildcards):
-    # packing: a 1-GPU job takes one of `--resources gpu_slots=N` (config gpu.slots_per_gpu per GPU)
-    return GPU.gpu_slots(config, wildcards.family, train_gpus(wildcards))
-
-
-def train_env(wildcards, resources):
-    return GPU.job_env(config, R) if int(resources.gpu or 0) == 1 else ""
-
-
 TRAIN_GROUP_BY = config["train"]["group_by"]
 
 
@@ -44,19 +35,14 @@ if not TRAIN_GROUP_BY:
             f"{R}/logs/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.log",
         benchmark:
             f"{R}/benchmarks/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.tsv"
-<<<<<<< HEAD
         conda:
             f"{ENVS}/train.yaml"
         threads: 1
         resources:
             mem_mb=4000,
             runtime=120,
-            # ppo and prime (algorithms/ppo.py, prime.py) are single-process: one GPU
-            gpu=lambda wildcards: (
-                min(family_gpus(wildcards.family), 1)
-                if wildcards.algorithm in ("ppo", "prime")
-                else family_gpus(wildcards.family)
-            ),
+            gpu=train_gpus,
+            gpu_slots=train_gpu_slots,
         params:
             # a params function that reads `resources` follows --set-resources train:gpu=N,
             # and Snakemake treats it as derived (not a rerun trigger)
@@ -68,28 +54,11 @@ if not TRAIN_GROUP_BY:
                 else "rlsparsity train"
             ),
             device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
+            env=train_env,
         shell:
-            "OMP_NUM_THREADS={threads} {params.launch} {wildcards.family:q} {wildcards.algorithm:q} "
+            "{params.env}OMP_NUM_THREADS={threads} {params.launch} {wildcards.family:q} {wildcards.algorithm:q} "
             "--data {wildcards.data:q} --precision {wildcards.precision:q} --seed {wildcards.seed:q} "
             "--samples {input.samples:q} --config {input.config:q}{params.device} > {log:q} 2>&1"
-=======
-        params:
-            launch=train_launch,
-            device=train_device,
-            env=train_env,
-        resources:
-            mem_mb=4000,
-            runtime=120,
-            gpu=train_gpus,
-            gpu_slots=train_gpu_slots,
-        threads: 1
-        conda:
-            f"{ENVS}/train.yaml"
-        shell:
-            "{params.env}OMP_NUM_THREADS={threads} {params.launch} {wildcards.family} {wildcards.algorithm} "
-            "--data {wildcards.data} --precision {wildcards.precision} --seed {wildcards.seed} "
-            "--config {CONFIG_JSON}{params.device} > {log} 2>&1"
->>>>>>> gpu
 
 else:
     _many = sorted({r.family for r in RUNS if family_gpus(r.family) > 1})
@@ -99,7 +68,6 @@ else:
             "ask for several GPUs (accelerate launch per run): set train.group_by: []"
         )
 
-<<<<<<< HEAD
     # One job per group of runs. Asking for one run's files (or -R on the group's
     # manifest) runs its whole group.
     rule train_group:
@@ -120,12 +88,14 @@ else:
             mem_mb=4000,
             runtime=lambda wildcards: 30 * len(group_runs_of(wildcards)),
             gpu=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
+            gpu_slots=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
         params:
             key=lambda wildcards: CS.group_key_of(config, wildcards.group),
             files=lambda wildcards: [f for r in group_runs_of(wildcards) for f in run_files(r)],
             device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
+            env=lambda wildcards, resources: GPU.job_env(config, R) if int(resources.gpu or 0) > 0 else "",
         shell:
-            "(OMP_NUM_THREADS={threads} rlsparsity train-group --group {params.key:q} "
+            "({params.env}OMP_NUM_THREADS={threads} rlsparsity train-group --group {params.key:q} "
             "--samples {input.samples:q} --config {input.config:q}{params.device} && "
             "rlsparsity manifest {output.manifest:q} {params.files:q}) > {log:q} 2>&1"
 
@@ -152,42 +122,15 @@ rule preference_samples:
         mem_mb=4000,
         runtime=60,
         gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
+        gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
     params:
         device=lambda wildcards, resources: "cuda" if int(resources.gpu or 0) > 0 else "cpu",
+        env=lambda wildcards, resources: GPU.job_env(config, R) if int(resources.gpu or 0) > 0 else "",
     shell:
-        "OMP_NUM_THREADS={threads} rlsparsity preference-samples --config {input.config:q} "
+        "{params.env}OMP_NUM_THREADS={threads} rlsparsity preference-samples --config {input.config:q} "
         "--family {wildcards.family:q} --precision {wildcards.precision:q} --seed {wildcards.seed} "
         "--n-prompts {wildcards.n_prompts} --k {wildcards.k} --device {params.device} "
         "--out {output.samples:q} > {log:q} 2>&1"
-=======
-        rule:
-            name:
-                "train_" + group_slug(_key)
-            input:
-                base=[f"{R}/base/{f}/metrics.json" for f in _fams],
-            output:
-                model=[f"{run_dir(r)}/model.safetensors" for r in _runs],
-                record=[f"{run_dir(r)}/run.json" for r in _runs],
-            log:
-                f"{R}/logs/train/groups/{group_slug(_key)}.log",
-            benchmark:
-                f"{R}/benchmarks/train/groups/{group_slug(_key)}.tsv"
-            params:
-                group=_key,
-                device=" --device cuda" if _gpus else "",
-                env=GPU.job_env(config, R) if _gpus else "",
-            resources:
-                mem_mb=4000,
-                runtime=30 * len(_runs),
-                gpu=min(1, _gpus),
-                gpu_slots=min(1, _gpus),
-            threads: 1
-            conda:
-                f"{ENVS}/train.yaml"
-            shell:
-                "{params.env}OMP_NUM_THREADS={threads} rlsparsity train-group --group '{params.group}' "
-                "--config {CONFIG_JSON}{params.device} > {log} 2>&1"
->>>>>>> gpu
 
 
 rule accuracy_table:
