@@ -329,3 +329,24 @@ def test_entropy_kept_normaliser_with_several_steps_per_generation(random_base, 
     masked_sum = -float((A * sel).sum())
     assert all_l == pytest.approx(masked_sum / N, abs=1e-6)   # TRL: 4N / 4 tokens
     assert kept_l == pytest.approx(masked_sum / K, abs=1e-6)  # Eq. 6: kept tokens of this batch
+
+
+def test_entropy_run_command_needs_precision_and_seed_when_the_config_has_several(tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Found on the H200: with 2 seeds every tag names 2 runs, and `entropy-run FAMILY TAG` alone
+    refused all six runs. The rule now passes --precision/--seed; without them the command says
+    the tag is ambiguous (one line, exit 2), and an unknown tag is 'not in the config'."""
+    from rlsparsity.cli import main
+
+    cfg = yaml.safe_load((REPO / "config" / "smollm2-gpu.yaml").read_text())
+    cfg["results"] = str(tmp_path / "res")
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["entropy-run", "smollm2-135m", "rho0.2-top-kept", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ambiguous" in err[0] and "--seed 2" in err[0]
+    assert main(["entropy-run", "smollm2-135m", "rho0.3-top-kept", "--precision", "bf16", "--seed", "1",
+                 "--config", str(path)]) == 2
+    assert "not in the config" in capsys.readouterr().err
+    rule = (REPO / "workflow" / "rules" / "entropy.smk").read_text()
+    assert "--precision {wildcards.precision:q} --seed {wildcards.seed:q}" in rule

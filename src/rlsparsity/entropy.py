@@ -348,10 +348,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
 
     cfg = load_config(args.config)
-    runs = [r for r in expand_entropy_runs(cfg, args.family) if r.tag == args.tag]
+    runs = [r for r in expand_entropy_runs(cfg, args.family)
+            if r.tag == args.tag and (args.seed is None or r.seed == args.seed)
+            and (args.precision is None or r.precision == args.precision)]
     if len(runs) != 1:
-        known = sorted(r.tag for r in expand_entropy_runs(cfg, args.family))
-        raise ValueError(f"entropy run {args.family}/{args.tag} is not in the config (known: {known})")
+        known = sorted({f"{r.tag} --precision {r.precision} --seed {r.seed}" for r in expand_entropy_runs(cfg, args.family)})
+        what = "is not in the config" if not runs else "is ambiguous (give --precision and --seed)"
+        from rlsparsity.cli import CLIError
+
+        raise CLIError(f"entropy run {args.family}/{args.tag} {what} (known: {known})")
     rec = train_entropy_run(runs[0], cfg, Path(cfg["results"]), args.device)
     print(json.dumps({k: rec.get(k) for k in ("acc_base", "acc_trained", "kept_fraction", "seconds_per_step")}))
     return 0
@@ -392,6 +397,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("entropy-run", help="train one entropy run of a family (config entropy.job_per_run)")
     p.add_argument("family")
     p.add_argument("tag", help="e.g. rho0.2-top-kept (EntropyRun.tag)")
+    p.add_argument("--precision", default=None, help="the run's precision (needed when the config has several)")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (needed when the config has several)")
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_run)

@@ -21,7 +21,7 @@ SITE=/tmp/site
 STAGE=/tmp/rls-stage
 CONFIG=${CONFIG:-config/smollm2-gpu.yaml}
 RESULTS=${RESULTS:-results/smollm2-gpu}
-SLOTS=${SLOTS:-12}
+SLOTS=${SLOTS:-8}
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
 export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \

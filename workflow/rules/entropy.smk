@@ -48,6 +48,7 @@ if ENTROPY_PER_RUN:
             device=lambda wildcards: family_device(wildcards.family),
         shell:
             "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-run {wildcards.family:q} {wildcards.tag:q}"
+            " --precision {wildcards.precision:q} --seed {wildcards.seed:q}"
             " --config {input.config:q}{params.device} > {log:q} 2>&1"
 
 

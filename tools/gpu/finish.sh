@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# ON THE GPU MACHINE, the last call of a lease that the DAG cannot finish in: wait up to WAIT_S
+# for the DAG, stop it, diff (+ rank on the GPU) every finished run against the base, overlap of
+# seed pairs, then `remote.sh collect`. Used for the partial H200 run in docs/smollm2/.
+#   bash tools/gpu/finish.sh 390
+set -u
+WAIT_S=${1:-400}
+R=${RESULTS:-results/smollm2-gpu}
+export PYTHONPATH="/tmp/site:$(pwd)/src" PATH="/tmp/site/bin:$PATH" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1
+t0=$SECONDS
+while [ -f /tmp/rls-dag.pid ] && kill -0 "$(cat /tmp/rls-dag.pid)" 2>/dev/null && (( SECONDS - t0 < WAIT_S )); do
+  sleep 30; echo "[$(date +%T)] run.json: $(find "$R/runs" "$R/entropy" "$R/subnetwork" -name run.json 2>/dev/null | wc -l)"
+done
+# stop the DAG and its jobs (patterns that do not match this script's own command line)
+pkill -TERM -f "snakemake --profile"; sleep 2; pkill -TERM -f "rlsparsity.cli"; sleep 3; pkill -KILL -f "rlsparsity.cli"
+B=$R/base/smollm2-135m
+n=0
+for d in $(find "$R/runs" -name run.json -printf '%h\n' | sort); do
+  [ -f "$d/model.safetensors" ] || continue
+  mkdir -p "$d/diff"
+  ( rlsparsity diff "$B" "$d" --out "$d/diff" --json --threads 4 --quiet > "$d/diff/diff.json" 2> "$d/diff/diff.err"
+    rlsparsity rank "$B" "$d" --json --quiet --device cuda > "$d/diff/rank.json" 2> "$d/diff/rank.err" ) &
+  n=$((n+1)); (( n % 4 == 0 )) && wait
+done; wait
+for d1 in $(find "$R/runs" -type d -name seed1); do d2=${d1%seed1}seed2
+  [ -f "$d1/diff/mask.safetensors" ] && [ -f "$d2/diff/mask.safetensors" ] && \
+    rlsparsity overlap "$d1/diff" "$d2/diff" --json > "$d1/diff/overlap_seed2.json" 2>&1
+done
+echo "diffed $n runs in $((SECONDS - t0)) s total"
+bash tools/gpu/remote.sh collect
