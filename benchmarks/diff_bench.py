@@ -162,7 +162,8 @@ def main() -> int:
                 "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
         rows.append(("(a) rlsparsity diff", measure(diff, env)))
         if not args.skip_paper:
-            rows.append(("(b) paper script (HF load + isclose)", measure([sys.executable, "-c", PAPER, base, tuned], env)))
+            paper_cmd = [sys.executable, "-c", PAPER, base, tuned]
+            rows.append(("(b) paper script (HF load + isclose)", measure(paper_cmd, env)))
         summary = json.loads(rows[1][1][3])
         print(f"\nrlsparsity: n_params={summary['n_params']} sparsity={summary['sparsity']}")
         if not args.skip_paper:

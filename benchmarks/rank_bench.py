@@ -89,10 +89,13 @@ def main() -> int:
         rows.append({"matrix": name, "shape": list(shape), "rank_fast": fast.rank, "rank_matrix_rank": ref,
                      "method": fast.method, "t_fast": t_fast, "t_matrix_rank": t_ref, "dist": dist, "noise": noise,
                      "rank_gram": rank_gram})
-        print(f"{name:10s} {shape[0]:6d}x{shape[1]:<6d} rank {fast.rank:5d} ({fast.method}) fast {t_fast:7.3f}s"
-              + (f"  matrix_rank {ref:5d} {t_ref:7.3f}s" if ref is not None else "")
-              + (f"  dist {dist:.4f} gram-count {rank_gram}" if dist is not None else "") + (f"  noise {noise:.5f}" if noise is not None else ""),
-              flush=True)
+        print(
+            f"{name:10s} {shape[0]:6d}x{shape[1]:<6d} rank {fast.rank:5d} ({fast.method}) fast {t_fast:7.3f}s"
+            + (f"  matrix_rank {ref:5d} {t_ref:7.3f}s" if ref is not None else "")
+            + (f"  dist {dist:.4f} gram-count {rank_gram}" if dist is not None else "")
+            + (f"  noise {noise:.5f}" if noise is not None else ""),
+            flush=True,
+        )
     tf = sum(r["t_fast"] for r in rows)
     print(f"\ndevice {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}; {len(rows)} matrices")
     print(f"fast path total {tf:.2f}s ({sum(r['method'] == 'svd' for r in rows)} SVD fallbacks)")
@@ -101,14 +104,18 @@ def main() -> int:
         print(f"matrix_rank total {tr:.2f}s; speedup {tr / tf:.1f}x; rank mismatches: {mismatches}")
     noises = [r["noise"] for r in rows if r["noise"] is not None]
     if noises:
-        print(f"fp32 SVD noise near tau over {len(noises)} matrices: max {max(noises):.5f} tau, "
-              f"median {sorted(noises)[len(noises) // 2]:.5f} tau")
+        print(
+            f"fp32 SVD noise near tau over {len(noises)} matrices: max {max(noises):.5f} tau, "
+            f"median {sorted(noises)[len(noises) // 2]:.5f} tau"
+        )
     if not args.skip_reference:
         for m in (0.01, 0.02, 0.05, 0.1, 0.2):  # what-if: fallback iff dist <= m (noise term ignored)
             fb = [r for r in rows if r["dist"] is not None and r["dist"] <= m]
             bad = sum((r["dist"] is None or r["dist"] > m) and r["rank_matrix_rank"] != r["rank_gram"] for r in rows)
-            print(f"what-if margin {m:4.2f}: {len(fb):3d} fallbacks, ~{len(fb)} x matrix_rank = "
-                  f"{sum(r['t_matrix_rank'] for r in fb):6.2f}s extra, mismatches: {bad}")
+            print(
+                f"what-if margin {m:4.2f}: {len(fb):3d} fallbacks, ~{len(fb)} x matrix_rank = "
+                f"{sum(r['t_matrix_rank'] for r in fb):6.2f}s extra, mismatches: {bad}"
+            )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
     return 1 if mismatches else 0

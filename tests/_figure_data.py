@@ -46,7 +46,7 @@ def rank() -> pd.DataFrame:
     for fam in FAMS:
         for alg in ALGS:
             for seed in (1, 2):
-                for k, mt in enumerate(["q", "k", "v", "o", "up", "down", "embed"]):
+                for mt in ["q", "k", "v", "o", "up", "down", "embed"]:
                     mr = 64
                     r = int(min(mr, rng.integers(60, 65)))
                     rows.append({"family": fam, "algorithm": alg, "data": "on_policy", "precision": "bf16",
@@ -118,13 +118,25 @@ def subnetwork() -> pd.DataFrame:
         for alg in ("dpo", "grpo"):
             for mask, acc, agree in (("subnetwork", 0.31, 0.93), ("random", 0.22, 0.4)):
                 for t in (0.0, 1e-5, 1e-4):
-                    rows.append({"family": fam, "algorithm": alg, "seed": 1, "precision": "bf16", "mask": mask,
-                                 "acc_base": 0.25, "acc_full": 0.30, "acc_subnetwork": acc, "tolerance": t,
-                                 "agreement": min(1.0, agree + (0.07 if t >= 1e-4 else 0) - (0.1 if t == 0 else 0)),
-                                 "agreement_on_mask": min(1.0, agree + (0.05 if t >= 1e-4 else 0) - 0.02 * (alg == "dpo")),
-                                 "sparsity_subnetwork": 0.9 if mask == "subnetwork" else 0.93,
-                                 "correct_base": bits(0.25), "correct_full": bits(0.30),
-                                 "correct_subnetwork": bits(acc)})
+                    rows.append(
+                        {
+                            "family": fam,
+                            "algorithm": alg,
+                            "seed": 1,
+                            "precision": "bf16",
+                            "mask": mask,
+                            "acc_base": 0.25,
+                            "acc_full": 0.30,
+                            "acc_subnetwork": acc,
+                            "tolerance": t,
+                            "agreement": min(1.0, agree + (0.07 if t >= 1e-4 else 0) - (0.1 if t == 0 else 0)),
+                            "agreement_on_mask": min(1.0, agree + (0.05 if t >= 1e-4 else 0) - 0.02 * (alg == "dpo")),
+                            "sparsity_subnetwork": 0.9 if mask == "subnetwork" else 0.93,
+                            "correct_base": bits(0.25),
+                            "correct_full": bits(0.30),
+                            "correct_subnetwork": bits(acc),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -133,44 +145,107 @@ def causes() -> pd.DataFrame:
     for prec in ("bf16", "fp32"):
         d = 0 if prec == "bf16" else 0.6
         for seed in (1, 2):
-            for ab, alg, st, s in (("dpo_data", "dpo", "on_policy", 0.85), ("dpo_data", "dpo", "off_policy", 0.4),
-                                   ("grpo_kl", "grpo", "kl_on", 0.8), ("grpo_kl", "grpo", "kl_off", 0.79),
-                                   ("ppo_kl", "ppo", "kl_on", 0.6), ("ppo_kl", "ppo", "kl_off", 0.61),
-                                   ("sft_data", "sft", "on_policy", 0.9), ("sft_data", "sft", "off_policy", 0.1)):
-                rows.append({"family": "llama", "ablation": ab, "setting": st, "precision": prec, "algorithm": alg,
-                             "seed": seed, "sparsity": max(0.0, s - d + 0.002 * seed)})
+            for ab, alg, st, s in (
+                ("dpo_data", "dpo", "on_policy", 0.85),
+                ("dpo_data", "dpo", "off_policy", 0.4),
+                ("grpo_kl", "grpo", "kl_on", 0.8),
+                ("grpo_kl", "grpo", "kl_off", 0.79),
+                ("ppo_kl", "ppo", "kl_on", 0.6),
+                ("ppo_kl", "ppo", "kl_off", 0.61),
+                ("sft_data", "sft", "on_policy", 0.9),
+                ("sft_data", "sft", "off_policy", 0.1),
+            ):
+                rows.append(
+                    {
+                        "family": "llama",
+                        "ablation": ab,
+                        "setting": st,
+                        "precision": prec,
+                        "algorithm": alg,
+                        "seed": seed,
+                        "sparsity": max(0.0, s - d + 0.002 * seed),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def entropy() -> pd.DataFrame:
     rows = []
     for seed in (1, 2):
-        for rho, variant, acc, kept in ((0.1, "top", 0.30, 0.1), (0.2, "top", 0.33, 0.2), (0.5, "top", 0.31, 0.5),
-                                        (1.0, "top", 0.30, 1.0), (0.8, "bottom", 0.2, 0.8)):
+        for rho, variant, acc, kept in (
+            (0.1, "top", 0.30, 0.1),
+            (0.2, "top", 0.33, 0.2),
+            (0.5, "top", 0.31, 0.5),
+            (1.0, "top", 0.30, 1.0),
+            (0.8, "bottom", 0.2, 0.8),
+        ):
             for norm in ("kept", "all"):
-                rows.append({"family": "llama", "rho": rho, "variant": variant, "normaliser": norm, "seed": seed,
-                             "precision": "bf16", "acc_base": 0.25, "acc_trained": acc, "kept_fraction": kept,
-                             "sparsity": 0.9 - 0.1 * rho, "o1": 0.5, "o2": 0.5, "o1_random": 0.2,
-                             "o2_random": 0.2, "correct_base": bits(0.25), "correct_trained": bits(acc)})
+                rows.append(
+                    {
+                        "family": "llama",
+                        "rho": rho,
+                        "variant": variant,
+                        "normaliser": norm,
+                        "seed": seed,
+                        "precision": "bf16",
+                        "acc_base": 0.25,
+                        "acc_trained": acc,
+                        "kept_fraction": kept,
+                        "sparsity": 0.9 - 0.1 * rho,
+                        "o1": 0.5,
+                        "o2": 0.5,
+                        "o1_random": 0.2,
+                        "o2_random": 0.2,
+                        "correct_base": bits(0.25),
+                        "correct_trained": bits(acc),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def entropy_stats() -> pd.DataFrame:
     """The entropy stage's wide layout (rlsparsity.entropy.STATS_COLUMNS)."""
     rows = []
-    for fam, model, shift, ov in (("llama", "base", 0.0, 1.0), ("llama", "top0.2", -0.2, 0.8),
-                                  ("llama", "all", -0.3, 0.7), ("qwen2", "base", 0.0, 1.0)):
-        rows.append({"family": fam, "model": model, "rho": None if model == "base" else 0.2,
-                     "variant": None if model == "base" else "top", "normaliser": "kept", "seed": 1,
-                     "precision": "bf16", "n_responses": 256, "n_tokens": 8000, "mean_entropy": 1.9 + shift,
-                     "frac_below_1e-2": 0.02, "p80_entropy": 3.07 + shift, "top20_overlap_with_base": ov,
-                     "top20_jaccard_with_base": ov - 0.1, "forking_tokens": '"a":3/4'})
+    for fam, model, shift, ov in (
+        ("llama", "base", 0.0, 1.0),
+        ("llama", "top0.2", -0.2, 0.8),
+        ("llama", "all", -0.3, 0.7),
+        ("qwen2", "base", 0.0, 1.0),
+    ):
+        rows.append(
+            {
+                "family": fam,
+                "model": model,
+                "rho": None if model == "base" else 0.2,
+                "variant": None if model == "base" else "top",
+                "normaliser": "kept",
+                "seed": 1,
+                "precision": "bf16",
+                "n_responses": 256,
+                "n_tokens": 8000,
+                "mean_entropy": 1.9 + shift,
+                "frac_below_1e-2": 0.02,
+                "p80_entropy": 3.07 + shift,
+                "top20_overlap_with_base": ov,
+                "top20_jaccard_with_base": ov - 0.1,
+                "forking_tokens": '"a":3/4',
+            }
+        )
     return pd.DataFrame(rows)
 
 
-ALL = {"sparsity": sparsity, "rank": rank, "overlap": overlap, "layers": layers, "dynamics": dynamics,
-       "accuracy": accuracy, "subnetwork": subnetwork, "causes": causes, "entropy": entropy,
-       "entropy_stats": entropy_stats}
+ALL = {
+    "sparsity": sparsity,
+    "rank": rank,
+    "overlap": overlap,
+    "layers": layers,
+    "dynamics": dynamics,
+    "accuracy": accuracy,
+    "subnetwork": subnetwork,
+    "causes": causes,
+    "entropy": entropy,
+    "entropy_stats": entropy_stats,
+}
 
 
 def write_all(folder: Path, names: list[str] | None = None) -> dict[str, Path]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _analysis_util import SRC, save_model
+
 from rlsparsity.analysis.dynamics import run_dynamics
 from rlsparsity.analysis.layers import layer_table, parse_name
 from rlsparsity.analysis.tables import analyze_family, overlap_pairs
@@ -145,16 +145,20 @@ def test_analyze_family_tables_exact(tmp_path):
     top = ov[("seed", "topk:0.1")]  # top 2 of 20 by |Δ|: s1 {2, 3} (values 3, 4), s2 {3, 4} (values 2, 3)
     assert float(top["o1"]) == 1 / 2 and float(top["jaccard"]) == 1 / 3
     rank = {(r["algorithm"], r["seed"]): (r["rank"], r["max_rank"]) for r in _read(paths["rank"])}
-    assert rank == {("grpo", "1"): ("1", "4"), ("grpo", "2"): ("1", "4"), ("dpo", "1"): ("2", "4")}  # rows: 0 | 0 | 0, 3
+    # rows: 0 | 0 | 0, 3
+    assert rank == {("grpo", "1"): ("1", "4"), ("grpo", "2"): ("1", "4"), ("dpo", "1"): ("2", "4")}
     layers = [r for r in _read(paths["layers"]) if r["algorithm"] == "dpo" and r["tolerance"] == "0.0"]
     assert [(r["layer"], r["matrix_type"], float(r["sparsity"])) for r in layers] == [("0", "up", 1 - 2 / 20)]
-    dyn = {(r["algorithm"], r["seed"], r["point"], r["quantity"], r["tolerance"]): float(r["value"])
-           for r in _read(paths["dynamics"])}
+    dyn = {
+        (r["algorithm"], r["seed"], r["point"], r["quantity"], r["tolerance"]): float(r["value"])
+        for r in _read(paths["dynamics"])
+    }
     assert dyn[("grpo", "2", "step-000005", "sparsity", "0.0")] == 1.0
     assert dyn[("grpo", "2", "final", "final_subnetwork", "0.0")] == 3 / 20
     assert dyn[("grpo", "2", "final", "updated_then_cancelled", "0.0")] == 0.0
-    summary = json.loads((tmp_path / "results" / "diff" / "fam" / "grpo" / "on_policy" / "bf16" / "seed2" /
-                          "summary.json").read_text())
+    summary = json.loads(
+        (tmp_path / "results" / "diff" / "fam" / "grpo" / "on_policy" / "bf16" / "seed2" / "summary.json").read_text()
+    )
     assert summary["changed"] == {"0": 3, "1e-05": 3}
 
 
@@ -179,26 +183,68 @@ def test_snakemake_analysis_and_public_pairs(tmp_path):
     envs = tmp_path / "envs"  # conda is not used here; the directive only needs a file to record
     envs.mkdir()
     (envs / "analysis.yaml").write_text("name: analysis\ndependencies: []\n")
-    sf.write_text(SNAKEFILE.format(src=SRC, results=str(results), runs=[str(r) for r in runs], envs=str(envs),
-                                   common=str(ROOT / "workflow/rules/common.smk"),
-                                   analysis=str(ROOT / "workflow/rules/analysis.smk")))
+    sf.write_text(
+        SNAKEFILE.format(
+            src=SRC,
+            results=str(results),
+            runs=[str(r) for r in runs],
+            envs=str(envs),
+            common=str(ROOT / "workflow/rules/common.smk"),
+            analysis=str(ROOT / "workflow/rules/analysis.smk"),
+        )
+    )
     pairs = tmp_path / "pairs.yaml"
-    pairs.write_text(json.dumps({"pairs": [{"name": "local", "algorithm": "grpo", "base": str(b),
-                                            "tuned": str(runs[0]), "paper_sparsity": 68.5}]}))
+    pairs.write_text(
+        json.dumps(
+            {
+                "pairs": [
+                    {
+                        "name": "local",
+                        "algorithm": "grpo",
+                        "base": str(b),
+                        "tuned": str(runs[0]),
+                        "paper_sparsity": 68.5,
+                    }
+                ]
+            }
+        )
+    )
     shim = tmp_path / "bin" / "rlsparsity"  # stands in for the installed console script
     shim.parent.mkdir()
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m rlsparsity.analysis.cli \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m rlsparsity.analysis.cli "$@"\n')
     shim.chmod(0o755)
-    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": SRC,
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": SRC,
+        "OMP_NUM_THREADS": "1",
+    }
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    p = subprocess.run([snakemake, "-s", str(sf), "-d", str(tmp_path), "--cores", "2", "analysis", "public_pairs",
-                        "--config", f"public_pairs={pairs}"], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            snakemake,
+            "-s",
+            str(sf),
+            "-d",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "analysis",
+            "public_pairs",
+            "--config",
+            f"public_pairs={pairs}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     for t in ("sparsity", "rank", "overlap", "layers", "dynamics"):
         assert (results / "tables" / f"{t}.csv").exists()
     assert len(_read(results / "tables" / "sparsity.csv")) == 3 * 5
     pp = _read(results / "tables" / "public_pairs.csv")
     assert [(r["pair"], float(r["paper_sparsity"]), float(r["sparsity_1e-05"])) for r in pp] == [
-        ("local", 68.5, 1 - 4 / 20)]
+        ("local", 68.5, 1 - 4 / 20)
+    ]
     assert (results / "benchmarks" / "analysis" / "fam.tsv").exists()

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +51,7 @@ def test_dry_run_of_the_full_default_grid(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     counts = job_counts(r.stdout)
     from rlsparsity.config import load_config
-    from rlsparsity.grid import expand_runs
-
-    from rlsparsity.grid import group_runs
+    from rlsparsity.grid import expand_runs, group_runs
 
     c = load_config(cfg)
     runs = expand_runs(c)

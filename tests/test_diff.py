@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _analysis_util import run_cli, save_model
+
 from rlsparsity.analysis import diff as D
 from rlsparsity.analysis import kernel as K
 from rlsparsity.analysis.io import load_mask, open_checkpoint
@@ -200,7 +200,8 @@ def test_topk_mask_exact(tmp_path, p, expected):
 
     base = torch.zeros(8)
     tuned = torch.tensor([0.0, -4.0, 2.0, 2.0, 0.5, 0.0, 1.0, 8.0])  # p=0.5: k=4, ties at 2.0 both in
-    b, t = open_checkpoint(save_model(tmp_path / "b", {"w": base})), open_checkpoint(save_model(tmp_path / "t", {"w": tuned}))
+    b = open_checkpoint(save_model(tmp_path / "b", {"w": base}))
+    t = open_checkpoint(save_model(tmp_path / "t", {"w": tuned}))
     stream, shapes = D.delta_stream(b, t)
     info = topk_mask(stream, p, shapes, tmp_path / "top.safetensors")
     assert load_mask(tmp_path / "top.safetensors")["w"].int().tolist() == expected

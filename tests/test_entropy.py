@@ -263,7 +263,8 @@ def test_end_to_end_kept_fraction_logged_and_loss_differs_from_full(random_base,
     assert first["top"]["reward"] == first["full"]["reward"] and first["top"]["reward_std"] > 0  # same batch
     assert first["top"]["loss"] != pytest.approx(first["full"]["loss"], abs=1e-6)
     assert first["bottom"]["loss"] != pytest.approx(first["full"]["loss"], abs=1e-6)
-    a, b = load_file(str(tmp_path / "top" / "model.safetensors")), load_file(str(tmp_path / "full" / "model.safetensors"))
+    a = load_file(str(tmp_path / "top" / "model.safetensors"))
+    b = load_file(str(tmp_path / "full" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert out["top"]["hparams"]["top_entropy_quantile"] == 0.2 and out["bottom"]["hparams"]["variant"] == "bottom"
 
@@ -278,12 +279,24 @@ def test_entropy_family_job_writes_both_tables(random_base, task, tmp_path):
     shutil.copytree(random_base, res / "base" / "llama")
     (res / "base" / "llama" / "metrics.json").write_text(json.dumps({"accuracy": 0.0}))
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg.update(results=str(res), families={"llama": {}},
-               task={"name": "tiny_arith", "n_train": 200, "n_test": 16, "seed": 7},
-               train={**cfg["train"], "eval_n": 16})
-    cfg["entropy"] = {"families": ["llama"], "rhos": [0.2, 1.0], "variants": ["top"], "normalisers": ["kept"],
-                      "seeds": [1], "steps": 2, "checkpoint_every": 2, "stats_prompts": 4, "stats_samples": 2,
-                      "hparams": {"batch_size": 8, "num_generations": 4}}
+    cfg.update(
+        results=str(res),
+        families={"llama": {}},
+        task={"name": "tiny_arith", "n_train": 200, "n_test": 16, "seed": 7},
+        train={**cfg["train"], "eval_n": 16},
+    )
+    cfg["entropy"] = {
+        "families": ["llama"],
+        "rhos": [0.2, 1.0],
+        "variants": ["top"],
+        "normalisers": ["kept"],
+        "seeds": [1],
+        "steps": 2,
+        "checkpoint_every": 2,
+        "stats_prompts": 4,
+        "stats_samples": 2,
+        "hparams": {"batch_size": 8, "num_generations": 4},
+    }
     for k in ("subnetwork", "causes"):
         cfg.pop(k, None)
     from rlsparsity.config import validate_config
@@ -312,8 +325,14 @@ def test_dag_entropy_target_dry_run(tmp_path):
     p = tmp_path / "config.json"  # JSON: YAML 1.1 would read a dumped 1e-05 as a string
     p.write_text(json.dumps(cfg))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([str(BIN / "snakemake"), "--nolock", "-n", "--configfile", str(p), "--cores", "2", "entropy"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(BIN / "snakemake"), "--nolock", "-n", "--configfile", str(p), "--cores", "2", "entropy"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     fams = cfg["entropy"]["families"]
     for f in fams:
@@ -324,8 +343,12 @@ def test_dag_entropy_target_dry_run(tmp_path):
 
 
 def test_entropy_stage_task_and_its_own_bases():
-    cfg = {"results": "res", "task": {"name": "tiny_arith", "n_train": 10, "n_test": 5, "seed": 1},
-           "families": {"llama": {}}, "entropy": {"families": ["llama"]}}
+    cfg = {
+        "results": "res",
+        "task": {"name": "tiny_arith", "n_train": 10, "n_test": 5, "seed": 1},
+        "families": {"llama": {}},
+        "entropy": {"families": ["llama"]},
+    }
     assert E.entropy_config(cfg) is cfg and E.entropy_base_dir(cfg, "llama") == Path("res/base/llama")
     cfg["entropy"]["task"] = "tiny_column_add"
     ec = E.entropy_config(cfg)

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _figure_data as D
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-import _figure_data as D
 from rlsparsity.figures import FIGURES, families, figures_for, paper
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +69,14 @@ def test_precision_decomposition_sums_to_100(tmp_path):
     t = p.data["table"]
     np.testing.assert_allclose(t[["unchanged", "below_half_ulp", "changed"]].sum(axis=1), 100.0)
     row = t[(t["algorithm"] == "ppo") & (t["precision"] == "fp32")].iloc[0]
-    assert row["below_half_ulp"] == pytest.approx(60.0) and row["unchanged"] == pytest.approx(1.0)  # (2 % + 0 %) / 2 families
+    assert row["below_half_ulp"] == pytest.approx(60.0) and row["unchanged"] == pytest.approx(
+        1.0
+    )  # (2 % + 0 %) / 2 families
     # stacked bars: first len(t) patches are "unchanged", next "below", then "changed"
     h = _bars(p.axes[0])
     n = len(t)
     np.testing.assert_allclose(h[:n], t["unchanged"])
-    np.testing.assert_allclose(h[n:2 * n], t["below_half_ulp"])
+    np.testing.assert_allclose(h[n : 2 * n], t["below_half_ulp"])
 
 
 def test_layers_heatmap(tmp_path):
@@ -203,8 +205,7 @@ def test_entropy_distribution_reads_the_stage_layout_and_long_form(tmp_path):
     assert s["base"]["p80"] == pytest.approx(3.07) and s["base"]["frac_below_001"] == pytest.approx(2.0)
     assert s["top0.2"]["overlap"] == pytest.approx(80.0) and s["base"]["mean"] == pytest.approx(1.9)
     assert p.data["cdf"]["base"] == [(0.01, pytest.approx(2.0)), (pytest.approx(3.07), 80.0)]
-    long = pd.DataFrame({"model": ["m"] * 3, "statistic": ["p50", "p80", "frac_below_0.01"],
-                         "value": [0.1, 0.7, 0.5]})
+    long = pd.DataFrame({"model": ["m"] * 3, "statistic": ["p50", "p80", "frac_below_0.01"], "value": [0.1, 0.7, 0.5]})
     e = entropy_summary(long)["m"]
     assert e["p80"] == 0.7 and e["frac_below_001"] == 50.0 and e["quantiles"] == [(0.5, 0.1), (0.8, 0.7)]
 
@@ -252,7 +253,11 @@ def test_summary_verdicts_follow_the_tables(tmp_path):
     assert v["Most tokens are low-entropy (80/20 premise)"] == FAILS  # 2–3 % < 40 % (paper 50.64 %)
     assert v["The entropy mask is active (kept fraction ≈ ρ)"] == HOLDS
     assert v["Subnetworks of different data overlap above chance"] == NODATA
-    assert "| dpo | 81.4 / 95.2 |" in md and "## Verdicts" in md and "[sparsity_heatmap](figures/sparsity_heatmap.png)" in md
+    assert (
+        "| dpo | 81.4 / 95.2 |" in md
+        and "## Verdicts" in md
+        and "[sparsity_heatmap](figures/sparsity_heatmap.png)" in md
+    )
     assert "200 held-out problems per evaluation" in md and "~200" not in md
     assert "| bf16 | dpo | 25.0% | 31.5% | 6.5 pts [" in md  # accuracy table carries the bootstrap interval
     # change the data, the verdict follows: fp32 sparse too -> holds; fp32 dense -> depends on precision
@@ -273,15 +278,27 @@ def test_summary_verdicts_follow_the_tables(tmp_path):
 def test_cli_figures_and_summary(tmp_path):
     tables = D.write_all(tmp_path / "tables", ["sparsity", "overlap"])
     cli = [sys.executable, "-m", "rlsparsity.cli"]
-    r = subprocess.run(cli + ["figures", "sparsity", str(tables["sparsity"]), "--out-dir", str(tmp_path / "f")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        cli + ["figures", "sparsity", str(tables["sparsity"]), "--out-dir", str(tmp_path / "f")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(x.name for x in (tmp_path / "f").iterdir()) == [
-        "precision_decomposition.png", "sparsity_heatmap.png", "sparsity_tolerance.png"]
-    r = subprocess.run(cli + ["figures", "subnetwork", str(tables["sparsity"]), "--out-dir", str(tmp_path / "f")],
-                       capture_output=True, text=True)
+        "precision_decomposition.png",
+        "sparsity_heatmap.png",
+        "sparsity_tolerance.png",
+    ]
+    r = subprocess.run(
+        cli + ["figures", "subnetwork", str(tables["sparsity"]), "--out-dir", str(tmp_path / "f")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "needs tables ['subnetwork']" in r.stderr
-    r = subprocess.run(cli + ["summary", *map(str, tables.values()), "--out", str(tmp_path / "SUMMARY.md")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        cli + ["summary", *map(str, tables.values()), "--out", str(tmp_path / "SUMMARY.md")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "depends on precision" in (tmp_path / "SUMMARY.md").read_text()

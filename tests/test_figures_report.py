@@ -12,10 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _figure_data as D
 import numpy as np
 import pytest
-
-import _figure_data as D
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

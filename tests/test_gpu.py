@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from test_own_algorithms import base, make_spec  # noqa: F401  (base is a fixture)
 from torch.overrides import TorchFunctionMode
 
 from rlsparsity import gpu as GPU
-from test_own_algorithms import base, make_spec  # noqa: F401  (base is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = str(REPO / "src" / "rlsparsity")
@@ -240,13 +240,14 @@ def test_smoke_script_runs_algorithms_in_parallel_on_cpu(tmp_path: Path, task) -
     """The GPU smoke path (benchmarks/smollm2_gpu/smoke.py: runs launched as parallel `rlsparsity train`
     processes), here on CPU with a tiny random base and one algorithm."""
     from conftest import make_random_base
+
     from rlsparsity.modeling import write_json
 
-    base = make_random_base(tmp_path / "base", task)
-    write_json(base / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
+    base_dir = make_random_base(tmp_path / "base", task)
+    write_json(base_dir / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "smoke.py"), "--device", "cpu",
-                        "--family", "llama", "--base", str(base), "--results", str(tmp_path / "res"),
+                        "--family", "llama", "--base", str(base_dir), "--results", str(tmp_path / "res"),
                         "--algorithms", "ppo", "--steps", "2", "--eval-n", "8", "--max-new-tokens", "8",
                         "--task", "tiny_arith", "--prompt", "answer"],
                        env=env, capture_output=True, text=True, timeout=600)
@@ -284,10 +285,11 @@ def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_exact_ties() -> 
 
 def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -> None:
     from conftest import make_random_base
+
     from rlsparsity.modeling import write_json
 
-    base = make_random_base(tmp_path / "res" / "base" / "llama", task)
-    write_json(base / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
+    base_dir = make_random_base(tmp_path / "res" / "base" / "llama", task)
+    write_json(base_dir / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
     fam = json.dumps({"llama": {}})
     tsk = json.dumps({"name": "tiny_arith", "prompt": "answer", "max_new_tokens": 8, "n_train": 200, "n_test": 16})
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "sweep.py"), "--device", "cpu",
@@ -310,8 +312,9 @@ def test_entropy_kept_normaliser_with_several_steps_per_generation(random_base, 
     """The GPU config generates once per 4 optimiser steps (steps_per_generation 4): TRL then
     normalises the DAPO loss by the generation batch's tokens / 4; the kept normaliser (paper
     Eq. 6) must still divide by the kept tokens of the update batch, exactly."""
-    from rlsparsity import entropy as E
     from test_entropy import _batch, _loss, _spec
+
+    from rlsparsity import entropy as E
 
     tr, hp = E.build_trainer(_spec(random_base, tmp_path / "tr", task, steps_per_generation=4), 0.2, "top", "kept")
     assert tr.args.steps_per_generation == 4 and hp["steps_per_generation"] == 4
@@ -331,8 +334,9 @@ def test_entropy_kept_normaliser_with_several_steps_per_generation(random_base, 
     assert kept_l == pytest.approx(masked_sum / K, abs=1e-6)  # Eq. 6: kept tokens of this batch
 
 
-def test_entropy_run_command_needs_precision_and_seed_when_the_config_has_several(tmp_path: Path,
-                                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_entropy_run_command_needs_precision_and_seed_when_the_config_has_several(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Found on the H200: with 2 seeds every tag names 2 runs, and `entropy-run FAMILY TAG` alone
     refused all six runs. The rule now passes --precision/--seed; without them the command says
     the tag is ambiguous (one line, exit 2), and an unknown tag is 'not in the config'."""
@@ -345,8 +349,22 @@ def test_entropy_run_command_needs_precision_and_seed_when_the_config_has_severa
     assert main(["entropy-run", "smollm2-135m", "rho0.2-top-kept", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ambiguous" in err[0] and "--seed 2" in err[0]
-    assert main(["entropy-run", "smollm2-135m", "rho0.3-top-kept", "--precision", "bf16", "--seed", "1",
-                 "--config", str(path)]) == 2
+    assert (
+        main(
+            [
+                "entropy-run",
+                "smollm2-135m",
+                "rho0.3-top-kept",
+                "--precision",
+                "bf16",
+                "--seed",
+                "1",
+                "--config",
+                str(path),
+            ]
+        )
+        == 2
+    )
     assert "not in the config" in capsys.readouterr().err
     rule = (REPO / "workflow" / "rules" / "entropy.smk").read_text()
     assert "--precision {wildcards.precision:q} --seed {wildcards.seed:q}" in rule

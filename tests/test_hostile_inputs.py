@@ -15,8 +15,8 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -136,23 +136,49 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
     # --- local paths are never hub ids
     ("missing ./path", lambda r, t: ["diff", str(r / "base"), "./no/such/model"], ("./no/such/model", "no such file")),
     ("missing abs path", lambda r, t: ["diff", str(t / "nope"), str(r / "tuned")], ("nope", "no such file")),
-    ("missing under existing dir", lambda r, t: ["diff", str(r / "base"), f"{os.path.relpath(t)}/missing"],
-     ("missing", "no such file")),
-    ("symlink loop", lambda r, t: ["diff", str(r / "base"), str(_symlink(t, "loop", "loop"))], ("loop", "symlink loop")),
-    ("broken symlink", lambda r, t: ["diff", str(r / "base"), str(_symlink(t, "dangling", str(t / "gone")))],
-     ("dangling", "broken symlink")),
+    (
+        "missing under existing dir",
+        lambda r, t: ["diff", str(r / "base"), f"{os.path.relpath(t)}/missing"],
+        ("missing", "no such file"),
+    ),
+    (
+        "symlink loop",
+        lambda r, t: ["diff", str(r / "base"), str(_symlink(t, "loop", "loop"))],
+        ("loop", "symlink loop"),
+    ),
+    (
+        "broken symlink",
+        lambda r, t: ["diff", str(r / "base"), str(_symlink(t, "dangling", str(t / "gone")))],
+        ("dangling", "broken symlink"),
+    ),
     ("empty folder", lambda r, t: ["diff", str(r / "base"), str(_mkdir(t, "empty"))], ("empty", "no model weights")),
-    ("pickle-only folder", lambda r, t: ["diff", str(r / "base"), str(_mkdir(t, "pk", {"pytorch_model.bin": b"x"}))],
-     ("pk", "never unpickled")),
-    ("text file as checkpoint", lambda r, t: ["diff", str(r / "base"), str(_write(t / "notes.txt", b"hi"))],
-     ("notes.txt", "not a checkpoint")),
-    ("hub id offline", lambda r, t: ["diff", str(r / "base"), "no-such-org-xyz/no-such-model"],
-     ("no-such-org-xyz/no-such-model", "no such local file", "hub")),
+    (
+        "pickle-only folder",
+        lambda r, t: ["diff", str(r / "base"), str(_mkdir(t, "pk", {"pytorch_model.bin": b"x"}))],
+        ("pk", "never unpickled"),
+    ),
+    (
+        "text file as checkpoint",
+        lambda r, t: ["diff", str(r / "base"), str(_write(t / "notes.txt", b"hi"))],
+        ("notes.txt", "not a checkpoint"),
+    ),
+    (
+        "hub id offline",
+        lambda r, t: ["diff", str(r / "base"), "no-such-org-xyz/no-such-model"],
+        ("no-such-org-xyz/no-such-model", "no such local file", "hub"),
+    ),
     ("eval missing model", lambda r, t: ["eval", "./no/model", "--task", "tiny_arith"], ("./no/model", "no such file")),
-    ("eval symlink loop", lambda r, t: ["eval", str(_symlink(t, "l2", "l2")), "--task", "tiny_arith"], ("symlink loop",)),
+    (
+        "eval symlink loop",
+        lambda r, t: ["eval", str(_symlink(t, "l2", "l2")), "--task", "tiny_arith"],
+        ("symlink loop",),
+    ),
     ("eval empty folder", lambda r, t: ["eval", str(_mkdir(t, "e2")), "--task", "tiny_arith"], ("no config.json",)),
-    ("eval folder without weights", lambda r, t: ["eval", str(_mkdir(t, "nw", {"config.json": b"{}"})), "--task",
-                                                  "tiny_arith"], ("no model weights",)),
+    (
+        "eval folder without weights",
+        lambda r, t: ["eval", str(_mkdir(t, "nw", {"config.json": b"{}"})), "--task", "tiny_arith"],
+        ("no model weights",),
+    ),
     # --- safetensors headers
     ("header length 0", _tuned_file(b"", hlen=0), ("x.safetensors", "header length 0")),
     ("header length huge", _tuned_file(json.dumps(W8).encode(), hlen=1 << 40), ("x.safetensors", "header length")),
@@ -172,10 +198,16 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
     ("offsets vs shape", _tuned_file({"w": {**W8["w"], "data_offsets": [0, 4]}}), ("'w'", "byte range 0..4")),
     ("offsets negative", _tuned_file({"w": {**W8["w"], "data_offsets": [-8, 0]}}), ("'w'", "byte range -8..0")),
     ("offsets past end", _tuned_file({"w": {**W8["w"], "data_offsets": [8, 16]}}), ("'w'", "out of range")),
-    ("partial overlap", _tuned_file({"w": W8["w"], "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
-                                    b"\0" * 12), ("overlap",)),
-    ("duplicate tensor key in header", _tuned_file(b'{"w": ' + json.dumps(W8["w"]).encode() + b', "w": '
-                                                   + json.dumps(W8["w"]).encode() + b"}"), ("'w'", "given twice")),
+    (
+        "partial overlap",
+        _tuned_file({"w": W8["w"], "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
+        ("overlap",),
+    ),
+    (
+        "duplicate tensor key in header",
+        _tuned_file(b'{"w": ' + json.dumps(W8["w"]).encode() + b', "w": ' + json.dumps(W8["w"]).encode() + b"}"),
+        ("'w'", "given twice"),
+    ),
     ("metadata not a mapping", _tuned_file({**W8, "__metadata__": [1]}), ("__metadata__",)),
     ("empty header", _tuned_file({}, b""), ("no tensors",)),
     ("only metadata", _tuned_file({"__metadata__": {"a": "b"}}, b""), ("no tensors",)),
@@ -189,112 +221,217 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
     ("weight_map escapes folder", _sharded({"weight_map": {"w": "../a.safetensors"}}), ("inside the folder",)),
     ("weight_map empty", _sharded({"weight_map": {}}), ("lists no tensors",)),
     ("shard missing", _sharded({"weight_map": {"w": "b.safetensors"}}), ("shard(s) missing", "b.safetensors")),
-    ("tensor in two shards", _sharded({"weight_map": {"w": "a.safetensors", "v": "b.safetensors"}},
-                                      {"a.safetensors": {"w": torch.ones(2)},
-                                       "b.safetensors": {"w": torch.ones(2), "v": torch.ones(2)}}),
-     ("'w'", "two shards")),
+    (
+        "tensor in two shards",
+        _sharded(
+            {"weight_map": {"w": "a.safetensors", "v": "b.safetensors"}},
+            {"a.safetensors": {"w": torch.ones(2)}, "b.safetensors": {"w": torch.ones(2), "v": torch.ones(2)}},
+        ),
+        ("'w'", "two shards"),
+    ),
     ("tensor in two unindexed files", _diff_tuned(lambda t: _two_files(t)), ("'w'", "two shards")),
-    ("index names wrong shard", _sharded({"weight_map": {"w": "a.safetensors", "v": "a.safetensors"}},
-                                         {"a.safetensors": {"w": torch.ones(2)}, "b.safetensors": {"v": torch.ones(2)}}),
-     ("'v'", "index maps")),
+    (
+        "index names wrong shard",
+        _sharded(
+            {"weight_map": {"w": "a.safetensors", "v": "a.safetensors"}},
+            {"a.safetensors": {"w": torch.ones(2)}, "b.safetensors": {"v": torch.ones(2)}},
+        ),
+        ("'v'", "index maps"),
+    ),
     ("config.json corrupt", _diff_tuned(lambda t: _with_config(t, b"{bad")), ("config.json", "not json")),
     ("config.json a list", _diff_tuned(lambda t: _with_config(t, b"[]")), ("config.json", "not an object")),
     # --- exactness / nothing to compare
-    ("no names in common", _diff_tuned(lambda t: save_model(t / "o", {"other": torch.ones(2)})),
-     ("no tensor names in common",)),
-    ("only empty tensors in common", lambda r, t: ["diff", str(save_model(t / "z1", {"e": torch.ones(0, 4)})),
-                                                   str(save_model(t / "z2", {"e": torch.ones(0, 4)}))],
-     ("nothing to compare",)),
+    (
+        "no names in common",
+        _diff_tuned(lambda t: save_model(t / "o", {"other": torch.ones(2)})),
+        ("no tensor names in common",),
+    ),
+    (
+        "only empty tensors in common",
+        lambda r, t: [
+            "diff",
+            str(save_model(t / "z1", {"e": torch.ones(0, 4)})),
+            str(save_model(t / "z2", {"e": torch.ones(0, 4)})),
+        ],
+        ("nothing to compare",),
+    ),
     # --- option values
-    ("--tolerances nan", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "nan"],
-     ("--tolerances", "'nan'")),
-    ("--tolerances inf", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "0", "inf"],
-     ("--tolerances", "'inf'")),
-    ("--tolerances negative", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "-0.5"],
-     ("--tolerances", "'-0.5'")),
-    ("--tolerances word", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "tight"],
-     ("--tolerances", "not a number")),
+    (
+        "--tolerances nan",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "nan"],
+        ("--tolerances", "'nan'"),
+    ),
+    (
+        "--tolerances inf",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "0", "inf"],
+        ("--tolerances", "'inf'"),
+    ),
+    (
+        "--tolerances negative",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "-0.5"],
+        ("--tolerances", "'-0.5'"),
+    ),
+    (
+        "--tolerances word",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--tolerances", "tight"],
+        ("--tolerances", "not a number"),
+    ),
     ("--mask-tol nan", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--mask-tol", "nan"], ("--mask-tol",)),
-    ("--device gpu", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--device", "gpu"], ("--device", "'gpu'")),
+    (
+        "--device gpu",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--device", "gpu"],
+        ("--device", "'gpu'"),
+    ),
     ("--device cuda:x", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--device", "cuda:x"], ("--device",)),
-    ("--topk 1.5", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--out", str(t), "--topk", "1.5"],
-     ("--topk", "fraction")),
-    ("--topk nan", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--out", str(t), "--topk", "nan"],
-     ("--topk",)),
+    (
+        "--topk 1.5",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--out", str(t), "--topk", "1.5"],
+        ("--topk", "fraction"),
+    ),
+    (
+        "--topk nan",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--out", str(t), "--topk", "nan"],
+        ("--topk",),
+    ),
     ("--topk 0", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--out", str(t), "--topk", "0"], ("--topk",)),
-    ("--topk without --out", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--topk", "0.5"],
-     ("--topk needs --out",)),
+    (
+        "--topk without --out",
+        lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--topk", "0.5"],
+        ("--topk needs --out",),
+    ),
     ("--threads 0", lambda r, t: ["diff", str(r / "base"), str(r / "tuned"), "--threads", "0"], ("--threads",)),
     ("rank --rtol nan", lambda r, t: ["rank", str(r / "base"), str(r / "tuned"), "--rtol", "nan"], ("--rtol",)),
     ("rank --device tpu", lambda r, t: ["rank", str(r / "base"), str(r / "tuned"), "--device", "tpu"], ("--device",)),
-    ("analyze-family --topk 3", lambda r, t: ["analyze-family", "x", "--base", "b", "--diff-root", "d", "--out", "o",
-                                              "--topk", "3"], ("--topk",)),
+    (
+        "analyze-family --topk 3",
+        lambda r, t: ["analyze-family", "x", "--base", "b", "--diff-root", "d", "--out", "o", "--topk", "3"],
+        ("--topk",),
+    ),
     ("eval --n -1", lambda r, t: ["eval", str(r / "base"), "--task", "tiny_arith", "--n", "-1"], ("--n",)),
     ("unknown subcommand", lambda r, t: ["difff"], ("invalid choice", "difff")),
     # --- wrong file kinds
-    ("overlap: checkpoint not mask", lambda r, t: ["overlap", str(r / "base" / "model.safetensors"),
-                                                   str(r / "out")], ("not an update mask file",)),
-    ("overlap: CSV not mask", lambda r, t: ["overlap", str(r / "out" / "tensors.csv"), str(r / "out")],
-     ("tensors.csv", "not a safetensors file")),
-    ("overlap: folder without mask", lambda r, t: ["overlap", str(_mkdir(t, "nomask")), str(r / "out")],
-     ("nomask", "no such file")),
+    (
+        "overlap: checkpoint not mask",
+        lambda r, t: ["overlap", str(r / "base" / "model.safetensors"), str(r / "out")],
+        ("not an update mask file",),
+    ),
+    (
+        "overlap: CSV not mask",
+        lambda r, t: ["overlap", str(r / "out" / "tensors.csv"), str(r / "out")],
+        ("tensors.csv", "not a safetensors file"),
+    ),
+    (
+        "overlap: folder without mask",
+        lambda r, t: ["overlap", str(_mkdir(t, "nomask")), str(r / "out")],
+        ("nomask", "no such file"),
+    ),
     ("overlap: missing file", lambda r, t: ["overlap", str(t / "m.safetensors"), str(r / "out")], ("no such file",)),
-    ("overlap: disjoint masks", lambda r, t: ["overlap", str(r / "out"), str(_mask(t / "m.safetensors"))],
-     ("share no tensor",)),
-    ("dynamics: missing run dir", lambda r, t: ["dynamics", str(r / "base"), str(t / "no_run")],
-     ("no_run", "no such file")),
-    ("analysis-table: missing input", lambda r, t: ["analysis-table", str(t / "a.csv"), "--out", str(t / "o.csv")],
-     ("a.csv",)),
-    ("overlap --mask topk:abc", lambda r, t: ["overlap", str(r / "out"), str(r / "out"), "--mask", "topk:abc"],
-     ("--mask",)),
+    (
+        "overlap: disjoint masks",
+        lambda r, t: ["overlap", str(r / "out"), str(_mask(t / "m.safetensors"))],
+        ("share no tensor",),
+    ),
+    (
+        "dynamics: missing run dir",
+        lambda r, t: ["dynamics", str(r / "base"), str(t / "no_run")],
+        ("no_run", "no such file"),
+    ),
+    (
+        "analysis-table: missing input",
+        lambda r, t: ["analysis-table", str(t / "a.csv"), "--out", str(t / "o.csv")],
+        ("a.csv",),
+    ),
+    (
+        "overlap --mask topk:abc",
+        lambda r, t: ["overlap", str(r / "out"), str(r / "out"), "--mask", "topk:abc"],
+        ("--mask",),
+    ),
     ("overlap --mask fuzzy", lambda r, t: ["overlap", str(r / "out"), str(r / "out"), "--mask", "fuzzy"], ("--mask",)),
     ("layers: safetensors file", lambda r, t: ["layers", str(r / "base" / "model.safetensors")], ("not a csv",)),
     ("layers: folder", lambda r, t: ["layers", str(r / "out")], ("is a folder",)),
     ("layers: missing", lambda r, t: ["layers", str(t / "nope.csv")], ("nope.csv", "no such file")),
     ("layers: wrong columns", _csv("a,b\n1,2\n"), ("missing column",)),
     ("layers: header only", _csv("name,layer,matrix_type,numel,below_ulp,changed_0\n"), ("no data rows",)),
-    ("layers: numel not a count", _csv("name,layer,matrix_type,numel,below_ulp,changed_0\nw,0,q,abc,0,0\n"),
-     ("line 2", "numel")),
-    ("layers: ragged row", _csv("name,layer,matrix_type,numel,below_ulp,changed_0\nw,0,q,4,0,0,9,9\n"),
-     ("more fields",)),
-    ("public-pairs: not a list", lambda r, t: ["public-pairs", "--pairs", str(_write(t / "p.yaml", b"pairs: 3")),
-                                               "--out", str(t / "o.csv")], ("'pairs'",)),
-    ("public-pairs: missing field", lambda r, t: ["public-pairs", "--pairs",
-                                                  str(_write(t / "p.yaml", b"pairs: [{name: a, base: b}]")),
-                                                  "--out", str(t / "o.csv")], ("pairs[0]", "algorithm")),
+    (
+        "layers: numel not a count",
+        _csv("name,layer,matrix_type,numel,below_ulp,changed_0\nw,0,q,abc,0,0\n"),
+        ("line 2", "numel"),
+    ),
+    (
+        "layers: ragged row",
+        _csv("name,layer,matrix_type,numel,below_ulp,changed_0\nw,0,q,4,0,0,9,9\n"),
+        ("more fields",),
+    ),
+    (
+        "public-pairs: not a list",
+        lambda r, t: ["public-pairs", "--pairs", str(_write(t / "p.yaml", b"pairs: 3")), "--out", str(t / "o.csv")],
+        ("'pairs'",),
+    ),
+    (
+        "public-pairs: missing field",
+        lambda r, t: [
+            "public-pairs",
+            "--pairs",
+            str(_write(t / "p.yaml", b"pairs: [{name: a, base: b}]")),
+            "--out",
+            str(t / "o.csv"),
+        ],
+        ("pairs[0]", "algorithm"),
+    ),
     # --- configs
-    ("hparams misspelt key", _cfg("{grpo: {weight_decy: 0.1}}"), ("train.hparams.grpo.weight_decy",
-                                                                  "did you mean 'weight_decay'")),
-    ("hparams HF name", _cfg("{grpo: {learning_rate: 1.0e-5}}"), ("train.hparams.grpo.learning_rate", "accepted:",
-                                                                  " lr,")),
-    ("hparams key of another algorithm", _cfg("{dpo: {num_generations: 4}}"), ("train.hparams.dpo.num_generations",
-                                                                              "unknown hyperparameter")),
+    (
+        "hparams misspelt key",
+        _cfg("{grpo: {weight_decy: 0.1}}"),
+        ("train.hparams.grpo.weight_decy", "did you mean 'weight_decay'"),
+    ),
+    (
+        "hparams HF name",
+        _cfg("{grpo: {learning_rate: 1.0e-5}}"),
+        ("train.hparams.grpo.learning_rate", "accepted:", " lr,"),
+    ),
+    (
+        "hparams key of another algorithm",
+        _cfg("{dpo: {num_generations: 4}}"),
+        ("train.hparams.dpo.num_generations", "unknown hyperparameter"),
+    ),
     ("hparams lr a word", _cfg("{grpo: {lr: fast}}"), ("train.hparams.grpo.lr", "'fast' is a string")),
     ("hparams batch_size float", _cfg("{grpo: {batch_size: 64.5}}"), ("train.hparams.grpo.batch_size", "integer")),
     ("hparams bool as number", _cfg("{ppo: {kl_coef: true}}"), ("train.hparams.ppo.kl_coef", "not a number")),
     ("hparams lr nan", _cfg("{grpo: {lr: .nan}}"), ("train.hparams.grpo.lr", "finite")),
-    ("hparams number as bool", _cfg("{grpo: {gradient_checkpointing: 1}}"),
-     ("gradient_checkpointing", "boolean")),
+    ("hparams number as bool", _cfg("{grpo: {gradient_checkpointing: 1}}"), ("gradient_checkpointing", "boolean")),
     ("hparams list length", _cfg("{prime: {accuracy_filter: [0.1]}}"), ("accuracy_filter", "list of 2")),
     ("hparams unknown algorithm", _cfg("{grpoo: {lr: 1.0e-5}}"), ("train.hparams",)),
     ("hparams block not a mapping", _cfg("{grpo: 5}"), ("train.hparams.grpo",)),
-    ("entropy hparams misspelt", _cfg(extra="entropy: {families: all, hparams: {epsilon_hi: 0.3}}\n"),
-     ("entropy.hparams.epsilon_hi", "did you mean 'epsilon_high'")),
+    (
+        "entropy hparams misspelt",
+        _cfg(extra="entropy: {families: all, hparams: {epsilon_hi: 0.3}}\n"),
+        ("entropy.hparams.epsilon_hi", "did you mean 'epsilon_high'"),
+    ),
     ("YAML syntax error", _cfg(extra="oops: [1, 2\n"), ("line", "c.yaml")),
     ("YAML tab indentation", lambda r, t: _config(t, "experiment: t\n\tresults: r\n"), ("line 2",)),
     ("duplicate YAML key", _cfg(extra="experiment: again\n"), ("duplicate key 'experiment'", "line 1")),
     ("duplicate nested key", _cfg("{grpo: {lr: 1.0e-5, lr: 2.0e-5}}"), ("duplicate key 'lr'",)),
-    ("grid zero runs", _cfg(replace=("algorithms: [grpo, dpo], seeds: [1], precisions: [bf16], data: [on_policy]",
-                                     "algorithms: [grpo, ppo], seeds: [1], precisions: [bf16], data: [off_policy]")),
-     ("grids.0", "zero runs")),
+    (
+        "grid zero runs",
+        _cfg(
+            replace=(
+                "algorithms: [grpo, dpo], seeds: [1], precisions: [bf16], data: [on_policy]",
+                "algorithms: [grpo, ppo], seeds: [1], precisions: [bf16], data: [off_policy]",
+            )
+        ),
+        ("grids.0", "zero runs"),
+    ),
     ("unknown task", _cfg(replace=("tiny_arith", "tiny_arithh")), ("task.name", "did you mean 'tiny_arith'")),
     ("top level a list", lambda r, t: _config(t, "- 1\n- 2\n"), ("top level",)),
     ("empty file", lambda r, t: _config(t, ""), ("config error",)),
     ("unknown top-level key", _cfg(extra="trian: {}\n"), ("trian",)),
     ("string where number", _cfg(extra="causes: {tolerance: tiny}\n"), ("causes.tolerance",)),
     ("stage names unknown family", _cfg(extra="subnetwork: {families: [qwen3]}\n"), ("subnetwork.families", "qwen3")),
-    ("family path missing", _cfg(replace=("families: {llama: {}}", "families: {mine: {path: ./no/such/model}}")),
-     ("families.mine.path", "no such file")),
+    (
+        "family path missing",
+        _cfg(replace=("families: {llama: {}}", "families: {mine: {path: ./no/such/model}}")),
+        ("families.mine.path", "no such file"),
+    ),
     ("config file missing", lambda r, t: ["check-config", str(t / "none.yaml")], ("not found",)),
 ]
 
@@ -345,16 +482,25 @@ def test_error_case(case, root, tmp_path, capsys, monkeypatch):
     assert_one_line_error(rc, err, words)
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["diff", "./nope", "./nope2"], ("./nope", "no such file")),
-    (["diff", "a", "b", "--tolerances", "nan"], ("--tolerances",)),
-    (["check-config", "/no/such/config.yaml"], ("not found",)),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["diff", "./nope", "./nope2"], ("./nope", "no such file")),
+        (["diff", "a", "b", "--tolerances", "nan"], ("--tolerances",)),
+        (["check-config", "/no/such/config.yaml"], ("not found",)),
+    ],
+)
 def test_error_case_subprocess(argv, words, tmp_path):
     """The same contract through a fresh interpreter (the console script's code path)."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "rlsparsity.cli", *argv], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "rlsparsity.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert_one_line_error(p.returncode, p.stderr, words)
 
 
@@ -370,10 +516,12 @@ def _diff_json(capsys, base: Path, tuned: Path, *extra: str) -> dict:
 def test_int64_beyond_2_53_exact(tmp_path, capsys):
     big = 2**53
     b = save_model(tmp_path / "b", {"i": torch.tensor([big, big, 2**62, -(2**63), 2**20, 7], dtype=torch.int64)})
-    t = save_model(tmp_path / "t", {"i": torch.tensor([big + 1, big, 2**62, 2**63 - 1, 2**20 + 1, 7],
-                                                      dtype=torch.int64)})
-    s = _diff_json(capsys, b, t, "--tolerances", "0", "1e-5", "1", "1e30", "--out", str(tmp_path / "o"),
-                   "--topk", "0.5")
+    t = save_model(
+        tmp_path / "t", {"i": torch.tensor([big + 1, big, 2**62, 2**63 - 1, 2**20 + 1, 7], dtype=torch.int64)}
+    )
+    s = _diff_json(
+        capsys, b, t, "--tolerances", "0", "1e-5", "1", "1e30", "--out", str(tmp_path / "o"), "--topk", "0.5"
+    )
     assert s["n_params"] == 6
     # changed: 2^53 -> 2^53+1 (Δ 1), -2^63 -> 2^63-1 (Δ 2^64-1), 2^20 -> 2^20+1 (Δ 1)
     assert s["changed"] == {"0": 3, "1e-05": 3, "1": 1, "1e+30": 0}
@@ -387,12 +535,22 @@ def test_int64_beyond_2_53_exact(tmp_path, capsys):
 
 
 def test_int_dtype_mismatch_and_mixed_int_float_exact(tmp_path, capsys):
-    b = save_model(tmp_path / "b", {"a": torch.tensor([5, -3, 2**30], dtype=torch.int32),
-                                    "m": torch.tensor([2**53 + 1, 5, 4], dtype=torch.int64),
-                                    "f": torch.tensor([True, False])})
-    t = save_model(tmp_path / "t", {"a": torch.tensor([5, -3, 2**30 + 1], dtype=torch.int64),
-                                    "m": torch.tensor([float(2**53), 5.5, 4.0], dtype=torch.float64),
-                                    "f": torch.tensor([True, True])})
+    b = save_model(
+        tmp_path / "b",
+        {
+            "a": torch.tensor([5, -3, 2**30], dtype=torch.int32),
+            "m": torch.tensor([2**53 + 1, 5, 4], dtype=torch.int64),
+            "f": torch.tensor([True, False]),
+        },
+    )
+    t = save_model(
+        tmp_path / "t",
+        {
+            "a": torch.tensor([5, -3, 2**30 + 1], dtype=torch.int64),
+            "m": torch.tensor([float(2**53), 5.5, 4.0], dtype=torch.float64),
+            "f": torch.tensor([True, True]),
+        },
+    )
     s = _diff_json(capsys, b, t, "--tolerances", "0", "0.5", "1")
     assert s["n_params"] == 8
     # a: one Δ=1; m: 2^53+1 vs 2^53 (Δ=1, float64 would call it equal), 5 vs 5.5 (Δ=0.5); f: one flip
@@ -405,8 +563,9 @@ def test_float_pair_through_symlink_and_numeric_string_hparams(tmp_path, capsys,
     s = _diff_json(capsys, root / "base", tmp_path / "link", "--tolerances", "0", "0.5")
     assert (s["n_params"], s["changed"]) == (5, {"0": 1, "0.5": 0})
     # YAML 1.1 reads 1e-5 as a string: coerced to the float it spells, for hparams and schema numbers
-    (tmp_path / "c.yaml").write_text(GOOD_CONFIG.replace("HP", "{grpo: {lr: 1e-5, batch_size: '32'}}")
-                                     .replace("base: {}", "base: {lr: 3e-3}"))
+    (tmp_path / "c.yaml").write_text(
+        GOOD_CONFIG.replace("HP", "{grpo: {lr: 1e-5, batch_size: '32'}}").replace("base: {}", "base: {lr: 3e-3}")
+    )
     rc, out, err = run_main(["check-config", str(tmp_path / "c.yaml")], capsys)
     assert rc == 0 and "2 training run(s)" in out, err
     from rlsparsity.config import load_config
@@ -439,5 +598,7 @@ def test_duplicate_keys_in_files_read_by_another_loader(tmp_path):
     (tmp_path / "c.yaml").write_text(text)
     cfg = load_yaml(GOOD_CONFIG.replace("HP", "{}"), "x")
     assert validate_config(cfg)["results"] == "results"
-    with pytest.raises(ConfigError, match=r"c.yaml, line 10, column 1: .*duplicate key 'results' \(first given on line 2\)"):
+    with pytest.raises(
+        ConfigError, match=r"c.yaml, line 10, column 1: .*duplicate key 'results' \(first given on line 2\)"
+    ):
         validate_config(cfg, files=[tmp_path / "c.yaml"])

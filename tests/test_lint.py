@@ -1,5 +1,5 @@
-"""The workflow is lint clean (`snakemake --lint`, no finding accepted) and formatted
-(`snakefmt --check`), for every shipped config and both training layouts; parsing it
+"""The workflow is lint clean (`snakemake --lint`, no finding accepted), formatted
+(`snakefmt --check`) for every shipped config and both training layouts, the Python is `ruff` clean; parsing it
 (`-n`, `--lint`) writes nothing."""
 
 from __future__ import annotations
@@ -50,4 +50,11 @@ def test_snakemake_lint_is_clean_and_parsing_writes_nothing(tmp_path, configfile
 def test_snakefmt_check_is_clean():
     files = ["Snakefile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow" / "rules").glob("*.smk"))]
     r = run("snakefmt", "--check", *files)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+
+def test_ruff_is_clean():
+    """Python lint (pyflakes, pycodestyle at line length 120, import order, pyupgrade, bugbear;
+    configured in pyproject.toml [tool.ruff]) over the package, tests, benchmarks and tools."""
+    r = run("ruff", "check", "--no-cache", ".")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

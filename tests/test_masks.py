@@ -60,7 +60,10 @@ def test_masked_agreement_counts_only_the_mask(tmp_path):
     sub[1] += 1e-3   # masked, disagrees at 1e-5 and 1e-4
     sub[2] += 5e-6   # masked, agrees from 1e-5 on
     sub[5] += 1.0    # NOT masked: ignored
-    a, b = _folder(tmp_path / "full", {"w": full, "z": torch.zeros(3)}), _folder(tmp_path / "sub", {"w": sub, "z": torch.zeros(3)})
+    a, b = (
+        _folder(tmp_path / "full", {"w": full, "z": torch.zeros(3)}),
+        _folder(tmp_path / "sub", {"w": sub, "z": torch.zeros(3)}),
+    )
     mask = {"w": torch.tensor([True, True, True, True, False, False]), "z": torch.zeros(3, dtype=torch.bool)}
     agr = M.masked_agreement(a, b, mask, (0.0, 1e-5, 1e-4))
     assert agr == {"0": 2 / 4, "1e-05": 3 / 4, "0.0001": 3 / 4}

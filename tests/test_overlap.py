@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from _analysis_util import run_cli
+
 from rlsparsity.analysis.io import MaskWriter
 from rlsparsity.analysis.overlap import overlap_masks, overlap_stats
 

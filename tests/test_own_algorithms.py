@@ -18,8 +18,7 @@ from safetensors.torch import load_file
 from rlsparsity import families as F
 from rlsparsity.algorithms import ppo, prime
 from rlsparsity.algorithms.common import Interrupted, TrainSpec, checkpoint_path
-from rlsparsity.algorithms.rollout import (completion_mask_from_ids, gae, masked_whiten, sample,
-                                           token_logprobs)
+from rlsparsity.algorithms.rollout import completion_mask_from_ids, gae, masked_whiten, sample, token_logprobs
 from rlsparsity.grid import Run
 from rlsparsity.modeling import load_model, load_tokenizer, save_model, torch_threads
 from rlsparsity.tokenizer import build_tokenizer, special_ids, task_corpus
@@ -50,7 +49,7 @@ class DigitTask:
         return 1.0 if any(ch.isdigit() for ch in completion) else 0.0
 
     def rewards(self, completions: list[str], entries: list[dict[str, Any]]) -> list[float]:
-        return [self.score(c, e) for c, e in zip(completions, entries)]
+        return [self.score(c, e) for c, e in zip(completions, entries, strict=False)]
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _analysis_util import run_cli, save_model
+
 from rlsparsity.analysis.rank import band, fast_rank, rank_summary, reference_rank
 
 

@@ -43,31 +43,39 @@ def test_prompt_and_completion_tokenize_apart_as_together(task, tmp_path):
     build_tiny("llama", len(tok), special_ids(tok)).save_pretrained(tmp_path / "m")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     args = DPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=False)
-    ex = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok).train_dataset[0]
+    ex = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok).train_dataset[
+        0
+    ]
     assert ex["prompt_ids"] == tok(row["prompt"], add_special_tokens=False)["input_ids"]
     assert ex["chosen_ids"] == tok(row["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     # ORPO and SimPO (CPO) prepend the tokenizer's bos_token_id when it has one: it has none
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     args = ORPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", bf16=False, max_length=64)
-    ex = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok).train_dataset[0]
+    ex = ORPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tok
+    ).train_dataset[0]
     assert tok.bos_token is None
     assert ex["prompt_input_ids"] == tok(row["prompt"], add_special_tokens=False)["input_ids"]
     assert ex["chosen_input_ids"][: len(ex["prompt_input_ids"])] == ex["prompt_input_ids"]
-    assert [t for t in ex["chosen_labels"] if t != -100] == \
-        tok(row["chosen"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert [t for t in ex["chosen_labels"] if t != -100] == tok(row["chosen"], add_special_tokens=False)[
+        "input_ids"
+    ] + [tok.eos_token_id]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Answer: 42", "42"),
-    ("The answer is -7.", "-7"),
-    ("I think 3 then \\boxed{12} and 5", "12"),
-    ("first 3, then 8", "8"),
-    ("no digits here", None),
-    ("", None),
-    (None, None),
-    (12, None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Answer: 42", "42"),
+        ("The answer is -7.", "-7"),
+        ("I think 3 then \\boxed{12} and 5", "12"),
+        ("first 3, then 8", "8"),
+        ("no digits here", None),
+        ("", None),
+        (None, None),
+        (12, None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 

@@ -53,14 +53,17 @@ def _sft(rl_vals: list[float], sft_vals: list[float]) -> pd.DataFrame:
     return sp_table(rows)
 
 
-@pytest.mark.parametrize("rl_vals,sft_vals,expect", [([0.8, 0.81], [0.2, 0.2], HOLDS), ([0.8, 0.81], [0.79, 0.8], FAILS),
-                                                     ([0.8, 0.8], [0.75, 0.55], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "rl_vals,sft_vals,expect",
+    [([0.8, 0.81], [0.2, 0.2], HOLDS), ([0.8, 0.81], [0.79, 0.8], FAILS), ([0.8, 0.8], [0.75, 0.55], INCONCLUSIVE)],
+)
 def test_sft_dense(rl_vals, sft_vals, expect):
     assert V.sft_dense(_sft(rl_vals, sft_vals))["verdict"] == expect
 
 
-@pytest.mark.parametrize("fp32,expect", [([0.80, 0.81, 0.82], HOLDS), ([0.05, 0.06, 0.04], FAILS),
-                                         ([0.5, 0.9], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "fp32,expect", [([0.80, 0.81, 0.82], HOLDS), ([0.05, 0.06, 0.04], FAILS), ([0.5, 0.9], INCONCLUSIVE)]
+)
 def test_survives_fp32_asks_the_fp32_runs(fp32, expect):
     t = sp_table(rl("bf16", [0.9, 0.91, 0.92]) + rl("fp32", fp32))
     v = V.survives_fp32(t)
@@ -70,22 +73,49 @@ def test_survives_fp32_asks_the_fp32_runs(fp32, expect):
 
 
 def _rank(per_run: list[float]) -> pd.DataFrame:
-    rows = [{"family": "llama", "algorithm": "grpo", "data": "on_policy", "precision": "bf16", "seed": s,
-             "tensor": f"t{j}", "matrix_type": mt, "rank": 0, "max_rank": 64, "rank_fraction": v if mt != "norm" else 0.0}
-            for s, v in enumerate(per_run) for j, mt in enumerate(["q", "v", "norm"])]
+    rows = [
+        {
+            "family": "llama",
+            "algorithm": "grpo",
+            "data": "on_policy",
+            "precision": "bf16",
+            "seed": s,
+            "tensor": f"t{j}",
+            "matrix_type": mt,
+            "rank": 0,
+            "max_rank": 64,
+            "rank_fraction": v if mt != "norm" else 0.0,
+        }
+        for s, v in enumerate(per_run)
+        for j, mt in enumerate(["q", "v", "norm"])
+    ]
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("vals,expect", [([1.0, 1.0, 1.0], HOLDS), ([0.9, 0.91, 0.92], FAILS),
-                                         ([0.97, 1.0], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "vals,expect", [([1.0, 1.0, 1.0], HOLDS), ([0.9, 0.91, 0.92], FAILS), ([0.97, 1.0], INCONCLUSIVE)]
+)
 def test_full_rank_ignores_norms(vals, expect):
     assert V.full_rank(_rank(vals))["verdict"] == expect
 
 
 def _ov(axis: str, gaps: list[float]) -> pd.DataFrame:
-    return pd.DataFrame([{"family": "llama", "axis": axis, "mask": "exact", "run_a": "grpo:on_policy:bf16:s1",
-                          "run_b": "grpo:on_policy:bf16:s2", "o1": 0.4 + g, "o2": 0.4 + g, "o1_random": 0.4,
-                          "o2_random": 0.4} for g in gaps])
+    return pd.DataFrame(
+        [
+            {
+                "family": "llama",
+                "axis": axis,
+                "mask": "exact",
+                "run_a": "grpo:on_policy:bf16:s1",
+                "run_b": "grpo:on_policy:bf16:s2",
+                "o1": 0.4 + g,
+                "o2": 0.4 + g,
+                "o1_random": 0.4,
+                "o2_random": 0.4,
+            }
+            for g in gaps
+        ]
+    )
 
 
 @pytest.mark.parametrize("axis", ["seed", "algorithm", "data"])
@@ -102,28 +132,55 @@ def _layers(norm: list[float], rest: float = 0.01, spread: list[float] | None = 
     for s, nv in enumerate(norm):
         sp = (spread or [0.0] * len(norm))[s]
         for layer, mt, v in ((0, "q", rest), (1, "q", rest + sp), (0, "norm", nv), (-1, "embed", 0.0)):
-            rows.append({"family": "llama", "algorithm": "grpo", "data": "on_policy", "precision": "bf16", "seed": s,
-                         "layer": layer, "matrix_type": mt, "tolerance": 1e-5, "sparsity": v})
+            rows.append(
+                {
+                    "family": "llama",
+                    "algorithm": "grpo",
+                    "data": "on_policy",
+                    "precision": "bf16",
+                    "seed": s,
+                    "layer": layer,
+                    "matrix_type": mt,
+                    "tolerance": 1e-5,
+                    "sparsity": v,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("spread,expect", [([0.01, 0.02, 0.0], HOLDS), ([0.5, 0.6, 0.55], FAILS),
-                                           ([0.05, 0.45], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "spread,expect", [([0.01, 0.02, 0.0], HOLDS), ([0.5, 0.6, 0.55], FAILS), ([0.05, 0.45], INCONCLUSIVE)]
+)
 def test_layers_spread(spread, expect):
     assert V.layers_spread(_layers([0.9] * len(spread), rest=0.3, spread=spread))["verdict"] == expect
 
 
-@pytest.mark.parametrize("norm,expect", [([0.95, 0.96, 0.97], HOLDS), ([0.02, 0.02, 0.03], FAILS),
-                                         ([0.2, 0.9], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "norm,expect", [([0.95, 0.96, 0.97], HOLDS), ([0.02, 0.02, 0.03], FAILS), ([0.2, 0.9], INCONCLUSIVE)]
+)
 def test_norms_must_be_mostly_unchanged(norm, expect):
     # rest 1 %: norms at 2 % are "sparser than the rest" (the old rule passed) but not barely updated
     assert V.norms_unchanged(_layers(norm, rest=0.01))["verdict"] == expect
 
 
 def _dyn(never: list[float]) -> pd.DataFrame:
-    return pd.DataFrame([{"family": "llama", "algorithm": "grpo", "data": "on_policy", "precision": "bf16", "seed": s,
-                          "point": "final", "step": 20, "quantity": "never_updated", "tolerance": 0.0, "value": v}
-                         for s, v in enumerate(never)])
+    return pd.DataFrame(
+        [
+            {
+                "family": "llama",
+                "algorithm": "grpo",
+                "data": "on_policy",
+                "precision": "bf16",
+                "seed": s,
+                "point": "final",
+                "step": 20,
+                "quantity": "never_updated",
+                "tolerance": 0.0,
+                "value": v,
+            }
+            for s, v in enumerate(never)
+        ]
+    )
 
 
 @pytest.mark.parametrize("never,expect", [([0.75, 0.76], HOLDS), ([0.3, 0.31], FAILS), ([0.3, 0.8], INCONCLUSIVE)])
@@ -138,8 +195,15 @@ def _data(on: list[float], off: list[float]) -> pd.DataFrame:
     return sp_table(rows)
 
 
-@pytest.mark.parametrize("on,off,expect", [([0.8, 0.81], [0.1, 0.1], HOLDS), ([0.8, 0.81, 0.8], [0.8, 0.8, 0.8], FAILS),
-                                           ([0.8], [0.1], INCONCLUSIVE), ([0.8, 0.8], [0.8, 0.5], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "on,off,expect",
+    [
+        ([0.8, 0.81], [0.1, 0.1], HOLDS),
+        ([0.8, 0.81, 0.8], [0.8, 0.8, 0.8], FAILS),
+        ([0.8], [0.1], INCONCLUSIVE),
+        ([0.8, 0.8], [0.8, 0.5], INCONCLUSIVE),
+    ],
+)
 def test_data_drives(on, off, expect):
     assert V.data_drives(_data(on, off))["verdict"] == expect
 
@@ -148,8 +212,18 @@ def _kl(cells: dict[str, tuple[list[float], list[float]]], prec: str = "bf16") -
     rows = []
     for alg, (on, off) in cells.items():
         for setting, vals in (("kl_on", on), ("kl_off", off)):
-            rows += [{"family": "llama", "ablation": f"{alg}_kl", "setting": setting, "precision": prec,
-                      "algorithm": alg, "seed": s, "sparsity": v} for s, v in enumerate(vals, 1)]
+            rows += [
+                {
+                    "family": "llama",
+                    "ablation": f"{alg}_kl",
+                    "setting": setting,
+                    "precision": prec,
+                    "algorithm": alg,
+                    "seed": s,
+                    "sparsity": v,
+                }
+                for s, v in enumerate(vals, 1)
+            ]
     return pd.DataFrame(rows)
 
 
@@ -159,8 +233,10 @@ def test_kl_does_not_pool_algorithms():
     assert V.kl_barely_matters(t)["verdict"] == HOLDS
 
 
-@pytest.mark.parametrize("on,off,expect", [([0.8, 0.81], [0.5, 0.51], FAILS), ([0.8], [0.8], INCONCLUSIVE),
-                                           ([0.8, 0.9], [0.8, 0.8], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "on,off,expect",
+    [([0.8, 0.81], [0.5, 0.51], FAILS), ([0.8], [0.8], INCONCLUSIVE), ([0.8, 0.9], [0.8, 0.8], INCONCLUSIVE)],
+)
 def test_kl_fails_and_inconclusive(on, off, expect):
     assert V.kl_barely_matters(_kl({"grpo": (on, off)}))["verdict"] == expect
 
@@ -176,9 +252,22 @@ def test_kl_mixed_and_empty():
 
 def _acc(deltas: list[tuple[int, int]], alg: str = "grpo", prec: str = "bf16") -> pd.DataFrame:
     """accuracy.csv rows; (base correct, trained correct) counts, trained solving a superset."""
-    return pd.DataFrame([{"family": f"f{i}", "algorithm": alg, "data": "on_policy", "precision": prec, "seed": 1,
-                          "acc_base": b / N, "acc_trained": t / N, "correct_base": bits(b), "correct_trained": bits(t)}
-                         for i, (b, t) in enumerate(deltas)])
+    return pd.DataFrame(
+        [
+            {
+                "family": f"f{i}",
+                "algorithm": alg,
+                "data": "on_policy",
+                "precision": prec,
+                "seed": 1,
+                "acc_base": b / N,
+                "acc_trained": t / N,
+                "correct_base": bits(b),
+                "correct_trained": bits(t),
+            }
+            for i, (b, t) in enumerate(deltas)
+        ]
+    )
 
 
 def test_training_improves():
@@ -195,8 +284,11 @@ def test_training_improves_without_outcomes_uses_t_interval():
     df = _acc([(40, 60), (40, 64), (40, 62)]).drop(columns=["correct_base", "correct_trained"])
     v = A.training_improves(df)
     # deltas 10, 12, 11 pts: mean 11, half-width t(2) · 1 / √3 = 4.3027 / 1.7321 = 2.48 pts
-    assert v["verdict"] == HOLDS and "Δ 11.0 pts [8.5, 13.5]" in v["ours"] and "no per-problem" in v["rule"] + \
-        A.diff_interval([None] * 3, [None] * 3, [0.3, 0.32, 0.31], [0.2] * 3).method
+    assert (
+        v["verdict"] == HOLDS
+        and "Δ 11.0 pts [8.5, 13.5]" in v["ours"]
+        and "no per-problem" in v["rule"] + A.diff_interval([None] * 3, [None] * 3, [0.3, 0.32, 0.31], [0.2] * 3).method
+    )
 
 
 def test_every_algorithm_improves():
@@ -208,17 +300,32 @@ def test_every_algorithm_improves():
     assert A.every_algorithm_improves(unsure)["verdict"] == INCONCLUSIVE
 
 
-def _sn(cases: list[tuple[int, int, int, int]], agree_mask: list[float] | None = None,
-        agree_all: float = 0.99) -> pd.DataFrame:
+def _sn(
+    cases: list[tuple[int, int, int, int]], agree_mask: list[float] | None = None, agree_all: float = 0.99
+) -> pd.DataFrame:
     """subnetwork.csv rows at tol 1e-5: (base, full, subnetwork, random) correct counts per source run."""
     rows = []
     for i, (b, f, s, r) in enumerate(cases):
         for mask, k, sparsity in (("subnetwork", s, 0.9), ("random", r, 0.95)):
-            rows.append({"family": f"f{i}", "algorithm": "grpo", "seed": 1, "precision": "bf16", "mask": mask,
-                         "tolerance": 1e-5, "acc_base": b / N, "acc_full": f / N, "acc_subnetwork": k / N,
-                         "agreement": agree_all, "agreement_on_mask": (agree_mask or [0.95] * len(cases))[i],
-                         "sparsity_subnetwork": sparsity, "correct_base": bits(b), "correct_full": bits(f),
-                         "correct_subnetwork": bits(k)})
+            rows.append(
+                {
+                    "family": f"f{i}",
+                    "algorithm": "grpo",
+                    "seed": 1,
+                    "precision": "bf16",
+                    "mask": mask,
+                    "tolerance": 1e-5,
+                    "acc_base": b / N,
+                    "acc_full": f / N,
+                    "acc_subnetwork": k / N,
+                    "agreement": agree_all,
+                    "agreement_on_mask": (agree_mask or [0.95] * len(cases))[i],
+                    "sparsity_subnetwork": sparsity,
+                    "correct_base": bits(b),
+                    "correct_full": bits(f),
+                    "correct_subnetwork": bits(k),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -253,12 +360,19 @@ def test_subnetwork_beats_random():
 
 
 def _es(fracs: list[float]) -> pd.DataFrame:
-    return pd.DataFrame([{"family": f"f{i}", "model": m, "frac_below_1e-2": v if m == "base" else 0.0}
-                         for i, v in enumerate(fracs) for m in ("base", "top0.2")])
+    return pd.DataFrame(
+        [
+            {"family": f"f{i}", "model": m, "frac_below_1e-2": v if m == "base" else 0.0}
+            for i, v in enumerate(fracs)
+            for m in ("base", "top0.2")
+        ]
+    )
 
 
-@pytest.mark.parametrize("fracs,expect", [([0.5, 0.52, 0.51], HOLDS), ([0.02, 0.03], FAILS), ([0.1, 0.8], INCONCLUSIVE),
-                                          ([0.9], INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "fracs,expect",
+    [([0.5, 0.52, 0.51], HOLDS), ([0.02, 0.03], FAILS), ([0.1, 0.8], INCONCLUSIVE), ([0.9], INCONCLUSIVE)],
+)
 def test_low_entropy_premise(fracs, expect):
     assert A.low_entropy_premise(_es(fracs))["verdict"] == expect
 
@@ -268,9 +382,21 @@ def _en(cases: list[tuple[int, int, int, int]], kept_err: float = 0.0) -> pd.Dat
     rows = []
     for i, (b, a, t, bo) in enumerate(cases):
         for rho, var, k in ((1.0, "top", a), (0.2, "top", t), (0.8, "bottom", bo)):
-            rows.append({"family": f"f{i}", "seed": 1, "precision": "bf16", "normaliser": "kept", "rho": rho,
-                         "variant": var, "acc_base": b / N, "acc_trained": k / N, "kept_fraction": rho + kept_err,
-                         "correct_base": bits(b), "correct_trained": bits(k)})
+            rows.append(
+                {
+                    "family": f"f{i}",
+                    "seed": 1,
+                    "precision": "bf16",
+                    "normaliser": "kept",
+                    "rho": rho,
+                    "variant": var,
+                    "acc_base": b / N,
+                    "acc_trained": k / N,
+                    "kept_fraction": rho + kept_err,
+                    "correct_base": bits(b),
+                    "correct_trained": bits(k),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -5,8 +5,10 @@ Scored on the VALIDATION split (issue 15): each row's accuracies are greedy accu
 and of the trained run on the first cfg.train.eval_n validation problems, never the test split
 that the pipeline reports. (The CSVs of sweeps 1-4 predate this and were scored on test.)
 Row: config, family, algorithm, seed, val_base, val_trained, val_delta, seconds, seconds_per_step."""
-import json, os, sys, time, copy
 import multiprocessing as mp
+import os
+import sys
+import time
 
 ALGS = ["ppo", "grpo", "dpo", "kto", "orpo", "simpo", "prime"]
 FAMS = ["llama", "qwen3", "gpt2", "gpt_neox"]
@@ -18,7 +20,10 @@ def knobs(lr=1e-4, b=1, kl=None, extra=None):
         "grpo": {"lr": lr, "batch_size": 16 * b},
         "ppo": {"lr": lr, "prompts_per_rollout": 4 * b, "minibatch_size": 8 * b},
         "prime": {"lr": lr, "prompts_per_rollout": 4 * b, "minibatch_size": 8 * b},
-        **{a: {"lr": lr, "batch_size": 16 * b, "n_prompts": max(256, 16 * b * 20 // 2)} for a in ["dpo", "kto", "orpo", "simpo"]},
+        **{
+            a: {"lr": lr, "batch_size": 16 * b, "n_prompts": max(256, 16 * b * 20 // 2)}
+            for a in ["dpo", "kto", "orpo", "simpo"]
+        },
     }
     if kl is not None:
         hp["ppo"]["kl_coef"] = kl
@@ -39,7 +44,9 @@ CONFIGS = {
     "lr.5b4": dict(steps=20, prec="bf16", hp=knobs(lr=5e-5, b=4)),
     "s40b2": dict(steps=40, prec="bf16", hp=knobs(b=2)),
     "b2nokl": dict(steps=20, prec="bf16", hp=knobs(b=2, kl=0.0)),
-    "b4beta": dict(steps=20, prec="bf16", hp=knobs(b=4, extra={"dpo": {"beta": 0.5}, "kto": {"beta": 0.5}, "simpo": {"beta": 5.0}})),
+    "b4beta": dict(
+        steps=20, prec="bf16", hp=knobs(b=4, extra={"dpo": {"beta": 0.5}, "kto": {"beta": 0.5}, "simpo": {"beta": 5.0}})
+    ),
     "m_base": dict(steps=20, prec="fp32-master", hp=knobs()),
     "m_b2": dict(steps=20, prec="fp32-master", hp=knobs(b=2)),
     "m_b4": dict(steps=20, prec="fp32-master", hp=knobs(b=4)),
@@ -51,8 +58,8 @@ CONFIGS = {
 def init():
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
+
     torch.set_num_threads(1)
-    import trl, transformers  # noqa: warm the imports once per worker
     from trl import GRPOTrainer, DPOTrainer  # noqa
 
 
@@ -70,9 +77,11 @@ _VAL_BASE = {}
 def work(job):
     name, fam, seed, alg = job
     import yaml
+
+    from rlsparsity import grid as G
     from rlsparsity.config import validate_config
     from rlsparsity.train import train_run
-    from rlsparsity import grid as G
+
     c = CONFIGS[name]
     cfg = validate_config(yaml.safe_load(open(os.path.join(HERE, "cfg.yaml"))))
     res = f"/tmp/sw/{name}"
@@ -94,11 +103,21 @@ def work(job):
         if fam not in _VAL_BASE:
             _VAL_BASE[fam] = val_accuracy(G.base_dir(fam, res), task, n)
         vb, vt = _VAL_BASE[fam], val_accuracy(run.dir(res), task, n)
-        row = [name, fam, alg, seed, vb, vt, round(vt - vb, 4), round(time.time() - t, 1),
-               round(rec["seconds_per_step"], 3)]
+        row = [
+            name,
+            fam,
+            alg,
+            seed,
+            vb,
+            vt,
+            round(vt - vb, 4),
+            round(time.time() - t, 1),
+            round(rec["seconds_per_step"], 3),
+        ]
     except Exception as e:  # keep sweeping
         row = [name, fam, alg, seed, "", "", "", round(time.time() - t, 1), repr(e)[:80].replace(",", ";")]
     import shutil
+
     shutil.rmtree(G.Run(fam, alg, "on_policy", c["prec"], seed).dir(res), ignore_errors=True)
     return ",".join(map(str, row))
 
@@ -111,7 +130,8 @@ if __name__ == "__main__":
     t0 = time.time()
     with mp.get_context("fork").Pool(int(sys.argv[1]), initializer=init) as pool:
         for i, line in enumerate(pool.imap_unordered(work, jobs)):
-            out.write(line + "\n"); out.flush()
+            out.write(line + "\n")
+            out.flush()
             if i % 50 == 0:
                 print(i, len(jobs), round(time.time() - t0), line, flush=True)
     print("done", len(jobs), round(time.time() - t0))

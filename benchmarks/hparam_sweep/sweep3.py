@@ -1,6 +1,9 @@
 """Third sweep: orpo/simpo after the BOS fix, more ppo settings."""
-import os, sys, time
 import multiprocessing as mp
+import os
+import sys
+import time
+
 import sweep as S
 import sweep2 as S2
 
@@ -24,6 +27,7 @@ if __name__ == "__main__":
     out = open(os.path.join(os.environ.get("OUT", "."), "sweep3.csv"), "a")
     t0 = time.time()
     with mp.get_context("fork").Pool(int(sys.argv[1]), initializer=S.init) as pool:
-        for i, line in enumerate(pool.imap_unordered(S.work, jobs)):
-            out.write(line + "\n"); out.flush()
+        for line in pool.imap_unordered(S.work, jobs):
+            out.write(line + "\n")
+            out.flush()
     print("done", len(jobs), round(time.time() - t0))

@@ -1,6 +1,8 @@
-import os, sys, time
 import multiprocessing as mp
+import sys
+
 import sweep as S
+
 P16 = {"prompts_per_rollout": 16, "minibatch_size": 32}
 C = {"pA": ("ppo", {"lr": 1e-4, "lam": 1.0, **P16}), "pB": ("ppo", {"lr": 1e-4, "lam": 1.0, "vf_lr": 3e-3, **P16}),
      "pC": ("ppo", {"lr": 2e-4, "lam": 1.0, **P16}),
@@ -13,4 +15,6 @@ if __name__ == "__main__":
     out = open("sweep4.csv", "a")
     with mp.get_context("fork").Pool(int(sys.argv[1]), initializer=S.init) as pool:
         for line in pool.imap_unordered(S.work, jobs):
-            out.write(line + "\n"); out.flush(); print(line, flush=True)
+            out.write(line + "\n")
+            out.flush()
+            print(line, flush=True)

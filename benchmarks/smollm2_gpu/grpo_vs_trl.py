@@ -44,10 +44,14 @@ def step_timer() -> Any:
             self.t.append(time.perf_counter())
 
         def summary(self) -> dict[str, float]:
-            d = [b - a for a, b in zip(self.t, self.t[1:])]
+            d = [b - a for a, b in zip(self.t, self.t[1:], strict=False)]
             rest = d[1:] or d
-            return {"steps": len(d), "first_step_s": round(d[0], 4) if d else float("nan"),
-                    "median_s_per_step": round(statistics.median(rest), 4), "mean_s_per_step": round(sum(rest) / len(rest), 4)}
+            return {
+                "steps": len(d),
+                "first_step_s": round(d[0], 4) if d else float("nan"),
+                "median_s_per_step": round(statistics.median(rest), 4),
+                "mean_s_per_step": round(sum(rest) / len(rest), 4),
+            }
 
     return Timer()
 
@@ -84,10 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     task = task_from_config(cfg)
     hp = run_hparams(cfg, "grpo", a.precision)
     out = a.results / "bench"
-    spec = TrainSpec(run=Run(fam, "grpo", "on_policy", a.precision, 1), base_dir=base, out_dir=out / "ours",
-                     task=task, steps=a.steps, checkpoint_every=10**6, hparams=hp, device=a.device)
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu",
-                              "precision": a.precision, "hparams": hp, "steps": a.steps}
+    spec = TrainSpec(
+        run=Run(fam, "grpo", "on_policy", a.precision, 1),
+        base_dir=base,
+        out_dir=out / "ours",
+        task=task,
+        steps=a.steps,
+        checkpoint_every=10**6,
+        hparams=hp,
+        device=a.device,
+    )
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu",
+        "precision": a.precision,
+        "hparams": hp,
+        "steps": a.steps,
+    }
     # ours
     tr, model, tok, hp_full = grpo_trainer(spec)
     timer = step_timer()
@@ -100,29 +116,50 @@ def main(argv: list[str] | None = None) -> int:
     # stock TRL
     seed_everything(1)
     tok = load_tokenizer(base)
-    args = GRPOConfig(output_dir=str(out / "stock"), max_steps=a.steps, learning_rate=hp_full["lr"],
-                      per_device_train_batch_size=hp_full["batch_size"], num_generations=hp_full["num_generations"],
-                      steps_per_generation=hp_full.get("steps_per_generation"),
-                      max_completion_length=max_new_tokens_for(base, task), temperature=hp_full["temperature"],
-                      beta=hp_full["beta"], logging_steps=1, report_to="none", save_strategy="no", seed=1,
-                      use_cpu=not a.device.startswith("cuda"),
-                      model_init_kwargs={"dtype": torch.bfloat16 if a.precision == "bf16" else torch.float32})
-    stock = GRPOTrainer(model=str(base), reward_funcs=_reward_fn(spec), args=args,
-                        train_dataset=_online_dataset(spec, tok), processing_class=tok)
+    args = GRPOConfig(
+        output_dir=str(out / "stock"),
+        max_steps=a.steps,
+        learning_rate=hp_full["lr"],
+        per_device_train_batch_size=hp_full["batch_size"],
+        num_generations=hp_full["num_generations"],
+        steps_per_generation=hp_full.get("steps_per_generation"),
+        max_completion_length=max_new_tokens_for(base, task),
+        temperature=hp_full["temperature"],
+        beta=hp_full["beta"],
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=1,
+        use_cpu=not a.device.startswith("cuda"),
+        model_init_kwargs={"dtype": torch.bfloat16 if a.precision == "bf16" else torch.float32},
+    )
+    stock = GRPOTrainer(
+        model=str(base),
+        reward_funcs=_reward_fn(spec),
+        args=args,
+        train_dataset=_online_dataset(spec, tok),
+        processing_class=tok,
+    )
     timer = step_timer()
     stock.add_callback(timer)
     t0 = time.time()
     stock.train()
-    report["trl_stock"] = {**timer.summary(), "train_wall_s": round(time.time() - t0, 2),
-                           "gradient_checkpointing": bool(args.gradient_checkpointing), "bf16_autocast": bool(args.bf16),
-                           "loss_type": args.loss_type}
+    report["trl_stock"] = {
+        **timer.summary(),
+        "train_wall_s": round(time.time() - t0, 2),
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "bf16_autocast": bool(args.bf16),
+        "loss_type": args.loss_type,
+    }
     ratio = report["rlsparsity"]["median_s_per_step"] / report["trl_stock"]["median_s_per_step"]
     report["ratio_ours_over_stock"] = round(ratio, 3)
     report["within_10_percent"] = ratio <= 1.10
     write_json(out / "grpo_vs_trl.json", report)
-    print(f"rlsparsity GRPO: {report['rlsparsity']['median_s_per_step']:.3f} s/step (median), "
-          f"stock TRL GRPOTrainer: {report['trl_stock']['median_s_per_step']:.3f} s/step -> ratio {ratio:.3f} "
-          f"({'within' if ratio <= 1.10 else 'NOT within'} 10 %)")
+    print(
+        f"rlsparsity GRPO: {report['rlsparsity']['median_s_per_step']:.3f} s/step (median), "
+        f"stock TRL GRPOTrainer: {report['trl_stock']['median_s_per_step']:.3f} s/step -> ratio {ratio:.3f} "
+        f"({'within' if ratio <= 1.10 else 'NOT within'} 10 %)"
+    )
     print(json.dumps(report))
     return 0
 

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-n", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--task", default=None, help="override the config's task name (tiny bases: tiny_arith)")
-    ap.add_argument("--prompt", default=None, choices=["answer", "cot", "explain"], help="override the config's prompt style")
+    ap.add_argument(
+        "--prompt", default=None, choices=["answer", "cot", "explain"], help="override the config's prompt style"
+    )
     ap.add_argument("--timeout", type=float, default=540.0)
     a = ap.parse_args(argv)
 
@@ -79,19 +81,30 @@ def main(argv: list[str] | None = None) -> int:
     base = base_dir(a.family, res)
     if a.base is not None and not (base / "metrics.json").exists():
         shutil.copytree(a.base, base, dirs_exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
     cli = [sys.executable, "-m", "rlsparsity.cli"]
     dev = ["--device", a.device]
     t0 = time.time()
     if not (base / "metrics.json").exists():
-        r = subprocess.run(cli + ["build-base", a.family, "--out", str(base), "--config", str(cfg_path)] + dev,
-                           env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            cli + ["build-base", a.family, "--out", str(base), "--config", str(cfg_path)] + dev,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             print(r.stdout[-2000:], r.stderr[-4000:])
             return 1
-    print(f"[smoke] base ready ({time.time() - t0:.0f} s): {json.loads((base / 'metrics.json').read_text())['accuracy']:.3f} "
-          "greedy accuracy", flush=True)
+    print(
+        f"[smoke] base ready ({time.time() - t0:.0f} s): "
+        f"{json.loads((base / 'metrics.json').read_text())['accuracy']:.3f} "
+        "greedy accuracy",
+        flush=True,
+    )
     if a.device.startswith("cuda"):
         env["RLSPARSITY_GPU_LOCKS"] = str(res / ".gpu_locks")
         env["RLSPARSITY_GPU_SLOTS"] = str(len(a.algorithms))
@@ -100,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.time()
     for alg in a.algorithms:
         log = open(res / "logs" / f"{alg}.log", "w")
-        procs[alg] = (subprocess.Popen(cli + ["train", a.family, alg, "--precision", a.precision, "--config",
-                                              str(cfg_path)] + dev, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        procs[alg] = (
+            subprocess.Popen(
+                cli + ["train", a.family, alg, "--precision", a.precision, "--config", str(cfg_path)] + dev,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ),
+            log,
+        )
     failed, rows = [], []
     for alg, (p, log) in procs.items():
         try:
@@ -117,12 +137,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[smoke] {alg}: FAILED (rc {rc})\n{tail}", flush=True)
             continue
         rec = json.loads(rec_path.read_text())
-        row = {k: rec.get(k) for k in ("algorithm", "steps", "seconds_per_step", "train_seconds_per_step",
-                                        "wall_seconds", "device", "peak_gpu_memory_mb", "acc_base", "acc_trained")}
+        row = {
+            k: rec.get(k)
+            for k in (
+                "algorithm",
+                "steps",
+                "seconds_per_step",
+                "train_seconds_per_step",
+                "wall_seconds",
+                "device",
+                "peak_gpu_memory_mb",
+                "acc_base",
+                "acc_trained",
+            )
+        }
         rows.append(row)
-        print(f"[smoke] {alg:6s} {row['steps']} steps  {row['seconds_per_step']:.3f} s/step (algorithm)  "
-              f"{row['train_seconds_per_step']} s/step (train wall)  {row['device']}  peak {row['peak_gpu_memory_mb']} MiB",
-              flush=True)
+        print(
+            f"[smoke] {alg:6s} {row['steps']} steps  {row['seconds_per_step']:.3f} s/step (algorithm)  "
+            f"{row['train_seconds_per_step']} s/step (train wall)  {row['device']}  "
+            f"peak {row['peak_gpu_memory_mb']} MiB",
+            flush=True,
+        )
     print(json.dumps({"parallel_wall_seconds": round(time.time() - t1, 1), "failed": failed, "runs": rows}))
     return 1 if failed else 0
 

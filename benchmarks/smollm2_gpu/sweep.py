@@ -85,10 +85,21 @@ def run_job(a: argparse.Namespace) -> int:
     wall = time.time() - t0
     model = load_model(out / "run", "fp32", a.device)
     val = evaluate(model, load_tokenizer(out / "run"), task, task.val, n=a.val_n)
-    write_json(out / "result.json", {"algorithm": a.algorithm, "precision": a.precision, "lr": a.lr,
-                                     "seed": a.seed, "steps": stats.get("steps"), "val_accuracy": val["accuracy"],
-                                     "n_val": val["n"], "seconds_per_step": stats.get("seconds_per_step"),
-                                     "wall_seconds": round(wall, 1), **device_record(a.device, wall, stats.get("steps"))})
+    write_json(
+        out / "result.json",
+        {
+            "algorithm": a.algorithm,
+            "precision": a.precision,
+            "lr": a.lr,
+            "seed": a.seed,
+            "steps": stats.get("steps"),
+            "val_accuracy": val["accuracy"],
+            "n_val": val["n"],
+            "seconds_per_step": stats.get("seconds_per_step"),
+            "wall_seconds": round(wall, 1),
+            **device_record(a.device, wall, stats.get("steps")),
+        },
+    )
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -113,12 +124,16 @@ def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
     by_prec: dict[str, dict[str, Any]] = {}
     for rep, members in FAMILIES.items():
         for prec in PRECISIONS:
-            cand = [r for r in rows if r["algorithm"] == rep and r["precision"] == prec and r.get("val_accuracy") is not None]
+            cand = [
+                r
+                for r in rows
+                if r["algorithm"] == rep and r["precision"] == prec and r.get("val_accuracy") is not None
+            ]
             if not cand:
                 continue
             top = max(r["val_accuracy"] for r in cand)
             best = min((r for r in cand if r["val_accuracy"] >= top - 1e-12), key=lambda r: r["lr"])
-            for prec_out in ([prec, "fp32"] if prec == "fp32-master" else [prec]):
+            for prec_out in [prec, "fp32"] if prec == "fp32-master" else [prec]:
                 for alg in members:
                     by_prec.setdefault(prec_out, {})[alg] = {"lr": float(best["lr"])}
     return {"train": {"hparams_by_precision": by_prec}}
@@ -155,21 +170,39 @@ def main(argv: list[str] | None = None) -> int:
     fam = next(iter(cfg["families"]))
     cfg_json = out / "config.json"
     write_json(cfg_json, cfg)
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
     if a.device.startswith("cuda"):
         env.update(RLSPARSITY_GPU_LOCKS=str(out / ".gpu_locks"), RLSPARSITY_GPU_SLOTS=str(a.slots))
     t0 = time.time()
     base = base_dir(fam, cfg["results"])
     if not (base / "metrics.json").exists():
-        r = subprocess.run([sys.executable, "-m", "rlsparsity.cli", "build-base", fam, "--out", str(base),
-                            "--config", str(cfg_json), "--device", a.device], env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rlsparsity.cli",
+                "build-base",
+                fam,
+                "--out",
+                str(base),
+                "--config",
+                str(cfg_json),
+                "--device",
+                a.device,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)
             return 1
     print(f"[sweep] base ready ({time.time() - t0:.0f} s)", flush=True)
-    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions
-            for lr in (a.lrs or LRS[rep])]
+    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions for lr in (a.lrs or LRS[rep])]
     procs: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
     pending = list(jobs)
     running: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
@@ -181,9 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             jdir = out / f"{rep}_{prec}_lr{lr:g}"
             jdir.mkdir(parents=True, exist_ok=True)
             log = open(jdir / "log.txt", "w")
-            p = subprocess.Popen([sys.executable, __file__, "--job", rep, prec, repr(lr), str(cfg_json), str(jdir)]
-                                 + ["--steps", str(a.steps), "--val-n", str(a.val_n), "--device", a.device,
-                                    "--seed", str(a.seed)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(
+                [sys.executable, __file__, "--job", rep, prec, repr(lr), str(cfg_json), str(jdir)]
+                + ["--steps", str(a.steps), "--val-n", str(a.val_n), "--device", a.device, "--seed", str(a.seed)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             running.append(((rep, prec, lr), p, jdir))
             procs.append(running[-1])
         if bval is None:  # the base's validation accuracy, while the jobs run
@@ -200,14 +237,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for (rep, prec, lr), p, jdir in procs:
         res = jdir / "result.json"
-        row = json.loads(res.read_text()) if res.exists() else {"algorithm": rep, "precision": prec, "lr": lr,
-                                                                 "val_accuracy": None, "error": f"rc {p.returncode}"}
+        row = (
+            json.loads(res.read_text())
+            if res.exists()
+            else {"algorithm": rep, "precision": prec, "lr": lr, "val_accuracy": None, "error": f"rc {p.returncode}"}
+        )
         row["base_val_accuracy"] = bval
         rows.append(row)
-        print(f"[sweep] {rep:5s} {prec:11s} lr {lr:<8g} val acc {row.get('val_accuracy')} "
-              f"(base {bval:.3f})  {row.get('seconds_per_step')} s/step  {row.get('error', '')}", flush=True)
-    cols = ["algorithm", "precision", "lr", "seed", "steps", "val_accuracy", "base_val_accuracy", "n_val",
-            "seconds_per_step", "train_seconds_per_step", "wall_seconds", "device", "peak_gpu_memory_mb", "error"]
+        print(
+            f"[sweep] {rep:5s} {prec:11s} lr {lr:<8g} val acc {row.get('val_accuracy')} "
+            f"(base {bval:.3f})  {row.get('seconds_per_step')} s/step  {row.get('error', '')}",
+            flush=True,
+        )
+    cols = [
+        "algorithm",
+        "precision",
+        "lr",
+        "seed",
+        "steps",
+        "val_accuracy",
+        "base_val_accuracy",
+        "n_val",
+        "seconds_per_step",
+        "train_seconds_per_step",
+        "wall_seconds",
+        "device",
+        "peak_gpu_memory_mb",
+        "error",
+    ]
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -217,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = choose(rows, a.val_n)
     (out / "chosen_hparams.yaml").write_text(
         f"# validation-chosen lr (benchmarks/smollm2_gpu/sweep.py, {a.steps} steps, {a.val_n} validation problems,"
-        f" seed {a.seed}); see sweep.csv\n" + yaml.safe_dump(chosen, sort_keys=True))
+        f" seed {a.seed}); see sweep.csv\n" + yaml.safe_dump(chosen, sort_keys=True)
+    )
     print(f"[sweep] {len(rows)} jobs in {time.time() - t1:.0f} s -> {out / 'sweep.csv'}, {out / 'chosen_hparams.yaml'}")
     print(yaml.safe_dump(chosen, sort_keys=True))
     return 0 if all(r.get("val_accuracy") is not None for r in rows) else 1

@@ -17,8 +17,7 @@ from typing import Any
 
 from rlsparsity import families as F
 from rlsparsity.evaluate import evaluate
-from rlsparsity.modeling import (load_model, load_tokenizer, n_params, save_model, torch_threads,
-                                 versions, write_json)
+from rlsparsity.modeling import load_model, load_tokenizer, n_params, save_model, torch_threads, versions, write_json
 from rlsparsity.tasks import Task
 
 
@@ -29,7 +28,7 @@ def tokenize_sft(tokenizer: Any, task: Task, entries: list[dict[str, Any]],
     comps = completions if completions is not None else [task.solution(e) for e in entries]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(comps, add_special_tokens=False)["input_ids"]
-    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(p_ids, c_ids)]
+    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(p_ids, c_ids, strict=False)]
 
 
 def sft_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
@@ -43,7 +42,7 @@ def sft_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int, device: Any
     input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
     lab = torch.full((len(ids), width), -100, dtype=torch.long)
     att = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, (x, y) in enumerate(zip(ids, labels)):
+    for i, (x, y) in enumerate(zip(ids, labels, strict=False)):
         input_ids[i, : len(x)] = torch.tensor(x)
         lab[i, : len(y)] = torch.tensor(y)
         att[i, : len(x)] = 1
@@ -67,7 +66,10 @@ def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dic
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 50
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * min(s, max_steps) / max_steps)) * 0.9 + 0.1))
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup)
+        * (0.5 * (1 + math.cos(math.pi * min(s, max_steps) / max_steps)) * 0.9 + 0.1),
+    )
     rng = random.Random(seed)
     data = tokenize_sft(tok, task, task.train)
     history = []
@@ -91,18 +93,39 @@ def train_tiny_base(family: str, task: Task, out_dir: str | Path, overrides: dic
     stored = load_model(out, "fp32")
     test = evaluate(stored, tok, task, n=test_n or eval_n)
     metrics = {
-        "family": family, "kind": "tiny", "task": task.name, "accuracy": test["accuracy"],
-        "mean_reward": test["mean_reward"], "correct": test["correct"], "val_accuracy": val_acc, "n_test": test["n"],
-        "n_params": n_params(stored), "seed": seed, "steps": step, "lr": lr, "batch_size": batch_size,
-        "target_accuracy": target_accuracy, "storage_dtype": "bfloat16", "history": history,
-        "architecture": stored.config.model_type, "build_seconds": round(time.time() - t0, 2),
-        "samples": test["samples"], "versions": versions(),
+        "family": family,
+        "kind": "tiny",
+        "task": task.name,
+        "accuracy": test["accuracy"],
+        "mean_reward": test["mean_reward"],
+        "correct": test["correct"],
+        "val_accuracy": val_acc,
+        "n_test": test["n"],
+        "n_params": n_params(stored),
+        "seed": seed,
+        "steps": step,
+        "lr": lr,
+        "batch_size": batch_size,
+        "target_accuracy": target_accuracy,
+        "storage_dtype": "bfloat16",
+        "history": history,
+        "architecture": stored.config.model_type,
+        "build_seconds": round(time.time() - t0, 2),
+        "samples": test["samples"],
+        "versions": versions(),
     }
     return metrics
 
 
-def build_pretrained_base(family: str, task: Task, out_dir: str | Path, spec: dict[str, Any] | None = None,
-                          eval_n: int = 200, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def build_pretrained_base(
+    family: str,
+    task: Task,
+    out_dir: str | Path,
+    spec: dict[str, Any] | None = None,
+    eval_n: int = 200,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """SmolLM2 (converted from the shipped GGUF) or any HF causal LM, stored in bf16."""
     import torch
 
@@ -123,12 +146,23 @@ def build_pretrained_base(family: str, task: Task, out_dir: str | Path, spec: di
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {
-        "family": family, "kind": "pretrained", "source": str(src), "task": task.name,
-        "accuracy": test["accuracy"], "mean_reward": test["mean_reward"], "correct": test["correct"],
+        "family": family,
+        "kind": "pretrained",
+        "source": str(src),
+        "task": task.name,
+        "accuracy": test["accuracy"],
+        "mean_reward": test["mean_reward"],
+        "correct": test["correct"],
         "n_test": test["n"],
-        "n_params": n_params(stored), "seed": seed, "steps": 0, "storage_dtype": "bfloat16",
-        "architecture": stored.config.model_type, "build_seconds": round(time.time() - t0, 2),
-        "samples": test["samples"], "versions": versions(), "device": device,
+        "n_params": n_params(stored),
+        "seed": seed,
+        "steps": 0,
+        "storage_dtype": "bfloat16",
+        "architecture": stored.config.model_type,
+        "build_seconds": round(time.time() - t0, 2),
+        "samples": test["samples"],
+        "versions": versions(),
+        "device": device,
     }
 
 
@@ -140,13 +174,24 @@ def build_base(family: str, config: dict[str, Any], out_dir: str | Path, device:
     spec = config["families"].get(family, {}) or {}
     b = {**config["base"], **(config["base"].get("per_family") or {}).get(family, {})}
     if F.is_tiny(family) and "path" not in spec:
-        m = train_tiny_base(family, task, out_dir, spec, seed=b["seed"], max_steps=b["max_steps"],
-                            batch_size=b["batch_size"], lr=b["lr"], eval_every=b["eval_every"],
-                            eval_n=b["eval_n"], target_accuracy=b["target_accuracy"],
-                            test_n=config["train"]["eval_n"])
+        m = train_tiny_base(
+            family,
+            task,
+            out_dir,
+            spec,
+            seed=b["seed"],
+            max_steps=b["max_steps"],
+            batch_size=b["batch_size"],
+            lr=b["lr"],
+            eval_every=b["eval_every"],
+            eval_n=b["eval_n"],
+            target_accuracy=b["target_accuracy"],
+            test_n=config["train"]["eval_n"],
+        )
     else:  # held-out accuracy on the same problems the trained runs are scored on
-        m = build_pretrained_base(family, task, out_dir, spec, eval_n=config["train"]["eval_n"], seed=b["seed"],
-                                  device=device)
+        m = build_pretrained_base(
+            family, task, out_dir, spec, eval_n=config["train"]["eval_n"], seed=b["seed"], device=device
+        )
     m["experiment"] = config.get("experiment")
     write_json(Path(out_dir) / "metrics.json", m)
     return m

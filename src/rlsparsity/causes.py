@@ -131,7 +131,9 @@ def causes_train(config: dict[str, Any], family: str, results: str | Path | None
     return recs
 
 
-def causes_table(config: dict[str, Any], out_csv: str | Path, results: str | Path | None = None) -> list[dict[str, Any]]:
+def causes_table(
+    config: dict[str, Any], out_csv: str | Path, results: str | Path | None = None
+) -> list[dict[str, Any]]:
     """results/tables/causes.csv: update sparsity vs base of every causes setting."""
     from rlsparsity.analysis.diff import tol_key
     from rlsparsity.analysis.tables import write_csv
@@ -144,11 +146,25 @@ def causes_table(config: dict[str, Any], out_csv: str | Path, results: str | Pat
         d = s.dir(results)
         summ = sparsity_vs(G.base_dir(s.family, results), d, (0.0, tol))
         rec = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-        rows.append({"family": s.family, "ablation": s.ablation, "setting": s.setting, "precision": s.precision,
-                     "sparsity": summ["sparsity"][tol_key(tol)], "tolerance": tol,
-                     "sparsity_exact": summ["sparsity"]["0"], "below_bf16_half_ulp": summ["below_bf16_half_ulp"],
-                     "algorithm": s.algorithm, "data": s.data, "seed": s.seed, "detail": s.detail,
-                     "source": s.source, "acc_base": rec.get("acc_base"), "acc_trained": rec.get("acc_trained"),
-                     "run": str(d)})
+        rows.append(
+            {
+                "family": s.family,
+                "ablation": s.ablation,
+                "setting": s.setting,
+                "precision": s.precision,
+                "sparsity": summ["sparsity"][tol_key(tol)],
+                "tolerance": tol,
+                "sparsity_exact": summ["sparsity"]["0"],
+                "below_bf16_half_ulp": summ["below_bf16_half_ulp"],
+                "algorithm": s.algorithm,
+                "data": s.data,
+                "seed": s.seed,
+                "detail": s.detail,
+                "source": s.source,
+                "acc_base": rec.get("acc_base"),
+                "acc_trained": rec.get("acc_trained"),
+                "run": str(d),
+            }
+        )
     write_csv(Path(out_csv), rows, CAUSES_COLUMNS)
     return rows

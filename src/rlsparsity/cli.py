@@ -9,8 +9,9 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class CLIError(Exception):
@@ -35,12 +36,10 @@ def cmd_build_base(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rlsparsity.evaluate import evaluate
-    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads
-    from rlsparsity.tasks import get_task
-
     from rlsparsity.cliargs import check_device
-    from rlsparsity.modeling import resolve_model
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer, resolve_model, torch_threads
+    from rlsparsity.tasks import get_task
 
     try:
         resolve_model(args.model)  # a local path must be a usable model folder (never a hub lookup)

@@ -77,7 +77,8 @@ def device(text: str) -> str:
 
 
 def check_device(dev: str) -> None:
-    """DeviceError (a ValueError) with one line if ``dev`` is not usable here (imports torch only for non-CPU devices)."""
+    """DeviceError (a ValueError) with one line if ``dev`` is not usable here (imports torch only
+    for non-CPU devices)."""
     if dev.startswith("cpu"):
         return
     import torch

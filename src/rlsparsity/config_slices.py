@@ -189,12 +189,18 @@ def subnetwork_job_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
 
     jobs = {subnetwork_job_name(j): j for j in SN.subnetwork_jobs(config)}
     if name not in jobs:
-        raise ValueError(f"masked rerun {name!r} is not in the config's subnetwork block (jobs: {sorted(jobs)[:5]} ...)")
+        raise ValueError(
+            f"masked rerun {name!r} is not in the config's subnetwork block (jobs: {sorted(jobs)[:5]} ...)"
+        )
     j = jobs[name]
     blk = _block(config, "subnetwork", ("algorithms", "seeds", "precision"))
-    return {"task": config["task"], "families": _families(config, [j.run.family]),
-            "train": _train(config, [j.run.algorithm], [j.run.precision]), "subnetwork": blk,
-            "job": f"{j.run.rel}/{j.kind}"}
+    return {
+        "task": config["task"],
+        "families": _families(config, [j.run.family]),
+        "train": _train(config, [j.run.algorithm], [j.run.precision]),
+        "subnetwork": blk,
+        "job": f"{j.run.rel}/{j.kind}",
+    }
 
 
 def causes_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -204,8 +210,13 @@ def causes_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
     if name == "table":
         return {"causes": config.get("causes"), "settings": [repr(s) for s in settings]}
     mine = [s for s in settings if s.family == name]
-    return {"task": config["task"], "families": _families(config, [name]), "train": _train(config, G.ALGORITHMS),
-            "causes": config.get("causes"), "settings": [repr(s) for s in mine]}
+    return {
+        "task": config["task"],
+        "families": _families(config, [name]),
+        "train": _train(config, G.ALGORITHMS),
+        "causes": config.get("causes"),
+        "settings": [repr(s) for s in mine],
+    }
 
 
 def samples_name(family: str, precision: str, seed: int, n_prompts: int, k: int) -> str:
@@ -225,9 +236,17 @@ def accuracy_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
     return {"runs": [r.rel for r in G.expand_runs(config)]}
 
 
-_SLICES = {"base": base_slice, "samples": samples_slice, "train": train_slice, "entropy": entropy_slice,
-           "entropy_run": entropy_run_slice, "subnetwork": subnetwork_slice, "subnetwork_job": subnetwork_job_slice,
-           "causes": causes_slice, "accuracy": accuracy_slice}
+_SLICES = {
+    "base": base_slice,
+    "samples": samples_slice,
+    "train": train_slice,
+    "entropy": entropy_slice,
+    "entropy_run": entropy_run_slice,
+    "subnetwork": subnetwork_slice,
+    "subnetwork_job": subnetwork_job_slice,
+    "causes": causes_slice,
+    "accuracy": accuracy_slice,
+}
 STAGES: tuple[str, ...] = tuple(_SLICES)
 
 
@@ -258,8 +277,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return p
 
 
-def write_job_config(config: dict[str, Any], out: str | Path, stage: str, name: str,
-                     log: str | Path | None = None) -> Path:
+def write_job_config(
+    config: dict[str, Any], out: str | Path, stage: str, name: str, log: str | Path | None = None
+) -> Path:
     """The ``job_config`` rule: the validated config as JSON (what ``rlsparsity ... --config``
     reads); fails, naming the scope, if the scope is not one of the config's jobs."""
     sl = config_slice(config, stage, name)  # raises for a scope the config does not have

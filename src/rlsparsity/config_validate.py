@@ -162,7 +162,7 @@ def _literal(node: ast.AST, env: dict[str, Any]) -> Any:
     return ast.literal_eval(node)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_defaults(module: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(module-level DEFAULTS, optional keys read with ``hp.get(key, default)``) of a module, from its source."""
     spec = importlib.util.find_spec(module)
@@ -171,7 +171,10 @@ def _module_defaults(module: str) -> tuple[dict[str, Any], dict[str, Any]]:
     tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
     env: dict[str, Any] = {}
     for stmt in tree.body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        if isinstance(stmt, ast.Assign):
+            targets = stmt.targets
+        else:
+            targets = [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
         value = getattr(stmt, "value", None)
         for t in targets:
             if isinstance(t, ast.Name) and value is not None:
@@ -181,9 +184,16 @@ def _module_defaults(module: str) -> tuple[dict[str, Any], dict[str, Any]]:
                     pass  # not a literal: not a defaults table
     optional: dict[str, Any] = {}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "hp" and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "hp"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             default = None
             if len(node.args) > 1:
                 try:
@@ -241,10 +251,12 @@ def _check_value(where: str, value: Any, default: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise _error(where, f"{value!r} is not a scalar")
         return value
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
     for typ, test in ok.items():
         if isinstance(default, typ):
             if not test(value):
@@ -267,8 +279,10 @@ def _check_block(where: str, hp: Any, accepted: dict[str, Any], algorithm: str) 
         if key not in accepted:
             close = difflib.get_close_matches(str(key), list(accepted), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise _error(f"{where}.{key}", f"unknown hyperparameter for {algorithm}; {hint}"
-                                           f"accepted: {', '.join(sorted(accepted))}")
+            raise _error(
+                f"{where}.{key}",
+                f"unknown hyperparameter for {algorithm}; {hint}accepted: {', '.join(sorted(accepted))}",
+            )
         out[key] = _check_value(f"{where}.{key}", value, accepted[key])
     return out
 
@@ -280,8 +294,9 @@ def check_hparams(cfg: dict[str, Any]) -> None:
         hps[alg] = _check_block(f"train.hparams.{alg}", block, accepted_hparams(alg), alg)
     ent = cfg.get("entropy")
     if isinstance(ent, dict) and ent.get("hparams"):
-        ent["hparams"] = _check_block("entropy.hparams", ent["hparams"], entropy_accepted_hparams(),
-                                      "grpo (entropy stage)")
+        ent["hparams"] = _check_block(
+            "entropy.hparams", ent["hparams"], entropy_accepted_hparams(), "grpo (entropy stage)"
+        )
 
 
 # --------------------------------------------------------------------------- semantics
@@ -293,15 +308,20 @@ def _check_block_runs(cfg: dict[str, Any]) -> None:
     for i, block in enumerate(cfg["grids"]):
         pairs = [(a, d) for a in block["algorithms"] for d in block["data"] if d in G.supported_data(a)]
         if not pairs:
-            raise _error(f"grids.{i}", f"expands to zero runs: algorithms {block['algorithms']} have no "
-                                       f"{'/'.join(block['data'])} data (online algorithms are on_policy only)")
+            raise _error(
+                f"grids.{i}",
+                f"expands to zero runs: algorithms {block['algorithms']} have no "
+                f"{'/'.join(block['data'])} data (online algorithms are on_policy only)",
+            )
 
 
 def _check_stage_families(cfg: dict[str, Any]) -> None:
     fams = set(cfg["families"])
-    for where, spec in (("entropy.families", (cfg.get("entropy") or {}).get("families")),
-                        ("subnetwork.families", (cfg.get("subnetwork") or {}).get("families")),
-                        ("causes.family", (cfg.get("causes") or {}).get("family"))):
+    for where, spec in (
+        ("entropy.families", (cfg.get("entropy") or {}).get("families")),
+        ("subnetwork.families", (cfg.get("subnetwork") or {}).get("families")),
+        ("causes.family", (cfg.get("causes") or {}).get("family")),
+    ):
         if spec in (None, "all"):
             continue
         names = [spec] if isinstance(spec, str) else list(spec)

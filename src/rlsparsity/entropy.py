@@ -207,11 +207,26 @@ def reference_run(run: EntropyRun, runs: list[EntropyRun]) -> EntropyRun | None:
 
 
 from rlsparsity.entropy_mask import (  # noqa: E402,F401  (re-exported: the stage API)
-    SELECTIONS, build_trainer, entropy_hparams, exact_k, select_exact_k, select_tokens, select_threshold,
-    train_entropy, trainer_class)
+    SELECTIONS,
+    build_trainer,
+    entropy_hparams,
+    exact_k,
+    select_exact_k,
+    select_threshold,
+    select_tokens,
+    train_entropy,
+    trainer_class,
+)
 from rlsparsity.entropy_stats import (  # noqa: E402,F401
-    compare_entropies, entropy_stats, format_forking, forking_tokens, position_overlap, sample_responses,
-    score_entropies, stats_rows)
+    compare_entropies,
+    entropy_stats,
+    forking_tokens,
+    format_forking,
+    position_overlap,
+    sample_responses,
+    score_entropies,
+    stats_rows,
+)
 
 
 # --------------------------------------------------------------------------- one family, end to end
@@ -235,9 +250,8 @@ def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: st
 def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, device: str = "cpu") -> dict[str, Any]:
     """Train one entropy run, evaluate the stored weights, write ``run.json``."""
     from rlsparsity.evaluate import evaluate
-    from rlsparsity.modeling import load_model, load_tokenizer, versions, write_json
-
     from rlsparsity.gpu import device_record, reset_peak
+    from rlsparsity.modeling import load_model, load_tokenizer, versions, write_json
 
     spec = _spec_for(run, config, results, device)
     base_metrics = json.loads((spec.base_dir / "metrics.json").read_text())
@@ -248,22 +262,45 @@ def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, de
     wall = time.time() - t0
     model = load_model(spec.out_dir, "fp32", device)
     after = evaluate(model, load_tokenizer(spec.out_dir), spec.task, n=blk["eval_n"] or config["train"]["eval_n"])
-    rec = {**run.as_dict(), "experiment": config.get("experiment"), "task": spec.task.name,
-           "base": str(spec.base_dir), "acc_base": base_metrics["accuracy"], "acc_trained": after["accuracy"],
-           "correct_base": base_metrics.get("correct"), "correct_trained": after["correct"],
-           "selection": blk["selection"], "mean_reward_trained": after["mean_reward"], "n_eval": after["n"], "steps": stats["steps"],
-           "seconds_per_step": stats["seconds_per_step"], "wall_seconds": round(wall, 3),
-           "kept_fraction": stats["kept_fraction"], "kept_fraction_min": stats["kept_fraction_min"],
-           "kept_fraction_max": stats["kept_fraction_max"], "hparams": stats["hparams"],
-           "history": stats["history"], "checkpoint_every": spec.checkpoint_every,
-           "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16", "samples": after["samples"],
-           "versions": versions(), "config": config, **device_record(device, wall, stats["steps"])}
+    rec = {
+        **run.as_dict(),
+        "experiment": config.get("experiment"),
+        "task": spec.task.name,
+        "base": str(spec.base_dir),
+        "acc_base": base_metrics["accuracy"],
+        "acc_trained": after["accuracy"],
+        "correct_base": base_metrics.get("correct"),
+        "correct_trained": after["correct"],
+        "selection": blk["selection"],
+        "mean_reward_trained": after["mean_reward"],
+        "n_eval": after["n"],
+        "steps": stats["steps"],
+        "seconds_per_step": stats["seconds_per_step"],
+        "wall_seconds": round(wall, 3),
+        "kept_fraction": stats["kept_fraction"],
+        "kept_fraction_min": stats["kept_fraction_min"],
+        "kept_fraction_max": stats["kept_fraction_max"],
+        "hparams": stats["hparams"],
+        "history": stats["history"],
+        "checkpoint_every": spec.checkpoint_every,
+        "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
+        "samples": after["samples"],
+        "versions": versions(),
+        "config": config,
+        **device_record(device, wall, stats["steps"]),
+    }
     write_json(spec.out_dir / "run.json", rec)
     return rec
 
 
-def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = None, device: str = "cpu",
-                   threads: int | None = 1, log: Any = print) -> dict[str, Path]:
+def entropy_family(
+    config: dict[str, Any],
+    family: str,
+    out_dir: Path | None = None,
+    device: str = "cpu",
+    threads: int | None = 1,
+    log: Any = print,
+) -> dict[str, Path]:
     """The DAG job of one family: train, evaluate, diff, overlap, entropy statistics.
 
     Writes ``<results>/entropy/<family>/{entropy,entropy_stats}.csv``."""
@@ -291,30 +328,56 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
             log(f"[entropy] {run.rel}: done already")
             continue
         records[run] = rec = train_entropy_run(run, config, results, device)
-        log(f"[entropy] {run.rel}: acc {rec['acc_base']:.3f} -> {rec['acc_trained']:.3f}, kept fraction "
-            f"{rec['kept_fraction']:.3f} ({rec['seconds_per_step']:.3f} s/step)")
+        log(
+            f"[entropy] {run.rel}: acc {rec['acc_base']:.3f} -> {rec['acc_trained']:.3f}, kept fraction "
+            f"{rec['kept_fraction']:.3f} ({rec['seconds_per_step']:.3f} s/step)"
+        )
     # parameter sparsity of every run and overlap of its update mask with the full-token run
     base_ck = open_checkpoint(base_path)
-    summaries = {run: diff_run(base_ck, str(base_path), run.dir(results), run.dir(results) / "diff",
-                               tuple(DEFAULT_TOLERANCES), None, threads) for run in runs}
+    summaries = {
+        run: diff_run(
+            base_ck,
+            str(base_path),
+            run.dir(results),
+            run.dir(results) / "diff",
+            tuple(DEFAULT_TOLERANCES),
+            None,
+            threads,
+        )
+        for run in runs
+    }
     rows = []
     for run in runs:
         rec, s = records[run], summaries[run]
         ref = reference_run(run, runs)
         ov = dict.fromkeys(("o1", "o2", "o1_random", "o2_random"), math.nan)
         if ref is not None:
-            tot, _ = overlap_masks(run.dir(results) / "diff" / "mask.safetensors",
-                                   ref.dir(results) / "diff" / "mask.safetensors")
+            tot, _ = overlap_masks(
+                run.dir(results) / "diff" / "mask.safetensors", ref.dir(results) / "diff" / "mask.safetensors"
+            )
             ov = {k: tot[k] for k in ov}
-        rows.append({**run.as_dict(), "acc_base": rec["acc_base"], "acc_trained": rec["acc_trained"],
-                     "selection": rec.get("selection", "threshold"), "correct_base": rec.get("correct_base"),
-                     "correct_trained": rec.get("correct_trained"),
-                     "kept_fraction": rec["kept_fraction"], "sparsity": s["sparsity"][tol_key(1e-5)], **ov,
-                     "kept_fraction_min": rec["kept_fraction_min"], "kept_fraction_max": rec["kept_fraction_max"],
-                     "sparsity_tol0": s["sparsity"][tol_key(0.0)], "below_bf16_half_ulp": s["below_bf16_half_ulp"],
-                     "reference": ref.tag if ref else "", "steps": rec["steps"],
-                     "seconds_per_step": rec["seconds_per_step"], "mean_reward_trained": rec["mean_reward_trained"],
-                     "n_eval": rec["n_eval"]})
+        rows.append(
+            {
+                **run.as_dict(),
+                "acc_base": rec["acc_base"],
+                "acc_trained": rec["acc_trained"],
+                "selection": rec.get("selection", "threshold"),
+                "correct_base": rec.get("correct_base"),
+                "correct_trained": rec.get("correct_trained"),
+                "kept_fraction": rec["kept_fraction"],
+                "sparsity": s["sparsity"][tol_key(1e-5)],
+                **ov,
+                "kept_fraction_min": rec["kept_fraction_min"],
+                "kept_fraction_max": rec["kept_fraction_max"],
+                "sparsity_tol0": s["sparsity"][tol_key(0.0)],
+                "below_bf16_half_ulp": s["below_bf16_half_ulp"],
+                "reference": ref.tag if ref else "",
+                "steps": rec["steps"],
+                "seconds_per_step": rec["seconds_per_step"],
+                "mean_reward_trained": rec["mean_reward_trained"],
+                "n_eval": rec["n_eval"],
+            }
+        )
     write_csv(out_dir / "entropy.csv", rows, RUN_COLUMNS)
     # entropy statistics on the same held-out responses, sampled once from the base
     blk = entropy_block(config)
@@ -323,13 +386,24 @@ def entropy_family(config: dict[str, Any], family: str, out_dir: Path | None = N
     hp = entropy_hparams({**run_hparams(config, "grpo", blk["precision"]), **blk.get("hparams", {})})
     models = {run.rel.split("/", 1)[1]: run.dir(results) for run in runs}
     extra = {run.rel.split("/", 1)[1]: {k: v for k, v in run.as_dict().items() if k != "family"} for run in runs}
-    stats, info = stats_rows(base_path, models, task_from_config(entropy_config(config)), blk["stats_prompts"],
-                             blk["stats_samples"], hp["temperature"], seed=0, row_extra=extra, family=family,
-                             device=device)
+    stats, info = stats_rows(
+        base_path,
+        models,
+        task_from_config(entropy_config(config)),
+        blk["stats_prompts"],
+        blk["stats_samples"],
+        hp["temperature"],
+        seed=0,
+        row_extra=extra,
+        family=family,
+        device=device,
+    )
     write_csv(out_dir / "entropy_stats.csv", stats, STATS_COLUMNS)
     (out_dir / "responses.json").write_text(json.dumps(info, indent=1) + "\n")
-    log(f"[entropy] {family}: base mean H {stats[0]['mean_entropy']:.3f}, H<1e-2 {stats[0]['frac_below_1e-2']:.3f}, "
-        f"p80 {stats[0]['p80_entropy']:.3f} over {info['n_tokens']} tokens")
+    log(
+        f"[entropy] {family}: base mean H {stats[0]['mean_entropy']:.3f}, H<1e-2 {stats[0]['frac_below_1e-2']:.3f}, "
+        f"p80 {stats[0]['p80_entropy']:.3f} over {info['n_tokens']} tokens"
+    )
     return {"entropy": out_dir / "entropy.csv", "entropy_stats": out_dir / "entropy_stats.csv"}
 
 
@@ -348,11 +422,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
 
     cfg = load_config(args.config)
-    runs = [r for r in expand_entropy_runs(cfg, args.family)
-            if r.tag == args.tag and (args.seed is None or r.seed == args.seed)
-            and (args.precision is None or r.precision == args.precision)]
+    runs = [
+        r
+        for r in expand_entropy_runs(cfg, args.family)
+        if r.tag == args.tag
+        and (args.seed is None or r.seed == args.seed)
+        and (args.precision is None or r.precision == args.precision)
+    ]
     if len(runs) != 1:
-        known = sorted({f"{r.tag} --precision {r.precision} --seed {r.seed}" for r in expand_entropy_runs(cfg, args.family)})
+        known = sorted(
+            {f"{r.tag} --precision {r.precision} --seed {r.seed}" for r in expand_entropy_runs(cfg, args.family)}
+        )
         what = "is not in the config" if not runs else "is ambiguous (give --precision and --seed)"
         from rlsparsity.cli import CLIError
 
@@ -376,8 +456,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     torch_threads()
     task = get_task(args.task, n_test=max(args.n, 1), seed=args.split_seed)
-    models = {Path(m).name if not args.labels else lab: Path(m)
-              for m, lab in zip(args.models, args.labels or [None] * len(args.models))}
+    models = {
+        Path(m).name if not args.labels else lab: Path(m)
+        for m, lab in zip(args.models, args.labels or [None] * len(args.models), strict=False)
+    }
     rows, info = stats_rows(Path(args.base), models, task, args.n, args.samples, args.temperature, args.seed)
     if args.out:
         write_csv(Path(args.out), rows, STATS_COLUMNS)
@@ -408,8 +490,10 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("entropy-stats", help="token-entropy statistics of a base and tuned models on the "
-                                             "same responses sampled from the base")
+    p = sub.add_parser(
+        "entropy-stats",
+        help="token-entropy statistics of a base and tuned models on the same responses sampled from the base",
+    )
     p.add_argument("base", help="base model folder (responses are sampled from it)")
     p.add_argument("models", nargs="*", help="tuned model folders scored on the same responses")
     p.add_argument("--labels", nargs="*", help="labels for MODELS (default: folder names)")

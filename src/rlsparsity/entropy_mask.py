@@ -101,12 +101,19 @@ def trainer_class() -> Any:
 
         Extra keyword arguments: ``entropy_variant`` (top | bottom), ``entropy_normaliser``
         (kept | all) and ``entropy_selection`` (exact_k | threshold). The kept share is TRL's
-        ``args.top_entropy_quantile`` (ρ for top; 0.2 for bottom, whose complement is trained). Per step it logs ``entropy_mask/kept_fraction``,
+        ``args.top_entropy_quantile`` (ρ for top; 0.2 for bottom, whose complement is trained).
+        Per step it logs ``entropy_mask/kept_fraction``,
         ``entropy_mask/kept_tokens``, ``entropy_mask/tokens`` and ``entropy_mask/threshold``.
         """
 
-        def __init__(self, *args: Any, entropy_variant: str = "top", entropy_normaliser: str = "kept",
-                     entropy_selection: str = "exact_k", **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            entropy_variant: str = "top",
+            entropy_normaliser: str = "kept",
+            entropy_selection: str = "exact_k",
+            **kwargs: Any,
+        ) -> None:
             if entropy_variant not in VARIANTS:
                 raise ValueError(f"entropy_variant {entropy_variant!r} not in {VARIANTS}")
             if entropy_normaliser not in NORMALISERS:
@@ -118,9 +125,11 @@ def trainer_class() -> Any:
             if a.loss_type != "dapo":
                 raise ValueError(f"EntropyGRPOTrainer needs loss_type='dapo' (got {a.loss_type!r})")
             if a.gradient_accumulation_steps != 1 or self.accelerator.num_processes != 1:
-                raise ValueError("EntropyGRPOTrainer needs one micro-batch per optimiser step on one process "
-                                 "(gradient_accumulation_steps = 1): the selection is taken per micro-batch, "
-                                 "and here the micro-batch must be the whole update batch")
+                raise ValueError(
+                    "EntropyGRPOTrainer needs one micro-batch per optimiser step on one process "
+                    "(gradient_accumulation_steps = 1): the selection is taken per micro-batch, "
+                    "and here the micro-batch must be the whole update batch"
+                )
             # steps_per_generation k > 1 is fine: the generation batch is cut into k update batches
             # (the official code's mini-batches), each one optimiser step with its own selection
             if self._entropy_bonus_enabled:
@@ -184,13 +193,23 @@ def entropy_hparams(spec_hparams: dict[str, Any]) -> dict[str, Any]:
     return hp
 
 
-HISTORY_KEYS = ("loss", "reward", "reward_std", "entropy", "grad_norm", "clip_ratio/region_mean",
-                "entropy_mask/kept_fraction", "entropy_mask/kept_tokens", "entropy_mask/tokens",
-                "entropy_mask/threshold")
+HISTORY_KEYS = (
+    "loss",
+    "reward",
+    "reward_std",
+    "entropy",
+    "grad_norm",
+    "clip_ratio/region_mean",
+    "entropy_mask/kept_fraction",
+    "entropy_mask/kept_tokens",
+    "entropy_mask/tokens",
+    "entropy_mask/threshold",
+)
 
 
-def build_trainer(spec: Any, rho: float, variant: str = "top", normaliser: str = "kept",
-                  selection: str = "exact_k") -> tuple[Any, dict[str, Any]]:
+def build_trainer(
+    spec: Any, rho: float, variant: str = "top", normaliser: str = "kept", selection: str = "exact_k"
+) -> tuple[Any, dict[str, Any]]:
     """An :class:`EntropyGRPOTrainer` for ``spec`` (model loaded, seeded) and its hyperparameters."""
     from trl import GRPOConfig
 
@@ -206,21 +225,46 @@ def build_trainer(spec: Any, rho: float, variant: str = "top", normaliser: str =
     quantile = float(rho) if variant == "top" else BOTTOM_EXCLUDED
     hp = entropy_hparams(spec.hparams)
     model, tok = _load(spec)
-    args = _args(GRPOConfig, spec, hp, num_generations=hp["num_generations"],
-                 max_completion_length=max_new_tokens_for(model, spec.task), temperature=hp["temperature"],
-                 beta=hp["beta"], epsilon=hp["epsilon"], epsilon_high=hp["epsilon_high"],
-                 loss_type=hp["loss_type"], top_entropy_quantile=quantile, entropy_coef=hp["entropy_coef"],
-                 steps_per_generation=hp.get("steps_per_generation"))
-    tr = trainer_class()(model=model, reward_funcs=_reward_fn(spec), args=args,
-                         train_dataset=_online_dataset(spec, tok), processing_class=tok,
-                         entropy_variant=variant, entropy_normaliser=normaliser, entropy_selection=selection)
-    hp = {**hp, "top_entropy_quantile": quantile, "rho": float(rho), "variant": variant, "normaliser": normaliser,
-          "selection": selection, "selection_scope": SELECTION_SCOPE}
+    args = _args(
+        GRPOConfig,
+        spec,
+        hp,
+        num_generations=hp["num_generations"],
+        max_completion_length=max_new_tokens_for(model, spec.task),
+        temperature=hp["temperature"],
+        beta=hp["beta"],
+        epsilon=hp["epsilon"],
+        epsilon_high=hp["epsilon_high"],
+        loss_type=hp["loss_type"],
+        top_entropy_quantile=quantile,
+        entropy_coef=hp["entropy_coef"],
+        steps_per_generation=hp.get("steps_per_generation"),
+    )
+    tr = trainer_class()(
+        model=model,
+        reward_funcs=_reward_fn(spec),
+        args=args,
+        train_dataset=_online_dataset(spec, tok),
+        processing_class=tok,
+        entropy_variant=variant,
+        entropy_normaliser=normaliser,
+        entropy_selection=selection,
+    )
+    hp = {
+        **hp,
+        "top_entropy_quantile": quantile,
+        "rho": float(rho),
+        "variant": variant,
+        "normaliser": normaliser,
+        "selection": selection,
+        "selection_scope": SELECTION_SCOPE,
+    }
     return tr, hp
 
 
-def train_entropy(spec: Any, rho: float, variant: str = "top", normaliser: str = "kept",
-                  selection: str = "exact_k") -> dict[str, Any]:
+def train_entropy(
+    spec: Any, rho: float, variant: str = "top", normaliser: str = "kept", selection: str = "exact_k"
+) -> dict[str, Any]:
     """Train ``spec`` with the entropy-restricted DAPO/GRPO objective; returns the stats dict.
 
     Algorithm-like entry (see :mod:`rlsparsity.algorithms.common`): the final model, weight
@@ -230,10 +274,15 @@ def train_entropy(spec: Any, rho: float, variant: str = "top", normaliser: str =
 
     tr, hp = build_trainer(spec, rho, variant, normaliser, selection)
     stats = _run_trainer(spec, tr, tr.model, tr.processing_class)
-    history = [{k: v for k, v in h.items() if k in HISTORY_KEYS or k == "step"}
-               for h in tr.state.log_history if "loss" in h]
+    history = [
+        {k: v for k, v in h.items() if k in HISTORY_KEYS or k == "step"} for h in tr.state.log_history if "loss" in h
+    ]
     kf = [h["entropy_mask/kept_fraction"] for h in history if "entropy_mask/kept_fraction" in h]
-    return {**stats, "history": history, "hparams": hp,
-            "kept_fraction": sum(kf) / len(kf) if kf else float("nan"),
-            "kept_fraction_min": min(kf) if kf else float("nan"),
-            "kept_fraction_max": max(kf) if kf else float("nan")}
+    return {
+        **stats,
+        "history": history,
+        "hparams": hp,
+        "kept_fraction": sum(kf) / len(kf) if kf else float("nan"),
+        "kept_fraction_min": min(kf) if kf else float("nan"),
+        "kept_fraction_max": max(kf) if kf else float("nan"),
+    }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rlsparsity.modeling import gen_batch_size, generate, max_new_tokens_for
 from rlsparsity.tasks import Task

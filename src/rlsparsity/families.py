@@ -9,9 +9,10 @@ the size; any field can be overridden per family in the experiment config.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: Shared tiny shape (overridable per family in config).
 TINY_DEFAULTS: dict[str, int] = {

@@ -11,9 +11,10 @@ The path layout is the contract between stages:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: The seven algorithms of arXiv 2505.11711 Table 1, in the paper's order.
 PAPER_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "orpo", "kto", "dpo", "simpo", "prime")

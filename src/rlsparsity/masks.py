@@ -19,8 +19,9 @@ runs agree by construction) and on the mask's entries only (:func:`masked_agreem
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -205,7 +206,7 @@ def bin_counts(mask: dict[str, Any], base_weights: dict[str, np.ndarray]) -> dic
         m = np.asarray(mask[name]).reshape(-1).astype(bool)
         bins = magnitude_bins(np.asarray(base_weights[name]).reshape(-1))
         b, c = np.unique(bins[m], return_counts=True)
-        out.update({(name, int(x)): int(y) for x, y in zip(b, c)})
+        out.update({(name, int(x)): int(y) for x, y in zip(b, c, strict=False)})
     return out
 
 
@@ -226,4 +227,4 @@ def masked_agreement(full: str | Path, sub: str | Path, mask: dict[str, Any],
         d = np.abs(ws[n][m] - wf[n][m])
         total += int(m.sum())
         agree += np.array([int((d <= t).sum()) for t in tols], dtype=np.int64)
-    return {tol_key(t): (float(a) / total if total else float("nan")) for t, a in zip(tols, agree)}
+    return {tol_key(t): (float(a) / total if total else float("nan")) for t, a in zip(tols, agree, strict=False)}

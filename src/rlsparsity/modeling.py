@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp32-master": "float32", "fp32": "float32"}
 SAVE_DTYPES = {"bf16": "bfloat16", "fp32-master": "bfloat16", "fp32": "float32"}

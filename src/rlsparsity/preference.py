@@ -16,7 +16,6 @@ from typing import Any
 from rlsparsity.modeling import gen_batch_size, generate, max_new_tokens_for
 from rlsparsity.tasks import Task
 
-
 #: On-policy samples already drawn in this process, keyed by (model folder, dtype, device,
 #: task, prompts, k, seed): dpo, kto, orpo, simpo and sft of one group job (same base,
 #: precision and seed) label the same samples, so they are drawn once. Drawing them
@@ -72,7 +71,7 @@ def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, 
             raise ValueError(f"preference samples do not match this run's prompts (n_prompts={n_prompts}, k={k}, "
                              f"seed={seed})")
         samples = [(e, d["prompt"], list(d["completions"]), list(d["rewards"]))
-                   for e, d in zip(entries, drawn["samples"])]
+                   for e, d in zip(entries, drawn["samples"], strict=False)]
         rows = _on_policy_rows(kind, samples, stats, len(entries) * k)
     elif data == "on_policy":
         import torch
@@ -103,12 +102,12 @@ def _on_policy_rows(kind: str, samples: list[Any], stats: dict[str, Any], n_samp
     rows: list[dict[str, Any]] = []
     stats["sample_accuracy"] = sum(sum(r) for *_, r in samples) / max(1, n_samples)
     for _e, p, cs, rs in samples:
-        good = [c for c, r in zip(cs, rs) if r >= 1.0]
-        bad = [c for c, r in zip(cs, rs) if r < 1.0]
+        good = [c for c, r in zip(cs, rs, strict=False) if r >= 1.0]
+        bad = [c for c, r in zip(cs, rs, strict=False) if r < 1.0]
         if kind == "pairs":
-            rows += [{"prompt": p, "chosen": g, "rejected": b} for g, b in zip(good, bad)]
+            rows += [{"prompt": p, "chosen": g, "rejected": b} for g, b in zip(good, bad, strict=False)]
         elif kind == "unpaired":
-            rows += [{"prompt": p, "completion": c, "label": r >= 1.0} for c, r in zip(cs, rs)]
+            rows += [{"prompt": p, "completion": c, "label": r >= 1.0} for c, r in zip(cs, rs, strict=False)]
         else:
             rows += [{"prompt": p, "completion": g} for g in dict.fromkeys(good)]
     return rows

@@ -22,8 +22,8 @@ Per-problem outcomes travel as compact bit strings ("0110…", one character per
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -52,9 +52,10 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlsparsity import grid as G
 
@@ -67,8 +68,17 @@ SUBNETWORK_COLUMNS = ["family", "algorithm", "seed", "precision", "mask", "acc_b
 # ======================================================================= config -> jobs (light)
 
 from rlsparsity.causes import (  # noqa: E402,F401  (re-exported: the stage API)
-    CAUSES_COLUMNS, DEFAULT_KL_ON, KL_PARAM, Setting, _as_list, _families, causes_settings, causes_table,
-    causes_to_train, causes_train)
+    CAUSES_COLUMNS,
+    DEFAULT_KL_ON,
+    KL_PARAM,
+    Setting,
+    _as_list,
+    _families,
+    causes_settings,
+    causes_table,
+    causes_to_train,
+    causes_train,
+)
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,18 @@ def subnetwork_jobs(config: dict[str, Any]) -> list[SubJob]:
 
 
 from rlsparsity.masks import (  # noqa: E402,F401  (re-exported: the stage API)
-    align_mask, agreement, magnitude_bins, mask_from_diff, mask_violations, masked_agreement,
-    random_mask_like, random_mask_magnitude_matched, read_weights, sparsity_vs, write_mask)
-
+    agreement,
+    align_mask,
+    magnitude_bins,
+    mask_from_diff,
+    mask_violations,
+    masked_agreement,
+    random_mask_like,
+    random_mask_magnitude_matched,
+    read_weights,
+    sparsity_vs,
+    write_mask,
+)
 
 # ======================================================================= training
 

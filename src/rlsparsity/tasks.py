@@ -14,9 +14,10 @@ tokens whose next token is genuinely uncertain, not only near-zero-entropy templ
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 INSTRUCTION = "Give the final answer as 'Answer: <number>'."
 #: Instruction per prompt style (config ``task.prompt``): ``cot`` asks for reasoning first, so

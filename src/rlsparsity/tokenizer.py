@@ -10,8 +10,9 @@ a ``PreTrainedTokenizerFast`` with a minimal chat template, so
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHAT_TEMPLATE = (

@@ -77,16 +77,28 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         b = evaluate(load_model(base, "fp32", device), tok, task, n=tc["eval_n"])
         acc_base, correct_base = b["accuracy"], b["correct"]
     record = {
-        **run.as_dict(), "experiment": config.get("experiment"), "task": task.name,
-        "base": str(base), "acc_base": acc_base, "acc_trained": after["accuracy"],
-        "correct_base": correct_base, "correct_trained": after["correct"],
-        "mean_reward_trained": after["mean_reward"], "n_eval": after["n"],
-        "steps": stats.get("steps"), "seconds_per_step": stats.get("seconds_per_step"),
-        "wall_seconds": round(wall, 3), "hparams": stats.get("hparams"),
-        "data_stats": stats.get("data_stats"), "history": stats.get("history"),
-        "checkpoint_every": spec.checkpoint_every, "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
+        **run.as_dict(),
+        "experiment": config.get("experiment"),
+        "task": task.name,
+        "base": str(base),
+        "acc_base": acc_base,
+        "acc_trained": after["accuracy"],
+        "correct_base": correct_base,
+        "correct_trained": after["correct"],
+        "mean_reward_trained": after["mean_reward"],
+        "n_eval": after["n"],
+        "steps": stats.get("steps"),
+        "seconds_per_step": stats.get("seconds_per_step"),
+        "wall_seconds": round(wall, 3),
+        "hparams": stats.get("hparams"),
+        "data_stats": stats.get("data_stats"),
+        "history": stats.get("history"),
+        "checkpoint_every": spec.checkpoint_every,
+        "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
         "bf16_compute": bf16_compute(device) if run.precision == "bf16" else None,
-        "samples": after["samples"], "versions": versions(), "config": config,
+        "samples": after["samples"],
+        "versions": versions(),
+        "config": config,
         **device_record(device, wall, stats.get("steps")),
     }
     write_model_card(out, record)
@@ -111,8 +123,12 @@ def _train_or_reuse(spec: Any, train: Any) -> tuple[dict[str, Any], float]:
         prev = json.loads(done.read_text()) if done.exists() else None
     except ValueError:
         prev = None
-    if (isinstance(prev, dict) and prev.get("fingerprint") == fp and (out / "model.safetensors").exists()
-            and not (out / "resume").exists()):
+    if (
+        isinstance(prev, dict)
+        and prev.get("fingerprint") == fp
+        and (out / "model.safetensors").exists()
+        and not (out / "resume").exists()
+    ):
         return prev["stats"], float(prev["wall_seconds"])
     if is_main_process():
         for stale in (DONE, "run.json", "README.md"):
@@ -125,8 +141,9 @@ def _train_or_reuse(spec: Any, train: Any) -> tuple[dict[str, Any], float]:
     return stats, wall
 
 
-def train_group(config: dict[str, Any], key: str, device: str = "cpu",
-                samples: list[str | Path] | tuple[str | Path, ...] = ()) -> list[dict[str, Any]]:
+def train_group(
+    config: dict[str, Any], key: str, device: str = "cpu", samples: list[str | Path] | tuple[str | Path, ...] = ()
+) -> list[dict[str, Any]]:
     """Train every run of the config's grid in group ``key`` (see :func:`rlsparsity.grid.group_runs`)
     one after the other in this process. Each run seeds itself, so its weights are the
     same as when it is trained alone (tested)."""
@@ -137,8 +154,17 @@ def train_group(config: dict[str, Any], key: str, device: str = "cpu",
     for i, run in enumerate(runs, 1):
         t0 = time.time()
         rec = train_run(run, config, device=device, samples=samples)
-        print(json.dumps({"run": run.rel, "index": f"{i}/{len(runs)}", "seconds": round(time.time() - t0, 2),
-                          **{k: rec.get(k) for k in ("acc_base", "acc_trained", "seconds_per_step")}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "run": run.rel,
+                    "index": f"{i}/{len(runs)}",
+                    "seconds": round(time.time() - t0, 2),
+                    **{k: rec.get(k) for k in ("acc_base", "acc_trained", "seconds_per_step")},
+                }
+            ),
+            flush=True,
+        )
         records.append(rec)
     return records
 
@@ -151,10 +177,19 @@ def accuracy_table(config: dict[str, Any], out_csv: str | Path, by_algorithm_csv
     rows = []
     for run in G.expand_runs(config):
         rec = json.loads((run.dir(config["results"]) / "run.json").read_text())
-        rows.append({**run.as_dict(), "acc_base": rec["acc_base"], "acc_trained": rec["acc_trained"],
-                     "delta": rec["acc_trained"] - rec["acc_base"], "steps": rec["steps"],
-                     "seconds_per_step": rec["seconds_per_step"], "wall_seconds": rec["wall_seconds"],
-                     "correct_base": rec.get("correct_base"), "correct_trained": rec.get("correct_trained")})
+        rows.append(
+            {
+                **run.as_dict(),
+                "acc_base": rec["acc_base"],
+                "acc_trained": rec["acc_trained"],
+                "delta": rec["acc_trained"] - rec["acc_base"],
+                "steps": rec["steps"],
+                "seconds_per_step": rec["seconds_per_step"],
+                "wall_seconds": rec["wall_seconds"],
+                "correct_base": rec.get("correct_base"),
+                "correct_trained": rec.get("correct_trained"),
+            }
+        )
     df = pd.DataFrame(rows)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
@@ -172,10 +207,21 @@ def accuracy_by_algorithm(df: Any) -> Any:
     for (prec, data, alg), g in df.groupby(["precision", "data", "algorithm"], sort=True):
         d = g["acc_trained"] - g["acc_base"]
         n = len(d)
-        out.append({"precision": prec, "data": data, "algorithm": alg, "n_runs": n,
-                    "acc_base": g["acc_base"].mean(), "acc_trained": g["acc_trained"].mean(),
-                    "delta_mean": d.mean(), "delta_se": d.std(ddof=1) / n ** 0.5 if n > 1 else float("nan"),
-                    "n_up": int((d > 0).sum()), "n_down": int((d < 0).sum()), "n_same": int((d == 0).sum())})
+        out.append(
+            {
+                "precision": prec,
+                "data": data,
+                "algorithm": alg,
+                "n_runs": n,
+                "acc_base": g["acc_base"].mean(),
+                "acc_trained": g["acc_trained"].mean(),
+                "delta_mean": d.mean(),
+                "delta_se": d.std(ddof=1) / n**0.5 if n > 1 else float("nan"),
+                "n_up": int((d > 0).sum()),
+                "n_down": int((d < 0).sum()),
+                "n_same": int((d == 0).sum()),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -228,19 +274,34 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--samples", nargs="*", default=[], metavar="FILE",
-                   help="on-policy preference samples (rlsparsity preference-samples); default: draw them here")
+    p.add_argument(
+        "--samples",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="on-policy preference samples (rlsparsity preference-samples); default: draw them here",
+    )
     p.set_defaults(func=_cmd_train_run)
 
-    p = sub.add_parser("train-group", help="train every run of one group in one process "
-                                           "(saves the torch/transformers/trl start-up per run)")
-    p.add_argument("--group", required=True,
-                   help="FIELD=VALUE[,FIELD=VALUE...] over family/algorithm/data/precision/seed, "
-                        "e.g. family=llama,precision=bf16,seed=1")
+    p = sub.add_parser(
+        "train-group",
+        help="train every run of one group in one process (saves the torch/transformers/trl start-up per run)",
+    )
+    p.add_argument(
+        "--group",
+        required=True,
+        help="FIELD=VALUE[,FIELD=VALUE...] over family/algorithm/data/precision/seed, "
+        "e.g. family=llama,precision=bf16,seed=1",
+    )
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--samples", nargs="*", default=[], metavar="FILE",
-                   help="on-policy preference samples for the group's runs; default: draw them here")
+    p.add_argument(
+        "--samples",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="on-policy preference samples for the group's runs; default: draw them here",
+    )
     p.set_defaults(func=_cmd_train_group)
 
     p = sub.add_parser("accuracy-table", help="collect run.json files into accuracy.csv")

@@ -11,7 +11,6 @@ Run by tools/gpu/prepare.sh; see benchmarks/smollm2_gpu/README.md.
 """
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import zipfile

@@ -37,7 +37,7 @@ def get_algorithm(name: str) -> TrainFn:
 def defaults(name: str) -> dict[str, Any]:
     mod, _ = _ENTRY[name]
     m = importlib.import_module(mod)
-    d = getattr(m, "DEFAULTS")
+    d = m.DEFAULTS
     return dict(d[name]) if name in d and isinstance(d[name], dict) else dict(d)
 
 

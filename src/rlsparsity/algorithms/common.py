@@ -18,12 +18,19 @@ and after, and writes ``run.json``.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from rlsparsity.algorithms.checkpointing import (STATE_FILE, fingerprint, read_state, start_fresh, start_resumed,
-                                                 write_state)
+from rlsparsity.algorithms.checkpointing import (
+    STATE_FILE,
+    fingerprint,
+    read_state,
+    start_fresh,
+    start_resumed,
+    write_state,
+)
 from rlsparsity.grid import Run
 from rlsparsity.tasks import Task
 

@@ -63,8 +63,19 @@ import torch
 from torch import Tensor, nn
 
 from rlsparsity.algorithms.common import TrainSpec, seed_everything
-from rlsparsity.algorithms.rollout import (Aux, adamw, finish, gae, masked_mean, masked_whiten, position_ids,
-                                           ppo_clip_loss, run_steps, sample, token_logprobs)
+from rlsparsity.algorithms.rollout import (
+    Aux,
+    adamw,
+    finish,
+    gae,
+    masked_mean,
+    masked_whiten,
+    position_ids,
+    ppo_clip_loss,
+    run_steps,
+    sample,
+    token_logprobs,
+)
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
 
 DEFAULTS: dict[str, Any] = {
@@ -132,8 +143,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         prompts = [task.prompt(e, tok) for e in entries]
         ro = sample(policy, tok, prompts, int(hp["samples_per_prompt"]), int(hp["max_new_tokens"]), T)
         ids, att, P, cm = ro.input_ids, ro.attention_mask, ro.prompt_len, ro.completion_mask
-        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())],
-                              device=ids.device)
+        scores = torch.tensor(
+            [float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist(), strict=False)],
+            device=ids.device,
+        )
         with torch.no_grad():
             old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
             ref_logp = token_logprobs(ref, ids, att, P, T)
@@ -144,11 +157,23 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         rewards[torch.arange(len(last), device=last.device), last] += scores.to(rewards.dtype)
         adv, returns = gae(rewards, values, cm, float(hp["gamma"]), float(hp["lam"]))
         adv = masked_whiten(adv, cm)
-        buffer = {"input_ids": ids, "attention_mask": att, "prompt_len": P, "completion_mask": cm,
-                  "old_logp": old_logp, "values": values, "returns": returns, "advantages": adv}
-        stats = {"reward_mean": scores.mean().item(), "kl": kl.sum(-1).mean().item(),
-                 "non_score_reward": (-beta * kl).sum(-1).mean().item(),
-                 "entropy": masked_mean(ent, cm).item(), "completion_length": ro.lengths.float().mean().item()}
+        buffer = {
+            "input_ids": ids,
+            "attention_mask": att,
+            "prompt_len": P,
+            "completion_mask": cm,
+            "old_logp": old_logp,
+            "values": values,
+            "returns": returns,
+            "advantages": adv,
+        }
+        stats = {
+            "reward_mean": scores.mean().item(),
+            "kl": kl.sum(-1).mean().item(),
+            "non_score_reward": (-beta * kl).sum(-1).mean().item(),
+            "entropy": masked_mean(ent, cm).item(),
+            "completion_length": ro.lengths.float().mean().item(),
+        }
         return buffer, stats
 
     def policy_loss(b: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:

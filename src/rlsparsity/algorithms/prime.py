@@ -63,8 +63,19 @@ import torch.nn.functional as Fnn
 from torch import Tensor
 
 from rlsparsity.algorithms.common import TrainSpec, seed_everything
-from rlsparsity.algorithms.rollout import (Aux, adamw, finish, masked_mean, masked_whiten, ppo_clip_loss,
-                                           run_steps, sample, select, token_logprobs, trim)
+from rlsparsity.algorithms.rollout import (
+    Aux,
+    adamw,
+    finish,
+    masked_mean,
+    masked_whiten,
+    ppo_clip_loss,
+    run_steps,
+    sample,
+    select,
+    token_logprobs,
+    trim,
+)
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
 
 DEFAULTS: dict[str, Any] = {
@@ -176,8 +187,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         entries = rng.sample(train_set, n_sample)
         prompts = [task.prompt(e, tok) for e in entries]
         ro = sample(policy, tok, prompts, K, int(hp["max_new_tokens"]), T)
-        scores = torch.tensor([float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist())],
-                              device=ro.input_ids.device)
+        scores = torch.tensor(
+            [float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist(), strict=False)],
+            device=ro.input_ids.device,
+        )
         acc = scores.view(n_sample, K).mean(-1)
         if filt:
             lo, hi = float(filt[0]), float(filt[1])
@@ -185,10 +198,17 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             keep_groups = passing if passing else list(range(n_prompts))
         else:
             keep_groups = list(range(n_prompts))
-        rows = (torch.tensor(keep_groups, device=scores.device).unsqueeze(-1) * K
-                + torch.arange(K, device=scores.device)).reshape(-1)
-        buf = trim({"input_ids": ro.input_ids[rows], "attention_mask": ro.attention_mask[rows],
-                    "prompt_len": ro.prompt_len, "completion_mask": ro.completion_mask[rows]})
+        rows = (
+            torch.tensor(keep_groups, device=scores.device).unsqueeze(-1) * K + torch.arange(K, device=scores.device)
+        ).reshape(-1)
+        buf = trim(
+            {
+                "input_ids": ro.input_ids[rows],
+                "attention_mask": ro.attention_mask[rows],
+                "prompt_len": ro.prompt_len,
+                "completion_mask": ro.completion_mask[rows],
+            }
+        )
         ids, att, P, cm = buf["input_ids"], buf["attention_mask"], buf["prompt_len"], buf["completion_mask"]
         buf["scores"] = scores[rows]
         buf["group"] = ro.group[rows]
@@ -204,15 +224,23 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         if hp.get("double_forward"):
             with torch.no_grad():
                 process = beta * (token_logprobs(prm, ids, att, P, T) - prm_ref_logp) * cm
-        adv, returns = prime_advantages(process, buf["scores"], cm, buf["group"], float(hp["process_coef"]),
-                                        float(hp["outcome_coef"]))
+        adv, returns = prime_advantages(
+            process, buf["scores"], cm, buf["group"], float(hp["process_coef"]), float(hp["outcome_coef"])
+        )
         buf.update(advantages=adv, returns=returns)
         kl = (old_logp - ref_logp) * cm
-        stats = {"reward_mean": scores.mean().item(), "reward_kept_mean": buf["scores"].mean().item(),
-                 "kept_prompts": float(len(keep_groups)), "filter_passed": float(bool(filt) and len(passing) > 0),
-                 "kl": kl.sum(-1).mean().item(), "entropy": masked_mean(ent, cm).item(),
-                 "process_reward_mean": process.sum(-1).mean().item(), "prm_loss": prm_loss,
-                 "prm_accuracy": prm_acc, "completion_length": cm.sum(-1).mean().item()}
+        stats = {
+            "reward_mean": scores.mean().item(),
+            "reward_kept_mean": buf["scores"].mean().item(),
+            "kept_prompts": float(len(keep_groups)),
+            "filter_passed": float(bool(filt) and len(passing) > 0),
+            "kl": kl.sum(-1).mean().item(),
+            "entropy": masked_mean(ent, cm).item(),
+            "process_reward_mean": process.sum(-1).mean().item(),
+            "prm_loss": prm_loss,
+            "prm_accuracy": prm_acc,
+            "completion_length": cm.sum(-1).mean().item(),
+        }
         return buf, stats
 
     def policy_loss(b: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:

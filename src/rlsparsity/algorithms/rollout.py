@@ -22,16 +22,25 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from rlsparsity.algorithms.checkpointing import finish_run
-from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, load_resume_state,
-                                          restore_masked, resume_state_path, save_checkpoint_weights,
-                                          save_resume_state, set_rng_state)
+from rlsparsity.algorithms.common import (
+    Interrupted,
+    TrainSpec,
+    apply_mask_to_grads,
+    load_resume_state,
+    restore_masked,
+    resume_state_path,
+    save_checkpoint_weights,
+    save_resume_state,
+    set_rng_state,
+)
 from rlsparsity.modeling import snap_to_bf16
 
 

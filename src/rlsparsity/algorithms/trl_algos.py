@@ -24,13 +24,27 @@ import json
 import os
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from rlsparsity.algorithms.checkpointing import (ResumeError, finish_run, fingerprint, mark_complete,
-                                                 prune_trainer_checkpoints, save_delay_hook, trainer_resume_point)
-from rlsparsity.algorithms.common import (Interrupted, TrainSpec, apply_mask_to_grads, restore_masked,
-                                          save_checkpoint_weights, seed_everything)
+from rlsparsity.algorithms.checkpointing import (
+    ResumeError,
+    fingerprint,
+    finish_run,
+    mark_complete,
+    prune_trainer_checkpoints,
+    save_delay_hook,
+    trainer_resume_point,
+)
+from rlsparsity.algorithms.common import (
+    Interrupted,
+    TrainSpec,
+    apply_mask_to_grads,
+    restore_masked,
+    save_checkpoint_weights,
+    seed_everything,
+)
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, save_model, snap_to_bf16
 
 # Tiny-model defaults (bf16 main grid, 20 steps), chosen by a sweep over 4 families x 4 seeds

@@ -13,8 +13,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlsparsity.analysis.diff import DEFAULT_TOLERANCES
 from rlsparsity.cliargs import (
@@ -213,7 +214,7 @@ def _common(p: argparse.ArgumentParser, tolerances: bool = True, threads: bool =
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the analysis subcommands to the ``rlsparsity`` CLI."""
     p = subparsers.add_parser("diff", help="update sparsity of TUNED vs BASE (streaming, exact)")
     p.add_argument("base", help="HF folder, .safetensors file, or hub id")
@@ -231,10 +232,15 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("base")
     p.add_argument("tuned")
     _common(p, tolerances=False, threads=False)
-    p.add_argument("--rtol", type=tolerance, default=None, help="σ > rtol·σ_max (default: matrix_rank's max(m,n)·eps32)")
-    p.add_argument("--margin", type=tolerance, default=None,
-                   help="matrix_rank fallback if any σ lies within this band around τ, relative to τ "
-                        "(default: rank.DEFAULT_MARGIN, widened for fp64-Gram rounding)")
+    p.add_argument("--rtol", type=tolerance, default=None,
+                   help="σ > rtol·σ_max (default: matrix_rank's max(m,n)·eps32)")
+    p.add_argument(
+        "--margin",
+        type=tolerance,
+        default=None,
+        help="matrix_rank fallback if any σ lies within this band around τ, relative to τ "
+        "(default: rank.DEFAULT_MARGIN, widened for fp64-Gram rounding)",
+    )
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", help="per-matrix CSV")
     p.add_argument("--json", action="store_true")

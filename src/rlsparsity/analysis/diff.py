@@ -25,10 +25,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -255,10 +256,18 @@ def tensor_rows(result: DiffResult) -> list[dict[str, Any]]:
         layer, mtype = parse_name(t.name)
         row: dict[str, Any] = {"name": t.name, "layer": layer, "matrix_type": mtype,
                                "shape": "x".join(map(str, t.shape)), "numel": t.numel}
-        row.update({f"changed_{tol_key(tol)}": int(c) for tol, c in zip(result.tolerances, t.stats.changed, strict=True)})
-        row.update({"below_ulp": t.stats.below_ulp, "nonfinite": t.stats.nonfinite,
-                    "max_abs_delta": t.stats.max_abs, "l2_delta": math.sqrt(t.stats.sumsq),
-                    "dtype_base": t.dtype_base, "dtype_tuned": t.dtype_tuned})
+        changed = zip(result.tolerances, t.stats.changed, strict=True)
+        row.update({f"changed_{tol_key(tol)}": int(c) for tol, c in changed})
+        row.update(
+            {
+                "below_ulp": t.stats.below_ulp,
+                "nonfinite": t.stats.nonfinite,
+                "max_abs_delta": t.stats.max_abs,
+                "l2_delta": math.sqrt(t.stats.sumsq),
+                "dtype_base": t.dtype_base,
+                "dtype_tuned": t.dtype_tuned,
+            }
+        )
         rows.append(row)
     return rows
 
@@ -270,10 +279,19 @@ def provenance(base: str, tuned: str, tolerances: tuple[float, ...], seconds: fl
 
     from rlsparsity import __version__
 
-    return {"base": str(base), "tuned": str(tuned), "tolerances": list(tolerances),
-            "versions": {"rlsparsity": __version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
-                         "python": platform.python_version()},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 3)}
+    return {
+        "base": str(base),
+        "tuned": str(tuned),
+        "tolerances": list(tolerances),
+        "versions": {
+            "rlsparsity": __version__,
+            "numpy": np.__version__,
+            "safetensors": safetensors.__version__,
+            "python": platform.python_version(),
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 3),
+    }
 
 
 def write_outputs(out: Path, result: DiffResult, prov: dict[str, Any]) -> dict[str, Any]:

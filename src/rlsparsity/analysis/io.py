@@ -259,7 +259,7 @@ def load_packed_mask(path: str | Path) -> dict[str, tuple[np.ndarray, tuple[int,
     return out
 
 
-def load_mask(path: str | Path) -> dict[str, "torch.Tensor"]:  # noqa: F821
+def load_mask(path: str | Path) -> dict[str, torch.Tensor]:  # noqa: F821
     """name -> torch.BoolTensor (True = updated) from a mask file written by :class:`MaskWriter`."""
     import torch
 

@@ -50,10 +50,10 @@ class Stats:
     sumsq: float = 0.0
 
     @classmethod
-    def zero(cls, n_tol: int) -> "Stats":
+    def zero(cls, n_tol: int) -> Stats:
         return cls(np.zeros(n_tol, dtype=np.int64))
 
-    def add(self, other: "Stats") -> None:
+    def add(self, other: Stats) -> None:
         self.changed += other.changed
         self.below_ulp += other.below_ulp
         self.nonfinite += other.nonfinite

@@ -10,8 +10,9 @@ Counts come straight from the bit-packed masks (popcount of AND), never unpacked
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -70,20 +70,20 @@ def threshold(sigma_max: float, shape: tuple[int, int], rtol: float | None) -> f
     return sigma_max * (rtol if rtol is not None else max(shape) * EPS32)
 
 
-def reference_rank(delta: "torch.Tensor", rtol: float | None = None) -> int:
+def reference_rank(delta: torch.Tensor, rtol: float | None = None) -> int:
     """torch.linalg.matrix_rank of the fp32 matrix (default tolerance unless rtol)."""
     import torch
 
     return int(torch.linalg.matrix_rank(delta.float(), rtol=rtol))
 
 
-def gram(delta: "torch.Tensor") -> "torch.Tensor":
+def gram(delta: torch.Tensor) -> torch.Tensor:
     """fp64 Gram matrix of the smaller side (its eigenvalues are the squared singular values)."""
     a = delta.double()
     return a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
 
 
-def gram_singular_values(delta: "torch.Tensor") -> "torch.Tensor":
+def gram_singular_values(delta: torch.Tensor) -> torch.Tensor:
     """Singular values (ascending) as √max(λ, 0) of the fp64 Gram matrix of the smaller side."""
     import torch
 
@@ -101,7 +101,7 @@ def band(tau: float, sigma_max: float, shape: tuple[int, int], margin: float) ->
     return max(tau - half, 0.0), tau + half
 
 
-def _certified_full_rank(g: "torch.Tensor", shape: tuple[int, int], rtol: float | None, margin: float) -> bool:
+def _certified_full_rank(g: torch.Tensor, shape: tuple[int, int], rtol: float | None, margin: float) -> bool:
     """True if every σ provably exceeds the band's upper edge (Cholesky of a shifted Gram)."""
     import torch
 
@@ -116,7 +116,7 @@ def _certified_full_rank(g: "torch.Tensor", shape: tuple[int, int], rtol: float 
     return int(torch.linalg.cholesky_ex(g - shift * eye).info) == 0
 
 
-def fast_rank(delta: "torch.Tensor", rtol: float | None = None, margin: float = DEFAULT_MARGIN) -> RankResult:
+def fast_rank(delta: torch.Tensor, rtol: float | None = None, margin: float = DEFAULT_MARGIN) -> RankResult:
     """Rank of a 2-D fp32 tensor, identical to torch.linalg.matrix_rank's (module docstring)."""
     m, n = delta.shape
     k = min(m, n)
@@ -163,14 +163,14 @@ def rank_checkpoints(base: Checkpoint, tuned: Checkpoint, rtol: float | None = N
     import torch
     from tqdm import tqdm
 
-    from rlsparsity.analysis.pairing import plan_pairs
     from rlsparsity.analysis.layers import parse_name
+    from rlsparsity.analysis.pairing import plan_pairs
 
     pairs = [(b, t) for b, t in plan_pairs(base, tuned).pairs if len(b.shape) == 2 and len(t.shape) == 2]
     rows = []
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(delta_matrix, *pairs[0]) if pairs else None
-        for i, (b, t) in enumerate(tqdm(pairs, desc="rank", file=sys.stderr,
+        for i, (_b, t) in enumerate(tqdm(pairs, desc="rank", file=sys.stderr,
                                         disable=not (progress and sys.stderr.isatty()))):
             d = torch.from_numpy(pending.result()).to(device)
             pending = pool.submit(delta_matrix, *pairs[i + 1]) if i + 1 < len(pairs) else None

@@ -15,7 +15,14 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from rlsparsity.analysis.diff import DEFAULT_TOLERANCES, delta_stream, diff_checkpoints, provenance, tol_key, write_outputs
+from rlsparsity.analysis.diff import (
+    DEFAULT_TOLERANCES,
+    delta_stream,
+    diff_checkpoints,
+    provenance,
+    tol_key,
+    write_outputs,
+)
 from rlsparsity.analysis.dynamics import run_dynamics
 from rlsparsity.analysis.io import Checkpoint, open_checkpoint
 from rlsparsity.analysis.layers import layer_table
@@ -63,14 +70,25 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
     if not isinstance(pairs, list) or not pairs:
         raise ValueError(f"{path}: expected a non-empty list under 'pairs'")
     for i, p in enumerate(pairs):
-        bad = [k for k in ("name", "algorithm", "base", "tuned") if not isinstance((p or {}).get(k) if isinstance(p, dict) else None, str)]
+        bad = [
+            k
+            for k in ("name", "algorithm", "base", "tuned")
+            if not isinstance((p or {}).get(k) if isinstance(p, dict) else None, str)
+        ]
         if bad:
             raise ValueError(f"{path}: pairs[{i}] needs string field(s) {', '.join(bad)}")
     return pairs
 
 
-def diff_run(base: Checkpoint, base_arg: str, run_path: Path, out: Path, tolerances: tuple[float, ...],
-             topk: float | None, threads: int | None) -> dict[str, Any]:
+def diff_run(
+    base: Checkpoint,
+    base_arg: str,
+    run_path: Path,
+    out: Path,
+    tolerances: tuple[float, ...],
+    topk: float | None,
+    threads: int | None,
+) -> dict[str, Any]:
     """Diff one run's final model against the base into ``out``; returns the summary."""
     t0 = time.time()
     tuned = open_checkpoint(run_path)
@@ -85,8 +103,10 @@ def diff_run(base: Checkpoint, base_arg: str, run_path: Path, out: Path, toleran
 
 def sparsity_rows(run: Run, summary: dict[str, Any]) -> list[dict[str, Any]]:
     """sparsity.csv rows: one per tolerance."""
-    return [{**run.as_dict(), "tolerance": float(k), "sparsity": v,
-             "below_bf16_half_ulp": summary["below_bf16_half_ulp"]} for k, v in summary["sparsity"].items()]
+    return [
+        {**run.as_dict(), "tolerance": float(k), "sparsity": v, "below_bf16_half_ulp": summary["below_bf16_half_ulp"]}
+        for k, v in summary["sparsity"].items()
+    ]
 
 
 def overlap_pairs(runs: list[Run]) -> list[tuple[str, Run, Run]]:
@@ -107,14 +127,29 @@ def overlap_rows(runs: list[Run], diff_root: Path, mask_kinds: list[str]) -> lis
     for axis, a, b in overlap_pairs(runs):
         for kind in mask_kinds:
             tot, _ = overlap_masks(mask_file(diff_root / a.rel, kind), mask_file(diff_root / b.rel, kind))
-            rows.append({"family": a.family, "axis": axis, "mask": kind, "run_a": a.label, "run_b": b.label,
-                         **{k: tot[k] for k in ("o1", "o2", "o1_random", "o2_random", "jaccard", "s1", "s2")}})
+            rows.append(
+                {
+                    "family": a.family,
+                    "axis": axis,
+                    "mask": kind,
+                    "run_a": a.label,
+                    "run_b": b.label,
+                    **{k: tot[k] for k in ("o1", "o2", "o1_random", "o2_random", "jaccard", "s1", "s2")},
+                }
+            )
     return rows
 
 
-def analyze_family(base_path: Path, run_dirs: list[Path], diff_root: Path, out_dir: Path,
-                   tolerances: tuple[float, ...] = DEFAULT_TOLERANCES, topk: float | None = 0.01,
-                   threads: int | None = None, rank_device: str = "cpu") -> dict[str, Path]:
+def analyze_family(
+    base_path: Path,
+    run_dirs: list[Path],
+    diff_root: Path,
+    out_dir: Path,
+    tolerances: tuple[float, ...] = DEFAULT_TOLERANCES,
+    topk: float | None = 0.01,
+    threads: int | None = None,
+    rank_device: str = "cpu",
+) -> dict[str, Path]:
     """Diff, rank, layer split and dynamics of every run of one family, then their overlaps."""
     base = open_checkpoint(base_path)
     tables: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
@@ -127,8 +162,12 @@ def analyze_family(base_path: Path, run_dirs: list[Path], diff_root: Path, out_d
         tensor_rows = read_csv(diff_root / run.rel / "tensors.csv")
         tables["layers"] += [{**run.as_dict(), **r} for r in layer_table(tensor_rows, [tol_key(t) for t in tolerances])]
         for r in rank_checkpoints(base, open_checkpoint(rd), device=rank_device):
-            tables["rank"].append({**run.as_dict(), **{k: r[k] for k in (
-                "tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method")}})
+            tables["rank"].append(
+                {
+                    **run.as_dict(),
+                    **{k: r[k] for k in ("tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method")},
+                }
+            )
         tables["dynamics"] += [{**run.as_dict(), **r} for r in run_dynamics(base, Path(rd), tolerances, threads)]
     kinds = ["exact"] + ([f"topk:{topk:g}"] if topk is not None else [])
     tables["overlap"] = overlap_rows(runs, diff_root, kinds)
@@ -143,8 +182,20 @@ _ID = ["family", "algorithm", "data", "precision", "seed"]
 COLUMNS: dict[str, list[str]] = {
     "sparsity": _ID + ["tolerance", "sparsity", "below_bf16_half_ulp"],
     "rank": _ID + ["tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method"],
-    "overlap": ["family", "axis", "mask", "run_a", "run_b", "o1", "o2", "o1_random", "o2_random", "jaccard",
-                "s1", "s2"],
+    "overlap": [
+        "family",
+        "axis",
+        "mask",
+        "run_a",
+        "run_b",
+        "o1",
+        "o2",
+        "o1_random",
+        "o2_random",
+        "jaccard",
+        "s1",
+        "s2",
+    ],
     "layers": _ID + ["layer", "matrix_type", "n_tensors", "numel", "tolerance", "sparsity", "below_bf16_half_ulp"],
     "dynamics": _ID + ["point", "step", "quantity", "tolerance", "value"],
 }
@@ -166,17 +217,31 @@ def concat_tables(inputs: list[Path], out: Path) -> int:
     return len(rows)
 
 
-def public_pairs_table(pairs: list[dict[str, Any]], tolerances: tuple[float, ...] = DEFAULT_TOLERANCES,
-                       threads: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+def public_pairs_table(
+    pairs: list[dict[str, Any]],
+    tolerances: tuple[float, ...] = DEFAULT_TOLERANCES,
+    threads: int | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """One row per public pair: our sparsity at each tolerance next to the paper's number."""
     rows = []
     for p in pairs:
-        res = diff_checkpoints(open_checkpoint(p["base"]), open_checkpoint(p["tuned"]), tolerances,
-                               threads=threads, progress=progress)
+        res = diff_checkpoints(
+            open_checkpoint(p["base"]), open_checkpoint(p["tuned"]), tolerances, threads=threads, progress=progress
+        )
         s = res.summary()
-        rows.append({"pair": p["name"], "algorithm": p["algorithm"], "base": p["base"], "tuned": p["tuned"],
-                     "paper_sparsity": p.get("paper_sparsity"), "n_params": s["n_params"],
-                     **{f"sparsity_{k}": v for k, v in s["sparsity"].items()},
-                     "below_bf16_half_ulp": s["below_bf16_half_ulp"], "n_mismatched": len(s["mismatched"]),
-                     "n_missing": len(s["missing"])})
+        rows.append(
+            {
+                "pair": p["name"],
+                "algorithm": p["algorithm"],
+                "base": p["base"],
+                "tuned": p["tuned"],
+                "paper_sparsity": p.get("paper_sparsity"),
+                "n_params": s["n_params"],
+                **{f"sparsity_{k}": v for k, v in s["sparsity"].items()},
+                "below_bf16_half_ulp": s["below_bf16_half_ulp"],
+                "n_mismatched": len(s["mismatched"]),
+                "n_missing": len(s["missing"]),
+            }
+        )
     return rows

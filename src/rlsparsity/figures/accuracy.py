@@ -7,12 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.patches import Patch
 import pandas as pd
+from matplotlib.patches import Patch
 
+from rlsparsity.figures.style import (
+    ALGORITHM_COLORS,
+    PRECISION_COLORS,
+    Plot,
+    new_figure,
+    no_data,
+    order,
+    order_precisions,
+    pct,
+    save,
+)
 from rlsparsity.stats import accuracy_difference, error_bar
-from rlsparsity.figures.style import (ALGORITHM_COLORS, PRECISION_COLORS, Plot, new_figure, no_data, order,
-                                      order_precisions, pct, save)
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +47,7 @@ def accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
                     arrowprops={"arrowstyle": "->", "color": c, "lw": 1.6})
     ax.scatter(t["acc_base"], y, color="0.5", zorder=3, label="base")
     ax.scatter(t["acc_trained"], y, color=[ALGORITHM_COLORS.get(a) for a in t.index], zorder=3, label="trained")
-    ax.set_yticks(y, [f"{a} (n={n})" for a, n in zip(t.index, t["n_runs"])])
+    ax.set_yticks(y, [f"{a} (n={n})" for a, n in zip(t.index, t["n_runs"], strict=False)])
     ax.invert_yaxis()
     ax.set_xlabel("held-out greedy accuracy (%)")
     ax.set_title("Accuracy base → trained, mean over runs")
@@ -56,8 +65,8 @@ def accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
             if len(v):
                 xs = i - 0.4 + w * (j + 0.5)
                 iv = accuracy_difference(list(zip(q.get("correct_trained", [None] * len(q)),
-                                                  q.get("correct_base", [None] * len(q)))),
-                                         list(zip(q["acc_trained"], q["acc_base"])))
+                                                  q.get("correct_base", [None] * len(q)), strict=False)),
+                                         list(zip(q["acc_trained"], q["acc_base"], strict=False)))
                 cis[(alg, prec)] = iv
                 lo, hi = error_bar(iv)
                 axd.bar(xs, v.mean(), width=w * 0.9, color=PRECISION_COLORS.get(prec, "0.5"), alpha=0.75,

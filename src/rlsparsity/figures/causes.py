@@ -45,7 +45,7 @@ def causes_table(df: pd.DataFrame) -> pd.DataFrame:
     t = t.assign(_a=t["ablation"].map(first), _s=t["setting"].map(sfirst), _p=t["precision"].map(pkey))
     t = t.sort_values(["_a", "_s", "_p"]).drop(columns=["_a", "_s", "_p"]).reset_index(drop=True)
     t["sparsity"] = pct(t["sparsity"])
-    t["paper"] = [paper_value(a, s) for a, s in zip(t["ablation"], t["setting"])]
+    t["paper"] = [paper_value(a, s) for a, s in zip(t["ablation"], t["setting"], strict=False)]
     return t
 
 
@@ -69,7 +69,7 @@ def causes(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
         x += 1
     xs = np.asarray(xs)
     ax.bar(xs, t["sparsity"], color=[PRECISION_COLORS.get(p, "0.5") for p in t["precision"]], width=0.8)
-    for xi, pv in zip(xs, t["paper"]):
+    for xi, pv in zip(xs, t["paper"], strict=False):
         if pv is not None:
             ax.plot([xi - 0.4, xi + 0.4], [pv[0], pv[0]], color="black", lw=1.5)
             if pv[1] != pv[0]:

@@ -59,7 +59,7 @@ def dynamics(df: pd.DataFrame, out: str | Path | None = None, tol: float = paper
             h = split[q].fillna(0).to_numpy(dtype=float)
             axb.bar(x, h, bottom=bottom, color=SPLIT_COLORS[q], label=SPLIT_LABELS[q], width=0.75,
                     edgecolor=["black" if i == "paper" else "none" for i in split.index])
-            for xi, (b, v) in enumerate(zip(bottom, h)):
+            for xi, (b, v) in enumerate(zip(bottom, h, strict=False)):
                 if v >= 6:
                     axb.text(xi, b + v / 2, f"{v:.0f}", ha="center", va="center", fontsize=6)
             bottom += h

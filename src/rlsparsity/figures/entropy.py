@@ -109,7 +109,7 @@ def cdf_points(e: dict[str, Any]) -> list[tuple[float, float]]:
     if "hist" in e:
         h = e["hist"]
         c = np.cumsum(h[:, 2])
-        return list(zip(h[:, 1], pct(c / c[-1]))) if c[-1] > 0 else []
+        return list(zip(h[:, 1], pct(c / c[-1]), strict=False)) if c[-1] > 0 else []
     pts = [(v, pct(lv)) for lv, v in e["quantiles"]]
     if e["p80"] is not None and not any(np.isclose(lv, 0.8) for lv, _ in e["quantiles"]):
         pts.append((e["p80"], 80.0))
@@ -131,7 +131,7 @@ def entropy_distribution(stats: pd.DataFrame, out: str | Path | None = None) -> 
         color = f"C{i % 10}"
         pts = cdf[name] = cdf_points(e)
         if pts:
-            x, y = zip(*pts)
+            x, y = zip(*pts, strict=False)
             ax.plot(x, y, marker="o", ms=4, color=color, lw=1, label=name)
         if e["p80"] is not None:
             ax.axvline(max(e["p80"], 1e-4), color=color, lw=0.8, alpha=0.6)
@@ -142,7 +142,9 @@ def entropy_distribution(stats: pd.DataFrame, out: str | Path | None = None) -> 
     ax.set_xlabel("token entropy H (nats, log scale)")
     ax.set_ylabel("share of response tokens with entropy ≤ H (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Entropy CDF from the known points (share < 0.01, quantiles);\nverticals: each model's 80th percentile")
+    ax.set_title(
+        "Entropy CDF from the known points (share < 0.01, quantiles);\nverticals: each model's 80th percentile"
+    )
     ax.legend(fontsize=7, loc="upper left")
     names = [n for n, e in summ.items() if e["overlap"] is not None and n != "base"]  # base vs itself: 100%
     if names:
@@ -176,13 +178,18 @@ def expected_kept(rho: float, variant: str) -> float:
 def entropy_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (rho, variant, normaliser): mean accuracy base/trained (%), kept fraction, sparsity (%), n."""
     g = df.groupby(["variant", "rho", "normaliser"], dropna=False)
-    t = g.agg(acc_base=("acc_base", "mean"), acc_trained=("acc_trained", "mean"),
-              kept_fraction=("kept_fraction", "mean"), sparsity=("sparsity", "mean"), n=("acc_trained", "size"))
+    t = g.agg(
+        acc_base=("acc_base", "mean"),
+        acc_trained=("acc_trained", "mean"),
+        kept_fraction=("kept_fraction", "mean"),
+        sparsity=("sparsity", "mean"),
+        n=("acc_trained", "size"),
+    )
     t = t.reset_index()
     for c in ("acc_base", "acc_trained", "sparsity"):
         t[c] = pct(t[c])
-    t["label"] = [variant_label(r, v) for r, v in zip(t["rho"], t["variant"])]
-    t["expected_kept"] = [expected_kept(r, v) for r, v in zip(t["rho"], t["variant"])]
+    t["label"] = [variant_label(r, v) for r, v in zip(t["rho"], t["variant"], strict=False)]
+    t["expected_kept"] = [expected_kept(r, v) for r, v in zip(t["rho"], t["variant"], strict=False)]
     t["_bottom"] = t["variant"].astype(str).str.lower().str.contains("bottom|low")
     return t.sort_values(["_bottom", "rho", "normaliser"]).drop(columns="_bottom").reset_index(drop=True)
 
@@ -199,7 +206,7 @@ def entropy_accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     norms = list(dict.fromkeys(t["normaliser"].astype(str)))
     w = 0.8 / max(1, len(norms))
     ax, axk, axs = axes
-    lab = [variant_label(r, v) for r, v in zip(df["rho"], df["variant"])]
+    lab = [variant_label(r, v) for r, v in zip(df["rho"], df["variant"], strict=False)]
     d = df.assign(_label=lab)
     errs = {}
     for j, nm in enumerate(norms):
@@ -208,11 +215,22 @@ def entropy_accuracy(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
         e = []
         for lb in labels:
             q = d[(d["_label"] == lb) & (d["normaliser"].astype(str) == nm)]
-            e.append(error_bar(accuracy_interval(list(q.get("correct_trained", [None] * len(q))),
-                                                 list(q["acc_trained"]))) if len(q) else (0.0, 0.0))
+            e.append(
+                error_bar(accuracy_interval(list(q.get("correct_trained", [None] * len(q))), list(q["acc_trained"])))
+                if len(q)
+                else (0.0, 0.0)
+            )
         errs[nm] = e
-        ax.bar(xs, sub["acc_trained"], width=w * 0.9, color=f"C{j}", label=f"trained, {nm} normaliser",
-               yerr=np.asarray(e, dtype=float).T, capsize=2, error_kw={"lw": 0.8})
+        ax.bar(
+            xs,
+            sub["acc_trained"],
+            width=w * 0.9,
+            color=f"C{j}",
+            label=f"trained, {nm} normaliser",
+            yerr=np.asarray(e, dtype=float).T,
+            capsize=2,
+            error_kw={"lw": 0.8},
+        )
         axs.bar(xs, sub["sparsity"], width=w * 0.9, color=f"C{j}")
         axk.scatter(sub["expected_kept"], sub["kept_fraction"], color=f"C{j}", label=nm, zorder=3)
     base = float(t["acc_base"].mean())

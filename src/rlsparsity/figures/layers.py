@@ -9,8 +9,18 @@ from pathlib import Path
 import pandas as pd
 
 from rlsparsity.figures import paper
-from rlsparsity.figures.style import (HEATMAP_CMAP, Plot, annotate_heatmap, at_tol, new_figure, no_data, order, pct,
-                                      prefer, save)
+from rlsparsity.figures.style import (
+    HEATMAP_CMAP,
+    Plot,
+    annotate_heatmap,
+    at_tol,
+    new_figure,
+    no_data,
+    order,
+    pct,
+    prefer,
+    save,
+)
 
 MATRIX_ORDER = ("embed", "q", "k", "v", "qkv", "kv", "o", "gate", "up", "gate_up", "down", "expert", "router",
                 "norm", "lm_head", "other")

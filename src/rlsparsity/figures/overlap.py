@@ -34,7 +34,7 @@ def overlap_vs_chance(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     if t.empty:
         no_data(axes[0], "no overlap rows (needs ≥ 2 runs differing in one axis)")
         return save(Plot(fig, axes, {"summary": t}), out)
-    for ax, mask in zip(axes, masks):
+    for ax, mask in zip(axes, masks, strict=False):
         sub = t[t["mask"] == mask].reset_index(drop=True)
         x = np.arange(len(sub))
         ax.bar(x - 0.2, sub["observed"], width=0.4, color="#4c72b0", label="observed (o1+o2)/2")
@@ -50,7 +50,7 @@ def overlap_vs_chance(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
                        label="paper, seeds: 60.5 / 60.6")
             ax.scatter([i + 0.2], [paper.OVERLAP_SEEDS["o1_random"]], **{**PAPER_MARKER, "marker": "x", "s": 50},
                        label="paper chance 36.7")
-        ax.set_xticks(x, [f"{a}\n(n={n})" for a, n in zip(sub["axis"], sub["n_pairs"])])
+        ax.set_xticks(x, [f"{a}\n(n={n})" for a, n in zip(sub["axis"], sub["n_pairs"], strict=False)])
         ax.set_xlabel("runs differ in")
         ax.set_title("mask: Δ ≠ 0" if mask == "exact" else f"mask: {mask} by |Δ| (CPI-FT core)")
         ax.set_ylim(0, 105)

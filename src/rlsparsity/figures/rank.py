@@ -33,7 +33,7 @@ def rank_distribution(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     lo = min([90.0] + [float(np.floor(v.min())) - 1 for v in fr.values() if len(v)])
     bins = np.linspace(lo, 100, 31)
     means = {}
-    for ax, (alg, vals) in zip(axes, fr.items()):
+    for ax, (alg, vals) in zip(axes, fr.items(), strict=False):
         means[alg] = float(np.mean(vals)) if len(vals) else float("nan")
         ax.hist(vals, bins=bins, color=ALGORITHM_COLORS.get(alg), alpha=0.85)
         ax.axvspan(*paper.RANK_RANGE, color="0.2", alpha=0.25, lw=0)

@@ -10,9 +10,23 @@ import numpy as np
 import pandas as pd
 
 from rlsparsity.figures import paper
-from rlsparsity.figures.style import (ALGORITHM_COLORS, HEATMAP_CMAP, PAPER_MARKER, SPLIT_COLORS, Plot,
-                                      annotate_heatmap, at_tol, new_figure, no_data, order, order_precisions,
-                                      pct, prefer, save, tol_label)
+from rlsparsity.figures.style import (
+    ALGORITHM_COLORS,
+    HEATMAP_CMAP,
+    PAPER_MARKER,
+    SPLIT_COLORS,
+    Plot,
+    annotate_heatmap,
+    at_tol,
+    new_figure,
+    no_data,
+    order,
+    order_precisions,
+    pct,
+    prefer,
+    save,
+    tol_label,
+)
 
 
 def _rl_default(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -80,7 +94,7 @@ def sparsity_tolerance(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     if not tables:
         no_data(axes[0], "no sparsity rows")
         return save(Plot(fig, axes, {"tables": tables}), out)
-    for ax, (prec, piv) in zip(axes, tables.items()):
+    for ax, (prec, piv) in zip(axes, tables.items(), strict=False):
         x = np.arange(piv.shape[1])
         for alg, row in piv.iterrows():
             ax.plot(x, row.to_numpy(dtype=float), marker="o", ms=3, color=ALGORITHM_COLORS.get(alg), label=alg)
@@ -131,16 +145,20 @@ def precision_decomposition(df: pd.DataFrame, out: str | Path | None = None) -> 
         return save(Plot(fig, axes, {"table": t}), out)
     x = np.arange(len(t))
     bottom = np.zeros(len(t))
-    labels = {"unchanged": "genuinely unchanged (Δ = 0)", "below_half_ulp": "0 < |Δ| < ½ bf16 ulp (rounded away in bf16)",
-              "changed": "changed (|Δ| ≥ ½ ulp)"}
+    labels = {
+        "unchanged": "genuinely unchanged (Δ = 0)",
+        "below_half_ulp": "0 < |Δ| < ½ bf16 ulp (rounded away in bf16)",
+        "changed": "changed (|Δ| ≥ ½ ulp)",
+    }
     for part in ("unchanged", "below_half_ulp", "changed"):
         h = t[part].to_numpy(dtype=float)
         ax.bar(x, h, bottom=bottom, color=SPLIT_COLORS[part], label=labels[part], width=0.8)
         bottom += h
     if "sparsity_1e-05" in t:
-        ax.scatter(x, t["sparsity_1e-05"], marker="_", s=160, color="black", zorder=4,
-                   label="reported sparsity at tol 1e-5")
-    ax.set_xticks(x, [f"{a}\n{p}" for a, p in zip(t["algorithm"], t["precision"])], fontsize=7)
+        ax.scatter(
+            x, t["sparsity_1e-05"], marker="_", s=160, color="black", zorder=4, label="reported sparsity at tol 1e-5"
+        )
+    ax.set_xticks(x, [f"{a}\n{p}" for a, p in zip(t["algorithm"], t["precision"], strict=False)], fontsize=7)
     ax.set_ylabel("share of all parameters (%)")
     ax.set_ylim(0, 100)
     ax.set_title("What 'unchanged' means, by algorithm × weight precision (on-policy runs, mean)")

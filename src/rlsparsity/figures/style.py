@@ -3,9 +3,10 @@ paper-reference style, saving, and small data helpers shared by the figure modul
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import matplotlib
 

@@ -11,8 +11,18 @@ import numpy as np
 import pandas as pd
 
 from rlsparsity.figures import paper
+from rlsparsity.figures.style import (
+    ALGORITHM_COLORS,
+    PAPER_MARKER,
+    Plot,
+    new_figure,
+    no_data,
+    order,
+    pct,
+    save,
+    tol_label,
+)
 from rlsparsity.stats import accuracy_interval, error_bar
-from rlsparsity.figures.style import ALGORITHM_COLORS, PAPER_MARKER, Plot, new_figure, no_data, order, pct, save, tol_label
 
 BARS = (("acc_base", "base", "#c7c7c7"), ("acc_full", "full finetune", "#4c72b0"),
         ("acc_subnetwork", "subnetwork mask", "#55a868"), ("acc_random", "random mask (same size)", "#dd8452"))
@@ -39,16 +49,20 @@ def subnetwork_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def subnetwork_errors(df: pd.DataFrame, algorithms: list[str]) -> dict[str, list[tuple[float, float]]]:
     """Per bar column: (lower, upper) error lengths (points) per algorithm, from the runs' outcomes."""
     runs = df.drop_duplicates(["family", "algorithm", "seed", "precision", "mask"])
-    src = {"acc_base": ("subnetwork", "correct_base", "acc_base"), "acc_full": ("subnetwork", "correct_full", "acc_full"),
-           "acc_subnetwork": ("subnetwork", "correct_subnetwork", "acc_subnetwork"),
-           "acc_random": ("random", "correct_subnetwork", "acc_subnetwork")}
+    src = {
+        "acc_base": ("subnetwork", "correct_base", "acc_base"),
+        "acc_full": ("subnetwork", "correct_full", "acc_full"),
+        "acc_subnetwork": ("subnetwork", "correct_subnetwork", "acc_subnetwork"),
+        "acc_random": ("random", "correct_subnetwork", "acc_subnetwork"),
+    }
     out: dict[str, list[tuple[float, float]]] = {}
     for col, (mask, bits, acc) in src.items():
         errs = []
         for alg in algorithms:
             q = runs[(runs["algorithm"] == alg) & (runs["mask"] == mask)]
-            errs.append(error_bar(accuracy_interval(list(q.get(bits, [None] * len(q))), list(q[acc])))
-                        if len(q) else (0.0, 0.0))
+            errs.append(
+                error_bar(accuracy_interval(list(q.get(bits, [None] * len(q))), list(q[acc]))) if len(q) else (0.0, 0.0)
+            )
         out[col] = errs
     return out
 
@@ -66,8 +80,16 @@ def subnetwork(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     errs = subnetwork_errors(df, list(acc.index))
     for k, (col, label, color) in enumerate(BARS):
         e = np.asarray(errs[col], dtype=float).reshape(-1, 2).T
-        ax.bar(x + (k - 1.5) * w, acc[col].to_numpy(dtype=float), width=w, color=color, label=label,
-               yerr=e, capsize=2, error_kw={"lw": 0.8})
+        ax.bar(
+            x + (k - 1.5) * w,
+            acc[col].to_numpy(dtype=float),
+            width=w,
+            color=color,
+            label=label,
+            yerr=e,
+            capsize=2,
+            error_kw={"lw": 0.8},
+        )
     for i, alg in enumerate(acc.index):
         if alg in paper.SUBNETWORK_ACCURACY:
             name, full, subn = paper.SUBNETWORK_ACCURACY[alg]
@@ -79,14 +101,22 @@ def subnetwork(df: pd.DataFrame, out: str | Path | None = None) -> Plot:
     tols = list(agr.columns)
     xt = np.arange(len(tols))
     for (alg, mask), row in agr.iterrows():
-        ax_kw = {"color": ALGORITHM_COLORS.get(alg), "marker": "o", "ms": 3,
-                 "linestyle": "-" if mask == "subnetwork" else ":"}
+        ax_kw = {
+            "color": ALGORITHM_COLORS.get(alg),
+            "marker": "o",
+            "ms": 3,
+            "linestyle": "-" if mask == "subnetwork" else ":",
+        }
         axa.plot(xt, row.to_numpy(dtype=float), label=f"{alg} ({mask} mask)", **ax_kw)
     for alg, v in paper.SUBNETWORK_AGREEMENT.items():
         j = [i for i, t in enumerate(tols) if np.isclose(t, paper.SUBNETWORK_AGREEMENT_TOL)]
         if j:
-            axa.scatter([j[0]], [v], **{**PAPER_MARKER, "color": ALGORITHM_COLORS.get(alg), "edgecolor": "black"},
-                        label=f"paper {alg} {v}% at 1e-5")
+            axa.scatter(
+                [j[0]],
+                [v],
+                **{**PAPER_MARKER, "color": ALGORITHM_COLORS.get(alg), "edgecolor": "black"},
+                label=f"paper {alg} {v}% at 1e-5",
+            )
     axa.set_xticks(xt, [tol_label(t) for t in tols])
     axa.set_xlabel("tolerance")
     axa.set_ylabel("entries identical to the full run (%)")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -178,7 +179,8 @@ def section_data(sp: pd.DataFrame, ca: pd.DataFrame) -> list[str]:
                  ("–" if r["paper"] is None else (f"{r['paper'][0]}" if r["paper"][0] == r["paper"][1]
                                                   else f"{r['paper'][0]}–{r['paper'][1]}") + " %")]
                 for _, r in ct.iterrows()]
-        out += ["### Ablations (causes.csv)", "", _table(["ablation", "setting", "precision", "sparsity", "paper"], rows), ""]
+        cols = ["ablation", "setting", "precision", "sparsity", "paper"]
+        out += ["### Ablations (causes.csv)", "", _table(cols, rows), ""]
     if len(out) == 2:
         out += ["No data-source axis or causes table in this run.", ""]
     return out
@@ -190,14 +192,21 @@ def section_accuracy(ac: pd.DataFrame) -> list[str]:
         return out + ["No accuracy table.", ""]
     rows = []
     for (p, a), q in ac.groupby(["precision", "algorithm"]):
-        iv = diff_interval(list(q.get("correct_trained", [None] * len(q))), list(q.get("correct_base", [None] * len(q))),
-                           list(q["acc_trained"]), list(q["acc_base"]))
+        iv = diff_interval(
+            list(q.get("correct_trained", [None] * len(q))),
+            list(q.get("correct_base", [None] * len(q))),
+            list(q["acc_trained"]),
+            list(q["acc_base"]),
+        )
         rows.append([p, a, _f(q["acc_base"].mean()), _f(q["acc_trained"].mean()), iv.fmt(unit=" pts"), len(q)])
     out += [_table(["precision", "algorithm", "base", "trained", "Δ [95 % CI]", "runs"], rows), ""]
     prec, ivs = per_algorithm_intervals(ac)
     if ivs:
-        out += [f"Per paper algorithm ({prec}, on-policy, all families and seeds): "
-                + "; ".join(f"{a} {iv.fmt(unit=' pts')}" for a, iv in ivs.items()), ""]
+        out += [
+            f"Per paper algorithm ({prec}, on-policy, all families and seeds): "
+            + "; ".join(f"{a} {iv.fmt(unit=' pts')}" for a, iv in ivs.items()),
+            "",
+        ]
     return out
 
 
@@ -211,12 +220,38 @@ def section_subnetwork(sn: pd.DataFrame) -> list[str]:
     for (p, a, m), q in runs.groupby(["precision", "algorithm", "mask"]):
         g5 = a5[(a5["precision"] == p) & (a5["algorithm"] == a) & (a5["mask"] == m)]
         pa = paper.SUBNETWORK_ACCURACY.get(a)
-        rows.append([p, a, m, _f(q["acc_base"].mean()), _f(q["acc_full"].mean()), _f(q["acc_subnetwork"].mean()),
-                     _f(q["sparsity_subnetwork"].mean()) if "sparsity_subnetwork" in q else "–",
-                     _f(g5["agreement_on_mask"].mean()) if "agreement_on_mask" in g5 else "–",
-                     _f(g5["agreement"].mean()), f"{pa[1]} → {pa[2]}; {paper.SUBNETWORK_AGREEMENT[a]} %" if pa else "–"])
-    return out + [_table(["precision", "algorithm", "mask", "base", "full", "masked rerun", "rerun sparsity (realised)",
-                          "agreement @1e-5 on mask", "all entries", "paper (acc full → sub; agreement, all)"], rows), ""]
+        rows.append(
+            [
+                p,
+                a,
+                m,
+                _f(q["acc_base"].mean()),
+                _f(q["acc_full"].mean()),
+                _f(q["acc_subnetwork"].mean()),
+                _f(q["sparsity_subnetwork"].mean()) if "sparsity_subnetwork" in q else "–",
+                _f(g5["agreement_on_mask"].mean()) if "agreement_on_mask" in g5 else "–",
+                _f(g5["agreement"].mean()),
+                f"{pa[1]} → {pa[2]}; {paper.SUBNETWORK_AGREEMENT[a]} %" if pa else "–",
+            ]
+        )
+    return out + [
+        _table(
+            [
+                "precision",
+                "algorithm",
+                "mask",
+                "base",
+                "full",
+                "masked rerun",
+                "rerun sparsity (realised)",
+                "agreement @1e-5 on mask",
+                "all entries",
+                "paper (acc full → sub; agreement, all)",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def section_entropy(en: pd.DataFrame, es: pd.DataFrame) -> list[str]:
@@ -225,20 +260,49 @@ def section_entropy(en: pd.DataFrame, es: pd.DataFrame) -> list[str]:
 
     if not es.empty:
         summ = entropy_summary(es)
-        rows = [["paper (Qwen3-8B)", f"{paper.ENTROPY_FRAC_BELOW_001} %", paper.ENTROPY_P80, "–",
-                 f"{paper.ENTROPY_HIGH_OVERLAP} %"]]
-        rows += [[k, _f(e["frac_below_001"], scale=1), "–" if e["p80"] is None else f"{e['p80']:.3g}",
-                  "–" if e["mean"] is None else f"{e['mean']:.3g}", _f(e["overlap"], scale=1)] for k, e in summ.items()]
+        rows = [
+            [
+                "paper (Qwen3-8B)",
+                f"{paper.ENTROPY_FRAC_BELOW_001} %",
+                paper.ENTROPY_P80,
+                "–",
+                f"{paper.ENTROPY_HIGH_OVERLAP} %",
+            ]
+        ]
+        rows += [
+            [
+                k,
+                _f(e["frac_below_001"], scale=1),
+                "–" if e["p80"] is None else f"{e['p80']:.3g}",
+                "–" if e["mean"] is None else f"{e['mean']:.3g}",
+                _f(e["overlap"], scale=1),
+            ]
+            for k, e in summ.items()
+        ]
         out += [_table(["model", "H < 0.01", "p80 (nats)", "mean", "high-H overlap"], rows), ""]
     if en.empty:
         return out + ["No entropy-restriction table in this run.", ""]
     t = entropy_table(en)
-    rows = [[r["label"], r["normaliser"], _f(r["acc_base"] / 100), _f(r["acc_trained"] / 100),
-             f"{r['kept_fraction']:.3f}", _f(r["sparsity"] / 100), r["n"]] for _, r in t.iterrows()]
-    out += [_table(["tokens trained", "normaliser", "base", "trained", "kept fraction", "sparsity", "runs"], rows), "",
-            "Normalisers by source: *kept* = official code (token mean over the kept tokens), *all* = paper "
-            "equation / TRL (divided by all response tokens). Paper (Qwen3-32B): AIME'24 55.83 → 63.54, AIME'25 "
-            "45.63 → 56.67 (all tokens → top 20 %); bottom 80 % hurts badly.", ""]
+    rows = [
+        [
+            r["label"],
+            r["normaliser"],
+            _f(r["acc_base"] / 100),
+            _f(r["acc_trained"] / 100),
+            f"{r['kept_fraction']:.3f}",
+            _f(r["sparsity"] / 100),
+            r["n"],
+        ]
+        for _, r in t.iterrows()
+    ]
+    out += [
+        _table(["tokens trained", "normaliser", "base", "trained", "kept fraction", "sparsity", "runs"], rows),
+        "",
+        "Normalisers by source: *kept* = official code (token mean over the kept tokens), *all* = paper "
+        "equation / TRL (divided by all response tokens). Paper (Qwen3-32B): AIME'24 55.83 → 63.54, AIME'25 "
+        "45.63 → 56.67 (all tokens → top 20 %); bottom 80 % hurts badly.",
+        "",
+    ]
     return out
 
 
@@ -246,10 +310,16 @@ def section_public(pp: pd.DataFrame) -> list[str]:
     if pp.empty:
         return []
     col = "sparsity_1e-05" if "sparsity_1e-05" in pp else None
-    rows = [[r["pair"], r["algorithm"], r["paper_sparsity"], _f(r[col]) if col else "–",
-             _f(r.get("below_bf16_half_ulp"))] for _, r in pp.iterrows()]
-    return ["## Public pairs (the paper's own checkpoints)", "",
-            _table(["pair", "algorithm", "paper %", "this run @1e-5", "below ½ ulp"], rows), ""]
+    rows = [
+        [r["pair"], r["algorithm"], r["paper_sparsity"], _f(r[col]) if col else "–", _f(r.get("below_bf16_half_ulp"))]
+        for _, r in pp.iterrows()
+    ]
+    return [
+        "## Public pairs (the paper's own checkpoints)",
+        "",
+        _table(["pair", "algorithm", "paper %", "this run @1e-5", "below ½ ulp"], rows),
+        "",
+    ]
 
 
 def build_summary(tables: dict[str, Path], figures_dir: str | None = None) -> tuple[str, list[dict[str, str]]]:
@@ -272,18 +342,36 @@ def build_summary(tables: dict[str, Path], figures_dir: str | None = None) -> tu
     used = [f"`{Path(p).name}`" for k, p in tables.items() if not get(k).empty]
     n = n_problems(T)
     probs = f"{n} held-out problems per evaluation" if n else "held-out problems (count not recorded in these tables)"
-    head = ["# rlsparsity — results summary", "",
-            f"Generated by `rlsparsity summary` on {_dt.date.today().isoformat()} from {', '.join(used) or 'no tables'}. "
-            "Every number of this run is computed from those tables; the papers' numbers come from "
-            f"`rlsparsity.figures.paper` (arXiv 2505.11711, arXiv 2506.01939). Tiny models and {probs}: read the "
-            "verdicts as whether the *pattern* holds here, not as a replication of the values.", "",
-            "## Verdicts", "", METHODS, "",
-            _table(["claim", "paper", "this run: estimate [95 % interval]", "verdict"],
-                   [[v["claim"], v["paper"], v["ours"], f"**{v['verdict']}**"] for v in V]), "",
-            "Decision rules: " + "; ".join(f"*{v['claim']}*: {v['rule']}" for v in V if v["verdict"] != NODATA) + ".", ""]
+    head = [
+        "# rlsparsity — results summary",
+        "",
+        f"Generated by `rlsparsity summary` on {_dt.date.today().isoformat()} from {', '.join(used) or 'no tables'}. "
+        "Every number of this run is computed from those tables; the papers' numbers come from "
+        f"`rlsparsity.figures.paper` (arXiv 2505.11711, arXiv 2506.01939). Tiny models and {probs}: read the "
+        "verdicts as whether the *pattern* holds here, not as a replication of the values.",
+        "",
+        "## Verdicts",
+        "",
+        METHODS,
+        "",
+        _table(
+            ["claim", "paper", "this run: estimate [95 % interval]", "verdict"],
+            [[v["claim"], v["paper"], v["ours"], f"**{v['verdict']}**"] for v in V],
+        ),
+        "",
+        "Decision rules: " + "; ".join(f"*{v['claim']}*: {v['rule']}" for v in V if v["verdict"] != NODATA) + ".",
+        "",
+    ]
     if figures_dir:
-        head += ["Figures: " + ", ".join(f"[{f.name}]({figures_dir}/{f.name}.png)" for f in FIGURES
-                                         if f.tables and all(not get(t).empty for t in f.tables)), ""]
+        head += [
+            "Figures: "
+            + ", ".join(
+                f"[{f.name}]({figures_dir}/{f.name}.png)"
+                for f in FIGURES
+                if f.tables and all(not get(t).empty for t in f.tables)
+            ),
+            "",
+        ]
     return "\n".join(head + body).rstrip() + "\n", V
 
 

@@ -12,7 +12,7 @@ A verdict is a dict: claim, paper, ours (estimates with intervals), verdict, rul
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -131,7 +131,10 @@ def survives_fp32(sp: pd.DataFrame) -> dict[str, str]:
 
 def full_rank(rk: pd.DataFrame) -> dict[str, str]:
     claim, pap = "Updates are nearly full rank", "99.2–99.8 %"
-    rule = f"per precision: per-run mean rank / min(m, n) over 2-D update matrices; t-interval over runs ≥ {RANK_MIN:.0%}"
+    rule = (
+        "per precision: per-run mean rank / min(m, n) over 2-D update matrices; "
+        f"t-interval over runs ≥ {RANK_MIN:.0%}"
+    )
     if rk.empty:
         return verdict(claim, pap, "–", NODATA, rule)
     d = rk[np.isfinite(pd.to_numeric(rk["rank_fraction"], errors="coerce")) & (rk["matrix_type"] != "norm")]
@@ -148,22 +151,28 @@ def prec_of_label(label: str) -> str:
     return parts[2] if len(parts) >= 4 else "?"
 
 
-OVERLAP_CLAIMS = (("seed", "Subnetworks of different seeds overlap far above chance", "60.5 / 60.6 vs 36.7 %"),
-                  ("algorithm", "Subnetworks of different algorithms overlap above chance", "above chance"),
-                  ("data", "Subnetworks of different data overlap above chance", "above chance"))
+OVERLAP_CLAIMS = (
+    ("seed", "Subnetworks of different seeds overlap far above chance", "60.5 / 60.6 vs 36.7 %"),
+    ("algorithm", "Subnetworks of different algorithms overlap above chance", "above chance"),
+    ("data", "Subnetworks of different data overlap above chance", "above chance"),
+)
 
 
 def overlap(ov: pd.DataFrame) -> list[dict[str, str]]:
-    rule = (f"per pair of runs (exact Δ ≠ 0 masks): (o1+o2)/2 − chance; t-interval over pairs ≥ {OVERLAP_MARGIN:.0%} "
-            "points (seeds: per precision)")
+    rule = (
+        f"per pair of runs (exact Δ ≠ 0 masks): (o1+o2)/2 − chance; t-interval over pairs ≥ {OVERLAP_MARGIN:.0%} "
+        "points (seeds: per precision)"
+    )
     out = []
     for axis, claim, pap in OVERLAP_CLAIMS:
         s = ov[(ov["axis"] == axis) & (ov["mask"] == "exact")] if not ov.empty else ov
         if s.empty:
             out.append(verdict(claim, pap, "–", NODATA, rule))
             continue
-        s = s.assign(precision=s["run_a"].map(prec_of_label) if axis == "seed" else "all",
-                     gap=(s["o1"] + s["o2"]) / 2 - (s["o1_random"] + s["o2_random"]) / 2)
+        s = s.assign(
+            precision=s["run_a"].map(prec_of_label) if axis == "seed" else "all",
+            gap=(s["o1"] + s["o2"]) / 2 - (s["o1_random"] + s["o2_random"]) / 2,
+        )
         parts = _per_precision(s, lambda q: S.mean_interval(list(q["gap"])), OVERLAP_MARGIN)
         v, detail = judged(parts, lambda iv: "obs − chance " + iv.fmt(unit=" pts"))
         out.append(verdict(claim, pap, detail, v, rule))
@@ -172,8 +181,10 @@ def overlap(ov: pd.DataFrame) -> list[dict[str, str]]:
 
 def layers_spread(ly: pd.DataFrame) -> dict[str, str]:
     claim, pap = "Updates are spread over all layers and matrix types", "all similarly sparse"
-    rule = (f"per run: max − min of per-(layer, type) sparsity of the weight matrices (norms, embeddings, lm_head "
-            f"excluded) at 1e-5; t-interval over runs ≤ {LAYER_SPREAD_MAX:.0%}")
+    rule = (
+        f"per run: max − min of per-(layer, type) sparsity of the weight matrices (norms, embeddings, lm_head "
+        f"excluded) at 1e-5; t-interval over runs ≤ {LAYER_SPREAD_MAX:.0%}"
+    )
     if ly.empty:
         return verdict(claim, pap, "–", NODATA, rule)
     d = on_policy(at_tol(ly, paper.PAPER_TOL))
@@ -181,8 +192,10 @@ def layers_spread(ly: pd.DataFrame) -> dict[str, str]:
 
     def spread(q: pd.DataFrame) -> S.Interval:
         k = [c for c in RUN_KEY if c in q]
-        vals = [float(g.groupby(["layer", "matrix_type"])["sparsity"].mean().pipe(lambda c: c.max() - c.min()))
-                for _, g in q.groupby(k)]
+        vals = [
+            float(g.groupby(["layer", "matrix_type"])["sparsity"].mean().pipe(lambda c: c.max() - c.min()))
+            for _, g in q.groupby(k)
+        ]
         return S.mean_interval(vals)
 
     v, detail = judged(_per_precision(w, spread, LAYER_SPREAD_MAX, "<="), lambda iv: "spread " + iv.fmt())
@@ -191,16 +204,20 @@ def layers_spread(ly: pd.DataFrame) -> dict[str, str]:
 
 def norms_unchanged(ly: pd.DataFrame) -> dict[str, str]:
     claim, pap = "Layer norms are barely updated (mostly unchanged)", "norms barely updated"
-    rule = (f"per run: sparsity of the norm tensors at 1e-5; t-interval over runs ≥ {NORMS_MIN:.0%} "
-            "(the other tensors' mean shown beside it)")
+    rule = (
+        f"per run: sparsity of the norm tensors at 1e-5; t-interval over runs ≥ {NORMS_MIN:.0%} "
+        "(the other tensors' mean shown beside it)"
+    )
     if ly.empty or not (ly["matrix_type"] == "norm").any():
         return verdict(claim, pap, "–", NODATA, rule)
     d = on_policy(at_tol(ly, paper.PAPER_TOL))
-    parts = _per_precision(d[d["matrix_type"] == "norm"], lambda q: S.mean_interval(_run_values(q, "sparsity")),
-                           NORMS_MIN)
+    parts = _per_precision(
+        d[d["matrix_type"] == "norm"], lambda q: S.mean_interval(_run_values(q, "sparsity")), NORMS_MIN
+    )
     rest = d[d["matrix_type"] != "norm"].groupby(d["precision"].astype(str))["sparsity"].mean()
-    detail = "; ".join(f"{p}: norms {iv.fmt()} vs rest {rest.get(p, float('nan')) * 100:.1f} ({v})"
-                       for p, (iv, v) in parts.items())
+    detail = "; ".join(
+        f"{p}: norms {iv.fmt()} vs rest {rest.get(p, float('nan')) * 100:.1f} ({v})" for p, (iv, v) in parts.items()
+    )
     return verdict(claim, pap, detail, S.combine(v for _, v in parts.values()), rule)
 
 
@@ -222,8 +239,10 @@ def never_updated(dy: pd.DataFrame) -> dict[str, str]:
 
 def data_drives(sp: pd.DataFrame) -> dict[str, str]:
     claim, pap = "In-distribution (on-policy) data drives sparsity", "81.4 % vs 6.8–7.7 % (DPO)"
-    rule = (f"per precision and (algorithm, family, seed) with both data sources: on-policy − off-policy sparsity "
-            f"at 1e-5; t-interval over those ≥ {DATA_MARGIN:.0%} points")
+    rule = (
+        f"per precision and (algorithm, family, seed) with both data sources: on-policy − off-policy sparsity "
+        f"at 1e-5; t-interval over those ≥ {DATA_MARGIN:.0%} points"
+    )
     if sp.empty or "data" not in sp or sp["data"].nunique() < 2:
         return verdict(claim, pap, "–", NODATA, rule)
     d = at_tol(sp, paper.PAPER_TOL)
@@ -243,8 +262,10 @@ def kl_barely_matters(ca: pd.DataFrame) -> dict[str, str]:
     """Per algorithm AND precision (GRPO and PPO never pooled): KL-on − KL-off sparsity, paired by
     seed; holds when the interval lies within ±KL_MARGIN."""
     claim, pap = "KL on/off barely changes sparsity", "69.8 vs 68.8 %"
-    rule = (f"per algorithm and precision: sparsity(KL on) − sparsity(KL off) paired by seed; t-interval over "
-            f"seeds within ±{KL_MARGIN:.0%} points (one seed: no interval → inconclusive)")
+    rule = (
+        f"per algorithm and precision: sparsity(KL on) − sparsity(KL off) paired by seed; t-interval over "
+        f"seeds within ±{KL_MARGIN:.0%} points (one seed: no interval → inconclusive)"
+    )
     kl = ca[ca["setting"].astype(str).isin(["kl_on", "kl_off"])] if not ca.empty else ca
     if kl.empty:
         return verdict(claim, pap, "–", NODATA, rule)
@@ -269,7 +290,15 @@ def kl_barely_matters(ca: pd.DataFrame) -> dict[str, str]:
 def sparsity_verdicts(T: dict[str, pd.DataFrame]) -> list[dict[str, str]]:
     """Every sparsity-side verdict, in SUMMARY order, from tables {name: frame} (missing = empty)."""
     g = lambda k: T.get(k, pd.DataFrame())  # noqa: E731
-    return [rl_sparse(g("sparsity")), sft_dense(g("sparsity")), survives_fp32(g("sparsity")), full_rank(g("rank")),
-            *overlap(g("overlap")), layers_spread(g("layers")), norms_unchanged(g("layers")),
-            never_updated(g("dynamics")), data_drives(g("sparsity")), kl_barely_matters(g("causes"))]
-
+    return [
+        rl_sparse(g("sparsity")),
+        sft_dense(g("sparsity")),
+        survives_fp32(g("sparsity")),
+        full_rank(g("rank")),
+        *overlap(g("overlap")),
+        layers_spread(g("layers")),
+        norms_unchanged(g("layers")),
+        never_updated(g("dynamics")),
+        data_drives(g("sparsity")),
+        kl_barely_matters(g("causes")),
+    ]

@@ -44,7 +44,9 @@ def _col(df: pd.DataFrame, c: str) -> list[Any]:
 def diff_interval(a_bits: list[Any], b_bits: list[Any], a_acc: list[float], b_acc: list[float]) -> S.Interval:
     """Interval of mean accuracy(a) − accuracy(b) over paired units."""
     norm = [(x if isinstance(x, str) else None) for x in a_bits], [(x if isinstance(x, str) else None) for x in b_bits]
-    return S.accuracy_difference(list(zip(*norm)), [(float(x), float(y)) for x, y in zip(a_acc, b_acc)])
+    return S.accuracy_difference(
+        list(zip(*norm, strict=False)), [(float(x), float(y)) for x, y in zip(a_acc, b_acc, strict=False)]
+    )
 
 
 def improves(iv: S.Interval) -> str:
@@ -89,8 +91,9 @@ def training_improves(ac: pd.DataFrame) -> dict[str, str]:
     parts = {}
     for p in order_precisions(ac["precision"].astype(str)):
         q = ac[ac["precision"].astype(str) == p]
-        iv = diff_interval(_col(q, "correct_trained"), _col(q, "correct_base"), list(q["acc_trained"]),
-                           list(q["acc_base"]))
+        iv = diff_interval(
+            _col(q, "correct_trained"), _col(q, "correct_base"), list(q["acc_trained"]), list(q["acc_base"])
+        )
         parts[p] = (iv, improves(iv))
     v, detail = judged(parts, lambda iv: "Δ " + _pts(iv))
     return verdict(claim, "–", detail, v, rule)
@@ -109,14 +112,17 @@ def per_algorithm_intervals(ac: pd.DataFrame) -> tuple[str, dict[str, S.Interval
     for a in PAPER_ALGORITHMS:
         g = q[q["algorithm"] == a]
         if len(g):
-            out[a] = diff_interval(_col(g, "correct_trained"), _col(g, "correct_base"), list(g["acc_trained"]),
-                                   list(g["acc_base"]))
+            out[a] = diff_interval(
+                _col(g, "correct_trained"), _col(g, "correct_base"), list(g["acc_trained"]), list(g["acc_base"])
+            )
     return prec, out
 
 
 def every_algorithm_improves(ac: pd.DataFrame) -> dict[str, str]:
-    rule = (f"per paper algorithm (on-policy, the precision with most runs): trained − base, {S.BOOTSTRAP}; holds "
-            "if every interval lies above 0, fails if any lies at or below 0, else inconclusive")
+    rule = (
+        f"per paper algorithm (on-policy, the precision with most runs): trained − base, {S.BOOTSTRAP}; holds "
+        "if every interval lies above 0, fails if any lies at or below 0, else inconclusive"
+    )
     prec, ivs = per_algorithm_intervals(ac)
     claim = f"Every paper algorithm raises held-out accuracy ({prec or 'main grid'}, sanity)"
     if not ivs:
@@ -137,8 +143,10 @@ def _sub_runs(sn: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 def subnetwork_recovers(sn: pd.DataFrame) -> dict[str, str]:
     claim, pap = "Finetuning only the subnetwork recovers full finetuning", "40.3 → 41.9 (DPO); 69.8 → 72.2 (PRIME)"
-    rule = (f"per precision: sub − full accuracy ({S.BOOTSTRAP}) ≥ −{1 - RECOVER_MIN:.0%} of the full run's gain over "
-            "base; inconclusive when that gain's interval reaches 0")
+    rule = (
+        f"per precision: sub − full accuracy ({S.BOOTSTRAP}) ≥ −{1 - RECOVER_MIN:.0%} of the full run's gain over "
+        "base; inconclusive when that gain's interval reaches 0"
+    )
     s = _sub_runs(sn, "subnetwork") if not sn.empty else sn
     if s.empty:
         return verdict(claim, pap, "–", NODATA, rule)
@@ -146,12 +154,16 @@ def subnetwork_recovers(sn: pd.DataFrame) -> dict[str, str]:
     for p in order_precisions(s["precision"].astype(str)):
         q = s[s["precision"].astype(str) == p]
         gain = diff_interval(_col(q, "correct_full"), _col(q, "correct_base"), list(q["acc_full"]), list(q["acc_base"]))
-        diff = diff_interval(_col(q, "correct_subnetwork"), _col(q, "correct_full"), list(q["acc_subnetwork"]),
-                             list(q["acc_full"]))
+        diff = diff_interval(
+            _col(q, "correct_subnetwork"), _col(q, "correct_full"), list(q["acc_subnetwork"]), list(q["acc_full"])
+        )
         v, margin = recovers(diff, gain)
         parts[p] = (diff, v)
-        texts.append(f"{p}: sub − full {_pts(diff)}, full − base {_pts(gain)}"
-                     + (f", margin −{margin * 100:.1f} pts" if np.isfinite(margin) else "") + f" ({v})")
+        texts.append(
+            f"{p}: sub − full {_pts(diff)}, full − base {_pts(gain)}"
+            + (f", margin −{margin * 100:.1f} pts" if np.isfinite(margin) else "")
+            + f" ({v})"
+        )
     v, _ = judged(parts)
     return verdict(claim, pap, "; ".join(texts), v, rule)
 
@@ -159,8 +171,10 @@ def subnetwork_recovers(sn: pd.DataFrame) -> dict[str, str]:
 def subnetwork_agreement(sn: pd.DataFrame) -> dict[str, str]:
     claim = "Subnetwork rerun reproduces the full run's values (on the mask's entries)"
     pap = "94.0 / 90.5 % identical at 1e-5 (all entries)"
-    rule = (f"per precision: share of the mask's entries with |θ_sub − θ_full| ≤ 1e-5, t-interval over runs "
-            f"≥ {AGREEMENT_MIN:.0%} (all-entries agreement beside it: frozen entries agree by construction)")
+    rule = (
+        f"per precision: share of the mask's entries with |θ_sub − θ_full| ≤ 1e-5, t-interval over runs "
+        f"≥ {AGREEMENT_MIN:.0%} (all-entries agreement beside it: frozen entries agree by construction)"
+    )
     s = at_tol(sn[sn["mask"] == "subnetwork"], paper.SUBNETWORK_AGREEMENT_TOL) if not sn.empty else sn
     if s.empty or "agreement_on_mask" not in s or s["agreement_on_mask"].isna().all():
         return verdict(claim, pap, "–", NODATA, rule + " (needs agreement_on_mask)")
@@ -177,16 +191,22 @@ def subnetwork_agreement(sn: pd.DataFrame) -> dict[str, str]:
 
 def subnetwork_beats_random(sn: pd.DataFrame) -> dict[str, str]:
     claim, pap = "The subnetwork beats a random mask of the same size", "(control, not in the paper)"
-    rule = (f"subnetwork − random-mask accuracy, paired per source run, {S.BOOTSTRAP}; interval above 0 "
-            "(each control's realised sparsity shown)")
+    rule = (
+        f"subnetwork − random-mask accuracy, paired per source run, {S.BOOTSTRAP}; interval above 0 "
+        "(each control's realised sparsity shown)"
+    )
     if sn.empty or not (sn["mask"] == "random").any():
         return verdict(claim, pap, "–", NODATA, rule)
     key = ["family", "algorithm", "seed", "precision"]
     m = _sub_runs(sn, "subnetwork").merge(_sub_runs(sn, "random"), on=key, suffixes=("_s", "_r"))
     if m.empty:
         return verdict(claim, pap, "–", NODATA, rule)
-    iv = diff_interval(_col(m, "correct_subnetwork_s"), _col(m, "correct_subnetwork_r"), list(m["acc_subnetwork_s"]),
-                       list(m["acc_subnetwork_r"]))
+    iv = diff_interval(
+        _col(m, "correct_subnetwork_s"),
+        _col(m, "correct_subnetwork_r"),
+        list(m["acc_subnetwork_s"]),
+        list(m["acc_subnetwork_r"]),
+    )
     v = improves(iv)
     rs = S.mean_interval(list(m["sparsity_subnetwork_r"])) if "sparsity_subnetwork_r" in m else None
     ss = S.mean_interval(list(m["sparsity_subnetwork_s"])) if "sparsity_subnetwork_s" in m else None
@@ -223,17 +243,24 @@ def _entropy_compare(en: pd.DataFrame, rho: float, variant: str) -> tuple[S.Inte
     m = _entropy_pairs(en, rho, variant) if not en.empty else pd.DataFrame()
     if m.empty:
         return None
-    diff = diff_interval(_col(m, "correct_trained_x"), _col(m, "correct_trained_all"), list(m["acc_trained_x"]),
-                         list(m["acc_trained_all"]))
-    gain = diff_interval(_col(m, "correct_trained_all"), _col(m, "correct_base_all"), list(m["acc_trained_all"]),
-                         list(m["acc_base_all"]))
+    diff = diff_interval(
+        _col(m, "correct_trained_x"),
+        _col(m, "correct_trained_all"),
+        list(m["acc_trained_x"]),
+        list(m["acc_trained_all"]),
+    )
+    gain = diff_interval(
+        _col(m, "correct_trained_all"), _col(m, "correct_base_all"), list(m["acc_trained_all"]), list(m["acc_base_all"])
+    )
     return diff, gain
 
 
 def top20_matches_all(en: pd.DataFrame) -> dict[str, str]:
     claim, pap = "Top-20 % high-entropy tokens match or beat all tokens", "+7.7 / +11.0 AIME points"
-    rule = (f"top-20 % − all-token accuracy (normaliser: official code, kept), {S.BOOTSTRAP}, ≥ −{1 - RECOVER_MIN:.0%} "
-            "of the all-token run's gain over base; inconclusive when that gain's interval reaches 0")
+    rule = (
+        f"top-20 % − all-token accuracy (normaliser: official code, kept), {S.BOOTSTRAP}, ≥ −{1 - RECOVER_MIN:.0%} "
+        "of the all-token run's gain over base; inconclusive when that gain's interval reaches 0"
+    )
     c = _entropy_compare(en, paper.ENTROPY_RHO, "top")
     if c is None:
         return verdict(claim, pap, "–", NODATA, rule)
@@ -244,8 +271,10 @@ def top20_matches_all(en: pd.DataFrame) -> dict[str, str]:
 
 def bottom80_hurts(en: pd.DataFrame) -> dict[str, str]:
     claim, pap = "Training only on the bottom-80 % tokens hurts", "hurts badly"
-    rule = (f"bottom-80 % − all-token accuracy, {S.BOOTSTRAP}: below −{1 - RECOVER_MIN:.0%} of the all-token run's "
-            "gain (holds), at or above it (fails); inconclusive when that gain's interval reaches 0")
+    rule = (
+        f"bottom-80 % − all-token accuracy, {S.BOOTSTRAP}: below −{1 - RECOVER_MIN:.0%} of the all-token run's "
+        "gain (holds), at or above it (fails); inconclusive when that gain's interval reaches 0"
+    )
     en_b = en
     if not en.empty:
         rho_b = en.loc[en["variant"] == "bottom", "rho"]
@@ -266,14 +295,26 @@ def mask_active(en: pd.DataFrame) -> dict[str, str]:
     if en.empty or "kept_fraction" not in en:
         return verdict(claim, pap, "–", NODATA, rule)
     err = float((en["kept_fraction"] - en["rho"]).abs().max())
-    return verdict(claim, pap, f"max |kept − expected| {err:.3f} over {len(en)} runs",
-                   S.HOLDS if err <= KEPT_TOL else S.FAILS, rule)
+    return verdict(
+        claim,
+        pap,
+        f"max |kept − expected| {err:.3f} over {len(en)} runs",
+        S.HOLDS if err <= KEPT_TOL else S.FAILS,
+        rule,
+    )
 
 
 def accuracy_verdicts(T: dict[str, pd.DataFrame]) -> list[dict[str, str]]:
     """Every accuracy-side verdict, in SUMMARY order."""
     g = lambda k: T.get(k, pd.DataFrame())  # noqa: E731
-    return [subnetwork_recovers(g("subnetwork")), subnetwork_agreement(g("subnetwork")),
-            subnetwork_beats_random(g("subnetwork")), low_entropy_premise(g("entropy_stats")),
-            top20_matches_all(g("entropy")), bottom80_hurts(g("entropy")), mask_active(g("entropy")),
-            training_improves(g("accuracy")), every_algorithm_improves(g("accuracy"))]
+    return [
+        subnetwork_recovers(g("subnetwork")),
+        subnetwork_agreement(g("subnetwork")),
+        subnetwork_beats_random(g("subnetwork")),
+        low_entropy_premise(g("entropy_stats")),
+        top20_matches_all(g("entropy")),
+        bottom80_hurts(g("entropy")),
+        mask_active(g("entropy")),
+        training_improves(g("accuracy")),
+        every_algorithm_improves(g("accuracy")),
+    ]
