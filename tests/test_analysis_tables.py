@@ -110,6 +110,7 @@ def _family(tmp_path: Path) -> tuple[Path, list[Path]]:
         w[idx] = torch.arange(1, len(idx) + 1, dtype=torch.float32)
         save_model(rd, {"model.layers.0.mlp.up_proj.weight": w.view(4, 5)})
         save_model(rd / "checkpoints" / "step-000005", {"model.layers.0.mlp.up_proj.weight": base})
+        (rd / "run.json").write_text("{}\n")  # the workflow takes model + run.json as a trained run
         runs.append(rd)
     return b, runs
 
@@ -166,8 +167,11 @@ SNAKEFILE = """
 import sys
 sys.path.insert(0, {src!r})
 from rlsparsity import grid as G
+from rlsparsity import config_slices as CS
+config.update({{"analysis": {{"topk": 0.01}}, "train": {{"group_by": []}}, "families": {{"fam": {{}}}}}})
 R = {results!r}
 RUNS = [G.parse_run_dir(p) for p in {runs!r}]
+RUN_SET = set(RUNS)
 FAMILIES = ["fam"]
 ENVS = {envs!r}
 include: {common!r}
