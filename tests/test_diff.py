@@ -265,3 +265,16 @@ def test_nonfinite_base_detected_in_both_signs():
         assert not K._has_nonfinite(finite, dt)
         for bad in (dt.nonfinite_at, dt.nonfinite_at | sign, (1 << (8 * dt.itemsize)) - 1, sign - 1):
             assert K._has_nonfinite(np.append(finite, dt.bits.type(bad)), dt)
+
+
+def test_one_progress_line_per_finished_shard(tmp_path):
+    base = _llama_like()
+    tuned = _perturb(base, 3)
+    lines: list[str] = []
+    _diff(save_model(tmp_path / "b", base), save_model(tmp_path / "t", tuned, shards=2), log=lines.append)
+    assert [ln.split(":")[0].split()[:3] for ln in lines] == [["[diff]", "shard", "1/2"], ["[diff]", "shard", "2/2"]]
+    assert sum(int(ln.split(": ")[1].split()[0]) for ln in lines) == len(base)  # every tensor in one shard line
+    assert len({ln.split()[3] for ln in lines}) == 2  # two different shard files named
+    single: list[str] = []
+    _diff(save_model(tmp_path / "b1", base), save_model(tmp_path / "t1", tuned), log=single.append)
+    assert single == []
