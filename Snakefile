@@ -55,3 +55,7 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# Cheap collectors run where Snakemake runs, not as cluster jobs (common.smk: local_rule_names).
+workflow.localrules(*local_rule_names(workflow.rules))

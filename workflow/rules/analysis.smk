@@ -37,10 +37,10 @@ for _fam in ANALYSIS_FAMILIES:
             f"{R}/logs/analysis/{_fam}.log",
         benchmark:
             f"{R}/benchmarks/analysis/{_fam}.tsv"
-        threads: 2
+        threads: analyze_threads
         resources:
-            mem_mb=4000,
-            runtime=60,
+            mem_mb=analyze_mem_mb,
+            runtime=analyze_runtime,
         conda:
             f"{ENVS}/analysis.yaml"
         shell:

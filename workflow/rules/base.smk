@@ -11,9 +11,9 @@ rule base:
     benchmark:
         f"{R}/benchmarks/base/{{family}}.tsv"
     resources:
-        mem_mb=4000,
-        runtime=60,
-    threads: 1
+        mem_mb=base_mem_mb,
+        runtime=base_runtime,
+    threads: base_threads
     conda:
         f"{ENVS}/train.yaml"
     shell:

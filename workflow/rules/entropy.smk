@@ -34,7 +34,7 @@ for _fam in ENTROPY_FAMILIES:
         resources:
             mem_mb=4000,
             runtime=120,
-            gpus=0,
+            gpu=0,
         conda:
             f"{ENVS}/train.yaml"
         shell:

@@ -45,7 +45,7 @@ for _fam in SUB_FAMILIES:
         resources:
             mem_mb=4000,
             runtime=120,
-            gpus=0,
+            gpu=0,
         conda:
             f"{ENVS}/train.yaml"
         shell:
@@ -93,7 +93,7 @@ for _fam in CAUSE_TRAIN_FAMILIES:
         resources:
             mem_mb=4000,
             runtime=120,
-            gpus=0,
+            gpu=0,
         conda:
             f"{ENVS}/train.yaml"
         shell:

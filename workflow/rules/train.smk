@@ -60,10 +60,10 @@ if not TRAIN_GROUP_BY:
             launch=train_launch,
             device=train_device,
         resources:
-            mem_mb=4000,
-            runtime=120,
+            mem_mb=train_mem_mb,
+            runtime=train_runtime,
             gpu=train_gpus,
-        threads: 1
+        threads: train_threads
         conda:
             f"{ENVS}/train.yaml"
         shell:
@@ -98,10 +98,10 @@ else:
                 group=_key,
                 device=" --device cuda" if _gpus else "",
             resources:
-                mem_mb=4000,
+                mem_mb=train_mem_mb,
                 runtime=30 * len(_runs),
                 gpu=min(1, _gpus),
-            threads: 1
+            threads: train_threads
             conda:
                 f"{ENVS}/train.yaml"
             shell:
