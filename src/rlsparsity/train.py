@@ -82,7 +82,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "correct_base": correct_base, "correct_trained": after["correct"],
         "mean_reward_trained": after["mean_reward"], "n_eval": after["n"],
         "steps": stats.get("steps"), "seconds_per_step": stats.get("seconds_per_step"),
-        "wall_seconds": round(wall, 3), "hparams": stats.get("hparams"),
+        "wall_seconds": round(wall, 3), "resumed_from": stats.get("resumed_from"), "hparams": stats.get("hparams"),
         "data_stats": stats.get("data_stats"), "history": stats.get("history"),
         "checkpoint_every": spec.checkpoint_every, "storage_dtype": "float32" if run.precision == "fp32" else "bfloat16",
         "bf16_compute": bf16_compute(device) if run.precision == "bf16" else None,
