@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: run test venv report dryrun clean-results
+.PHONY: run test venv report dryrun clean-results slurm-demo
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: venv
 report: venv
 	PATH=$(BIN):$$PATH snakemake --profile workflow/profiles/default --cores $(CORES) figures
 	PATH=$(BIN):$$PATH snakemake --profile workflow/profiles/default --report results/report.html figures
+
+# The SLURM path on one machine (root, Debian/Ubuntu): a one-node Slurm cluster
+# (tools/local-slurm/up, installs slurm-wlm + munge if missing), config/slurm-demo.yaml through
+# the SLURM profile, each job's Slurm state, cluster down. Exit 0 only if every job COMPLETED.
+slurm-demo: venv
+	PATH=$(BIN):$$PATH tools/local-slurm/demo
 
 dryrun: venv
 	PATH=$(BIN):$$PATH snakemake -n --profile workflow/profiles/default

@@ -60,3 +60,7 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Cheap collectors run where Snakemake runs, not as cluster jobs (common.smk: local_rule_names).
+workflow.localrules(*local_rule_names(workflow.rules))

@@ -90,6 +90,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "steps": stats.get("steps"),
         "seconds_per_step": stats.get("seconds_per_step"),
         "wall_seconds": round(wall, 3),
+        "resumed_from": stats.get("resumed_from"),
         "hparams": stats.get("hparams"),
         "data_stats": stats.get("data_stats"),
         "history": stats.get("history"),

@@ -23,10 +23,10 @@ rule analyze:
         family="|".join(ANALYSIS_FAMILIES),
     conda:
         f"{ENVS}/analysis.yaml"
-    threads: 2
+    threads: analyze_threads
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=analyze_mem_mb,
+        runtime=analyze_runtime,
     params:
         runs=lambda wildcards: [run_dir(r) for r in RUNS if r.family == wildcards.family],
         base=lambda wildcards, input: str(Path(input.base).parent),

@@ -35,11 +35,12 @@ rule base:
         f"{R}/benchmarks/base/{{family}}.tsv"
     conda:
         f"{ENVS}/train.yaml"
-    threads: 1
+    threads: base_threads
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=base_mem_mb,
+        runtime=base_runtime,
         # pretrained bases of GPU families are evaluated on the GPU (a packed slot)
+        gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
         gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
     params:
         out=lambda wildcards, output: str(Path(output.metrics).parent),

@@ -118,3 +118,102 @@ def sub_full_run(wildcards):
     """The full run a masked rerun copies (its files, or its group's manifest)."""
     run = G.Run(wildcards.family, wildcards.algorithm, wildcards.data, wildcards.precision, int(wildcards.seed))
     return trained([run])
+
+
+# --- cluster resources of the heavy rules (issue 14), computed from the family's config and
+# its base model's size (rlsparsity.resources), so the SLURM profile needs no per-family
+# entries. Each takes the family from the `family` wildcard or, for train_group, from the
+# rule's `base` input paths (R/base/<family>/...); memory and time are re-evaluated when the
+# job is submitted, i.e. once the base model exists.
+from rlsparsity import resources as RES  # noqa: E402
+
+
+def _base_inputs(input):
+    base = input.base
+    return [base] if isinstance(base, str) else list(base)
+
+
+def _families_of(wildcards, input):
+    if "family" in wildcards.keys():
+        return [wildcards.family]
+    return sorted({Path(b).parent.name for b in _base_inputs(input)})
+
+
+def _max_params(input):
+    sizes = [RES.stored_params(RES.base_model_file(b)) for b in _base_inputs(input)]
+    return max((s for s in sizes if s is not None), default=None)
+
+
+def _spec(family):
+    return config["families"].get(family) or {}
+
+
+def base_threads(wildcards):
+    return RES.threads("base", wildcards.family, _spec(wildcards.family))
+
+
+def base_mem_mb(wildcards):
+    return RES.base_mem_mb(wildcards.family, _spec(wildcards.family))
+
+
+def base_runtime(wildcards):
+    return RES.base_runtime(wildcards.family, _spec(wildcards.family))
+
+
+def _train_threads(family):
+    n = RES.threads("train", family, _spec(family), family_gpus(family))
+    # packed one-GPU jobs (gpu.slots_per_gpu > 1) share the node's cores as they share the GPU
+    return max(1, n // GPU.slots_per_gpu(config)) if family_gpus(family) == 1 else n
+
+
+def train_threads(wildcards, input):
+    return max(_train_threads(f) for f in _families_of(wildcards, input))
+
+
+def train_mem_mb(wildcards, input):
+    return RES.train_mem_mb(_max_params(input))
+
+
+def train_runtime(wildcards, input):
+    return RES.train_runtime(_max_params(input), config["train"]["steps"])
+
+
+def analyze_threads(wildcards, input):
+    return max(RES.threads("analysis", f, _spec(f)) for f in _families_of(wildcards, input))
+
+
+def analyze_mem_mb(wildcards, input):
+    return RES.analysis_mem_mb(_max_params(input))
+
+
+def analyze_runtime(wildcards, input):
+    return RES.analysis_runtime(_max_params(input), sum(r.family == wildcards.family for r in RUNS))
+
+
+# Cheap rules (job configs, tables stacked from per-family CSVs, figures, SUMMARY.md, the
+# stage targets) run where Snakemake itself runs (the login node on a cluster), not as one
+# sbatch job each. Not: base, train*, preference_samples, analyze, entropy_* / subnetwork_*
+# jobs, causes_train. subnetwork_family only stacks rows with subnetwork.job_per_run.
+LOCAL_RULES = (
+    "job_config",
+    "accuracy_table",
+    "analysis_table",
+    "entropy_table",
+    "subnetwork_table",
+    "causes_table",
+    "figure",
+    "summary",
+    "all",
+    "bases",
+    "train_all",
+    "analysis",
+    "entropy",
+    "subnetwork",
+    "causes",
+    "figures",
+)
+
+
+def local_rule_names(rules):
+    local = set(LOCAL_RULES) | ({"subnetwork_family"} if SUB_PER_RUN else set())
+    return [r.name for r in rules if r.name in local]

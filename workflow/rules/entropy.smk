@@ -42,6 +42,7 @@ if ENTROPY_PER_RUN:
         resources:
             mem_mb=4000,
             runtime=120,
+            gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
         params:
             env=lambda wildcards: gpu_env(wildcards.family),
@@ -73,7 +74,7 @@ rule entropy_family:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpus=0,
+        gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
         gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
     params:
         env=lambda wildcards: gpu_env(wildcards.family),

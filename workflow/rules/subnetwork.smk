@@ -49,6 +49,7 @@ if SUB_PER_RUN:
         resources:
             mem_mb=4000,
             runtime=120,
+            gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
         params:
             env=lambda wildcards: gpu_env(wildcards.family),
@@ -99,7 +100,7 @@ else:
         resources:
             mem_mb=4000,
             runtime=120,
-            gpus=0,
+            gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
         params:
             env=lambda wildcards: gpu_env(wildcards.family),
@@ -145,7 +146,7 @@ rule causes_train:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpus=0,
+        gpu=0,
     params:
         files=lambda wildcards: [
             f"{s.dir(R)}/{f}"

@@ -37,10 +37,10 @@ if not TRAIN_GROUP_BY:
             f"{R}/benchmarks/train/{{family}}/{{algorithm}}/{{data}}/{{precision}}/seed{{seed}}.tsv"
         conda:
             f"{ENVS}/train.yaml"
-        threads: 1
+        threads: train_threads
         resources:
-            mem_mb=4000,
-            runtime=120,
+            mem_mb=train_mem_mb,
+            runtime=train_runtime,
             gpu=train_gpus,
             gpu_slots=train_gpu_slots,
         params:
@@ -83,9 +83,9 @@ else:
             f"{R}/benchmarks/train/groups/{{group}}.tsv"
         conda:
             f"{ENVS}/train.yaml"
-        threads: 1
+        threads: train_threads
         resources:
-            mem_mb=4000,
+            mem_mb=train_mem_mb,
             runtime=lambda wildcards: 30 * len(group_runs_of(wildcards)),
             gpu=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
             gpu_slots=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
