@@ -123,7 +123,7 @@ dag() {
   if ! dag_running; then
     setsid nohup snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
         --cores 16 --resources gpu_slots="$SLOTS" --scheduler greedy --keep-going \
-        --set-threads "analyze_smollm2-135m=8" >> "$DAGLOG" 2>&1 < /dev/null &
+        --set-threads analyze=8 >> "$DAGLOG" 2>&1 < /dev/null &
     echo $! > /tmp/rls-dag.pid
     echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $SLOTS GPU slots)"
   fi
