@@ -8,13 +8,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_cluster import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -56,12 +56,7 @@ def plan(tmp: Path, cfg: dict) -> dict[str, int]:
     out = r.stdout + r.stderr
     if "Nothing to be done" in out:
         return {}
-    counts = {}
-    for line in out.split("Job stats:")[1].splitlines()[3:]:
-        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
+    counts = job_counts(out)
     counts.pop("total", None)
     return counts
 

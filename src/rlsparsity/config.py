@@ -101,11 +101,3 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     return validate_config(cfg)
 
 
-def write_resolved_config(config: dict[str, Any], path: str | Path) -> str:
-    """Write the validated config as JSON if its content changed; return the path."""
-    p = Path(path)
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    if not p.exists() or p.read_text() != text:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    return str(p)

@@ -198,8 +198,6 @@ def max_new_tokens_for(model_or_folder: Any, task: Any = None) -> int:
     write a sentence or two before the answer (64)."""
     if task is not None and getattr(task, "max_new_tokens", None):
         return int(task.max_new_tokens)
-    if task is not None and getattr(getattr(task, "spec", None), "max_new_tokens", None):
-        return int(task.spec.max_new_tokens)  # the task's own need (e.g. worked solutions)
     cfg = getattr(model_or_folder, "config", None)
     if cfg is None:
         cfg = json.loads((Path(model_or_folder) / "config.json").read_text())

@@ -140,10 +140,6 @@ def _print(*a: Any) -> None:
     print(*a, flush=True)
 
 
-def _hparams(config: dict[str, Any], alg: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**dict(((config.get("train") or {}).get("hparams") or {}).get(alg, {})), **(extra or {})}
-
-
 def train_variant(run: G.Run, config: dict[str, Any], out: str | Path, base: str | Path,
                   hparams: dict[str, Any] | None = None, mask: dict[str, Any] | None = None,
                   extra_record: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:

@@ -118,6 +118,8 @@ class Task:
     max_new_tokens: int | None = None      # generation budget (None: modeling.max_new_tokens_for's rule)
 
     def __post_init__(self) -> None:
+        if self.max_new_tokens is None:
+            self.max_new_tokens = self.spec.max_new_tokens  # the task's own need (e.g. worked solutions)
         if self.prompt_style not in PROMPT_STYLES:
             raise TaskError(f"unknown prompt style {self.prompt_style!r}; known: {sorted(PROMPT_STYLES)}")
 

@@ -65,14 +65,20 @@ def resolve(arg: str) -> Path:
                               f"hub id failed ({err.__class__.__name__}: {first})") from None
 
 
+def _json_object(path: Path, what: str) -> dict[str, Any]:
+    """``path`` parsed as one JSON object, else a CheckpointError naming the file as a corrupt ``what``."""
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: corrupt {what} (not JSON: {err.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: corrupt {what} (a JSON {type(doc).__name__}, not an object)")
+    return doc
+
+
 def _read_index(index: Path) -> dict[str, str]:
     """The ``weight_map`` of a sharded checkpoint's index: tensor name -> shard file name (validated)."""
-    try:
-        doc = json.loads(index.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(f"{index}: corrupt index (not JSON: {err.__class__.__name__})") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{index}: corrupt index (a JSON {type(doc).__name__}, not an object)")
+    doc = _json_object(index, "index")
     wm = doc.get("weight_map")
     if not isinstance(wm, dict):
         what = "missing" if wm is None else f"a JSON {type(wm).__name__}, not an object"
@@ -142,13 +148,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         return {}
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(f"{cfg_path}: corrupt config.json (not JSON: {err.__class__.__name__})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: corrupt config.json (a JSON {type(cfg).__name__}, not an object)")
-    return cfg
+    return _json_object(cfg_path, "config.json")
 
 
 def open_checkpoint(arg: str | Path) -> Checkpoint:
