@@ -368,3 +368,40 @@ def test_entropy_run_command_needs_precision_and_seed_when_the_config_has_severa
     assert "not in the config" in capsys.readouterr().err
     rule = (REPO / "workflow" / "rules" / "entropy.smk").read_text()
     assert "--precision {wildcards.precision:q} --seed {wildcards.seed:q}" in rule
+
+
+def test_choose_task_takes_the_first_case_inside_the_band(tmp_path: Path) -> None:
+    """choose_task.py: the first measured case (order of preference) with validation accuracy in
+    [0.20, 0.50], median completion >= 20 tokens and <= 5 % truncated; the overlay keeps the
+    config's split sizes; no qualifying case -> exit 1, nothing written."""
+    import csv
+
+    cols = ["task", "prompt", "kwargs", "n_val", "greedy_accuracy", "median_completion_tokens", "frac_truncated"]
+    rows = [["chain_sum", "cot", "{}", 200, 0.13, 54, 0.01],              # too hard
+            ["chain_sum", "explain", "{}", 200, 0.30, 10, 0.0],           # does not reason
+            ["arith2d", "cot", "{}", 200, 0.35, 60, 0.08],                # too often cut
+            ["chain_sum", "cot", "{'min_terms': 3, 'max_terms': 3, 'max_digits': 1}", 200, 0.31, 48, 0.02],
+            ["arith2d", "cot_example", "{}", 200, 0.40, 50, 0.0]]         # also fine, but later
+    src = tmp_path / "check.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"task": {"name": "chain_sum", "prompt": "cot", "n_train": 4000, "n_test": 500,
+                                            "seed": 1234, "max_new_tokens": 128}}))
+    script = str(REPO / "benchmarks" / "smollm2_gpu" / "choose_task.py")
+    r = subprocess.run([sys.executable, script, str(src), "--config", str(cfg), "--out", str(tmp_path / "t.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = yaml.safe_load((tmp_path / "t.yaml").read_text())
+    assert got == {"task": {"name": "chain_sum", "prompt": "cot", "n_train": 4000, "n_test": 500, "seed": 1234,
+                            "max_new_tokens": 128, "kwargs": {"min_terms": 3, "max_terms": 3, "max_digits": 1}}}
+    assert json.loads((tmp_path / "t.json").read_text()) == got["task"]
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows[:3])
+    r = subprocess.run([sys.executable, script, str(src), "--config", str(cfg), "--out", str(tmp_path / "u.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no case qualifies" in r.stderr and not (tmp_path / "u.yaml").exists()

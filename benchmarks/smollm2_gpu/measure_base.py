@@ -30,7 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--config", default=None, help="take n_train/n_test/seed from this config's task block, so the "
+                    "validation problems are the DAG's own")
     a = ap.parse_args(argv)
+    split = {"n_train": 10, "n_test": a.n, "seed": 1234}
+    if a.config:
+        import yaml
+
+        t = yaml.safe_load(Path(a.config).read_text())["task"]
+        split = {k: t.get(k, v) for k, v in split.items()}
     torch_threads()
     base = Path(a.base)
     if not (base / "config.json").exists():
@@ -42,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         name, style, *kw = case.split(":")
         kwargs = dict(x.split("=", 1) for x in kw[0].split(";")) if kw else {}
         kwargs = {k: json.loads(v) for k, v in kwargs.items()}  # values are JSON: 3, ["+"]
-        task = get_task(name, n_train=10, n_test=a.n, kwargs=kwargs, prompt=style, max_new_tokens=a.max_new_tokens)
-        items = task.val[: a.n]
+        try:
+            task = get_task(name, **split, kwargs=kwargs, prompt=style, max_new_tokens=a.max_new_tokens)
+            items = task.val[: a.n]
+        except ValueError as e:  # e.g. too few distinct problems for the splits: a row that says so
+            print(f"{case}: {e}", flush=True)
+            continue
         prompts = [task.prompt(e, tok) for e in items]
         t0 = time.time()
         comps = generate(model, tok, prompts, a.max_new_tokens, do_sample=False, batch_size=a.batch_size)

@@ -25,7 +25,13 @@ INSTRUCTION = "Give the final answer as 'Answer: <number>'."
 PROMPT_STYLES = {"answer": INSTRUCTION,
                  "cot": "Think step by step, then give the final answer as 'Answer: <number>'.",
                  "explain": "Explain your calculation in one or two sentences, then give the final answer as "
-                            "'Answer: <number>'."}
+                            "'Answer: <number>'.",
+                 "cot_shot": "Think step by step, then give the final answer as 'Answer: <number>'."}
+#: Styles that show one worked example as an earlier chat turn (user question, assistant
+#: solution) before the real question: small pretrained models copy an example written into
+#: the instruction itself, but follow one given as a previous exchange.
+SHOTS = {"cot_shot": ("Calculate 47 + 38. Think step by step, then give the final answer as 'Answer: <number>'.",
+                      "First the tens: 47 + 30 = 77. Then the ones: 77 + 8 = 85.\nAnswer: 85")}
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _AFTER_ANSWER = re.compile(r"answer[\s:=*]*(?:is[\s:=*]*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -189,10 +195,12 @@ class Task:
 
     def prompt(self, entry: dict[str, Any], tokenizer: Any) -> str:
         """The single prompt format: the user message in the model's chat template."""
-        msgs = [{"role": "user", "content": self.user_message(entry)}]
+        shot = SHOTS.get(self.prompt_style)
+        msgs = ([{"role": "user", "content": shot[0]}, {"role": "assistant", "content": shot[1]}] if shot else [])
+        msgs.append({"role": "user", "content": self.user_message(entry)})
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return f"{msgs[0]['content']}\n"
+        return "\n".join(m["content"] for m in msgs) + "\n"
 
     def _operands(self, entry: dict[str, Any]) -> tuple[int, int] | None:
         m = _SUM.search(str(entry.get("question", "")))

@@ -5,6 +5,8 @@
 #                                              #   wheels into /tmp/site, check imports, print versions
 #   bash tools/gpu/remote.sh smoke [STEPS]     # builds the DAG's base once (GGUF -> bf16, test accuracy on
 #                                              #   the GPU), then every algorithm STEPS (3) steps, all in parallel
+#   bash tools/gpu/remote.sh taskcheck         # base accuracy on 200 validation problems per candidate task,
+#                                              #   writes the chosen task overlay (choose_task.py's rule)
 #   bash tools/gpu/remote.sh sweep [ARGS]      # benchmarks/smollm2_gpu/sweep.py (validation lr sweep, <= 5 min)
 #   bash tools/gpu/remote.sh bench [ARGS]      # benchmarks/smollm2_gpu/grpo_vs_trl.py (<= 2 min)
 #   bash tools/gpu/remote.sh dag [WAIT_S]      # start the DAG in the background (setsid: it survives this
@@ -24,6 +26,9 @@ RESULTS=${RESULTS:-results/smollm2-gpu}
 SLOTS=${SLOTS:-8}
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
+TASK_CHOSEN=$RESULTS/chosen_task.yaml   # written by 'taskcheck' (validation problems only)
+TASK_CASES=(chain_sum:cot chain_sum:cot_shot 'chain_sum:cot:min_terms=3;max_terms=3;max_digits=1'
+            arith2d:cot_shot arith2d:cot)   # in order of preference: benchmarks/smollm2_gpu/choose_task.py
 export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
        OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 
@@ -107,6 +112,20 @@ smoke() {
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 }
 
+taskcheck() {  # base greedy accuracy + completion length per candidate task on 200 VALIDATION problems
+  need_site
+  local d=$RESULTS/taskcheck
+  mkdir -p "$d" && rm -f "$d/base_check_gpu.csv"
+  python3 benchmarks/smollm2_gpu/measure_base.py --device cuda --n 200 --max-new-tokens 128 --batch-size 200 \
+      --config "$CONFIG" --base /tmp/smollm2-base --out "$d/base_check_gpu.csv" --cases "${TASK_CASES[@]}" \
+      > "$d/measure.log" 2>&1 || { tail -20 "$d/measure.log"; die "measure_base failed"; }
+  grep -v "Loading weights" "$d/measure.log" | tail -8
+  python3 benchmarks/smollm2_gpu/choose_task.py "$d/base_check_gpu.csv" --config "$CONFIG" --out "$TASK_CHOSEN" \
+      || die "no candidate task qualifies"
+}
+
+task_overlay() { [ -f "$TASK_CHOSEN" ] && echo "$TASK_CHOSEN"; }
+
 dag_running() { [ -f /tmp/rls-dag.pid ] && kill -0 "$(cat /tmp/rls-dag.pid)" 2>/dev/null; }
 
 progress() {
@@ -119,7 +138,8 @@ progress() {
 dag() {
   need_site
   local wait_s=${1:-540} extra=()
-  [ -f "$CHOSEN" ] && extra=("$CHOSEN") && echo "using validation-chosen hparams from $CHOSEN"
+  [ -f "$TASK_CHOSEN" ] && extra+=("$TASK_CHOSEN") && echo "using the validation-chosen task from $TASK_CHOSEN"
+  [ -f "$CHOSEN" ] && extra+=("$CHOSEN") && echo "using validation-chosen hparams from $CHOSEN"
   if ! dag_running; then
     setsid nohup snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
         --cores 16 --resources gpu_slots="$SLOTS" --scheduler greedy --keep-going \
@@ -155,10 +175,13 @@ case "$cmd" in
   stage2) stage2 ;;
   smoke) smoke "$@" ;;
   base) need_site; base ;;
-  sweep) need_site; base; python3 benchmarks/smollm2_gpu/sweep.py --results "$RESULTS" --out "$RESULTS/sweep" "$@" ;;
+  taskcheck) taskcheck ;;
+  # the sweep builds the base itself (with the chosen task when 'taskcheck' ran: its test accuracy is the DAG's)
+  sweep) need_site; if [ -f "$RESULTS/chosen_task.json" ]; then set -- --set "task=$(cat "$RESULTS/chosen_task.json")" "$@"; fi
+         python3 benchmarks/smollm2_gpu/sweep.py --results "$RESULTS" --out "$RESULTS/sweep" "$@" ;;
   bench) need_site; python3 benchmarks/smollm2_gpu/grpo_vs_trl.py --results "$RESULTS" "$@" ;;
   dag) dag "$@" ;;
   status) status ;;
   collect) collect ;;
-  *) die "usage: remote.sh stage1|stage2|base|smoke [STEPS]|sweep [ARGS]|bench [ARGS]|dag [WAIT_S]|status|collect" ;;
+  *) die "usage: remote.sh stage1|stage2|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dag [WAIT_S]|status|collect" ;;
 esac
