@@ -12,6 +12,7 @@ with name/prompt/kwargs replaced), and prints the decision.
     python benchmarks/smollm2_gpu/choose_task.py base_check_gpu.csv --config config/smollm2-gpu.yaml \
         --out results/smollm2-gpu/chosen_task.yaml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,11 @@ LOW, HIGH, MIN_MEDIAN, MAX_TRUNC = 0.20, 0.50, 20.0, 0.05
 
 
 def qualifies(row: dict[str, str]) -> tuple[bool, str]:
-    acc, med, trunc = float(row["greedy_accuracy"]), float(row["median_completion_tokens"]), float(row["frac_truncated"])
+    acc, med, trunc = (
+        float(row["greedy_accuracy"]),
+        float(row["median_completion_tokens"]),
+        float(row["frac_truncated"]),
+    )
     why = []
     if not LOW <= acc <= HIGH:
         why.append(f"accuracy {acc:.3f} outside [{LOW}, {HIGH}]")
@@ -40,17 +45,24 @@ def qualifies(row: dict[str, str]) -> tuple[bool, str]:
 def choose(rows: list[dict[str, str]], task_block: dict[str, Any]) -> dict[str, Any] | None:
     for row in rows:
         ok, why = qualifies(row)
-        print(f"{row['task']}:{row['prompt']} {row['kwargs']} n={row['n_val']} acc={float(row['greedy_accuracy']):.3f} "
-              f"median={row['median_completion_tokens']} -> {why}")
+        print(
+            f"{row['task']}:{row['prompt']} {row['kwargs']} n={row['n_val']} acc={float(row['greedy_accuracy']):.3f} "
+            f"median={row['median_completion_tokens']} -> {why}"
+        )
         if ok:
             kwargs = ast.literal_eval(row["kwargs"]) if row["kwargs"] else {}  # measure_base writes a dict repr
             block = {k: v for k, v in task_block.items() if k not in ("kwargs",)}
             block.update(name=row["task"], prompt=row["prompt"])
             if kwargs:
                 block["kwargs"] = kwargs
-            return {"task": block, "_evidence": {"val_accuracy": float(row["greedy_accuracy"]),
-                                                  "n_val": int(row["n_val"]),
-                                                  "median_completion_tokens": float(row["median_completion_tokens"])}}
+            return {
+                "task": block,
+                "_evidence": {
+                    "val_accuracy": float(row["greedy_accuracy"]),
+                    "n_val": int(row["n_val"]),
+                    "median_completion_tokens": float(row["median_completion_tokens"]),
+                },
+            }
     return None
 
 
@@ -71,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print("choose_task: no case qualifies; add cases or change the rule (nothing written)", file=sys.stderr)
         return 1
     evidence = got.pop("_evidence")
-    text = (f"# chosen by benchmarks/smollm2_gpu/choose_task.py from {a.csv.name} (validation problems only): "
-            f"{json.dumps(evidence)}\n" + yaml.safe_dump(got, sort_keys=False))
+    text = (
+        f"# chosen by benchmarks/smollm2_gpu/choose_task.py from {a.csv.name} (validation problems only): "
+        f"{json.dumps(evidence)}\n" + yaml.safe_dump(got, sort_keys=False)
+    )
     tmp = a.out.with_suffix(".tmp")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(text)

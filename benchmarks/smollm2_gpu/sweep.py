@@ -18,6 +18,7 @@ Exact ties go to the smaller lr. On an H200: ~3-4 min.
     python benchmarks/smollm2_gpu/sweep.py --results results/smollm2-gpu --out results/smollm2-gpu/sweep
     python benchmarks/smollm2_gpu/sweep.py --device cpu --steps 2 --val-n 8 ...   # CPU check (tests)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,16 @@ def run_job(a: argparse.Namespace) -> int:
     run = Run(fam, a.algorithm, "on_policy", a.precision, a.seed)
     out = Path(a.job_out)
     hp = {**run_hparams(cfg, a.algorithm, a.precision), "lr": a.lr}
-    spec = TrainSpec(run=run, base_dir=base_dir(fam, cfg["results"]), out_dir=out / "run", task=task,
-                     steps=a.steps, checkpoint_every=10**6, hparams=hp, device=a.device)
+    spec = TrainSpec(
+        run=run,
+        base_dir=base_dir(fam, cfg["results"]),
+        out_dir=out / "run",
+        task=task,
+        steps=a.steps,
+        checkpoint_every=10**6,
+        hparams=hp,
+        device=a.device,
+    )
     reset_peak(a.device)
     t0 = time.time()
     stats = get_algorithm(a.algorithm)(spec)
@@ -248,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         row["base_val_accuracy"] = bval
         rows.append(row)
         if not res.exists():  # say why here: the job folders may not come back from the machine
-            tail = (jdir / "log.txt").read_text(errors="replace").splitlines()[-12:] if (jdir / "log.txt").exists() else []
+            tail = (
+                (jdir / "log.txt").read_text(errors="replace").splitlines()[-12:] if (jdir / "log.txt").exists() else []
+            )
             print(f"[sweep] FAILED {rep} {prec} lr {lr:g} ({row['error']}), log tail:", *tail, sep="\n    ", flush=True)
         print(
             f"[sweep] {rep:5s} {prec:11s} lr {lr:<8g} val acc {row.get('val_accuracy')} "
