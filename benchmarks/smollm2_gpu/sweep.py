@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -132,23 +133,41 @@ def base_val(cfg: dict[str, Any], device: str, n: int) -> float:
 
 
 def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
-    """Best validation accuracy per (representative, precision); an exact tie -> the smaller lr."""
+    """Per (representative, precision): the one-standard-error rule on validation accuracy --
+    the SMALLEST lr whose accuracy is within one binomial standard error of the best one,
+    sqrt(p(1-p)/n_val) at the best p. With 200 problems one SE is ~3.4 points, so a slightly
+    higher score at a larger lr (one seed, 30-40 steps) does not buy a step that may not stay
+    stable over the run's 100 steps. (The first sweep took the plain maximum.)"""
     by_prec: dict[str, dict[str, Any]] = {}
     for rep, members in FAMILIES.items():
         for prec in PRECISIONS:
             cand = [
                 r
                 for r in rows
-                if r["algorithm"] == rep and r["precision"] == prec and r.get("val_accuracy") is not None
+                if r["algorithm"] == rep and r["precision"] == prec and r.get("val_accuracy") not in (None, "")
             ]
             if not cand:
                 continue
-            top = max(r["val_accuracy"] for r in cand)
-            best = min((r for r in cand if r["val_accuracy"] >= top - 1e-12), key=lambda r: r["lr"])
+            top = max(float(r["val_accuracy"]) for r in cand)
+            se = math.sqrt(top * (1 - top) / max(1, n_val))
+            best = min((r for r in cand if float(r["val_accuracy"]) >= top - se - 1e-12), key=lambda r: float(r["lr"]))
             for prec_out in [prec, "fp32"] if prec == "fp32-master" else [prec]:
                 for alg in members:
                     by_prec.setdefault(prec_out, {})[alg] = {"lr": float(best["lr"])}
     return {"train": {"hparams_by_precision": by_prec}}
+
+
+def write_choice(out: Path, rows: list[dict[str, Any]], steps: Any, n_val: int, seed: Any) -> dict[str, Any]:
+    import yaml
+
+    chosen = choose(rows, n_val)
+    tmp = out / "chosen_hparams.yaml.tmp"
+    tmp.write_text(
+        f"# validation-chosen lr (benchmarks/smollm2_gpu/sweep.py: one-standard-error rule; {steps} steps, {n_val}"
+        f" validation problems, seed {seed}); see sweep.csv\n" + yaml.safe_dump(chosen, sort_keys=True)
+    )
+    tmp.replace(out / "chosen_hparams.yaml")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
     ap.add_argument("--slots", type=int, default=16, help="jobs at once")
     ap.add_argument("--timeout", type=float, default=290.0, help="seconds for all jobs; late ones are killed")
+    ap.add_argument(
+        "--choose-from", nargs="+", default=None, help="apply the choice rule to these sweep CSVs, run nothing"
+    )
     ap.add_argument("--job", nargs=5, metavar=("ALG", "PREC", "LR", "CONFIG_JSON", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.choose_from:  # re-apply the rule to measured CSVs (e.g. a sweep rerun in parts)
+        rows = [dict(r) for f in a.choose_from for r in csv.DictReader(open(f))]
+        n_val = {int(r["n_val"]) for r in rows if r.get("n_val")}
+        if len(n_val) != 1:
+            print(f"sweep: --choose-from rows disagree on n_val: {sorted(n_val)}", file=sys.stderr)
+            return 1
+        out = a.out or Path(a.choose_from[0]).parent
+        out.mkdir(parents=True, exist_ok=True)
+        steps = {r["steps"] for r in rows if r.get("steps")}
+        print(write_choice(out, rows, "/".join(sorted(steps)), n_val.pop(), a.seed))
+        return 0
     if a.job:
         a.algorithm, a.precision, lr, a.config_json, a.job_out = a.job
         a.lr = float(lr)
@@ -288,11 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(rows)
     import yaml
 
-    chosen = choose(rows, a.val_n)
-    (out / "chosen_hparams.yaml").write_text(
-        f"# validation-chosen lr (benchmarks/smollm2_gpu/sweep.py, {a.steps} steps, {a.val_n} validation problems,"
-        f" seed {a.seed}); see sweep.csv\n" + yaml.safe_dump(chosen, sort_keys=True)
-    )
+    chosen = write_choice(out, rows, a.steps, a.val_n, a.seed)
     print(f"[sweep] {len(rows)} jobs in {time.time() - t1:.0f} s -> {out / 'sweep.csv'}, {out / 'chosen_hparams.yaml'}")
     print(yaml.safe_dump(chosen, sort_keys=True))
     return 0 if all(r.get("val_accuracy") is not None for r in rows) else 1

@@ -19,6 +19,7 @@ and the peak GPU memory of the process since :func:`reset_peak`.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import subprocess
@@ -44,6 +45,23 @@ def gpu_slots(config: dict[str, Any], family: str, gpus: int | None = None) -> i
     if n <= 0:
         return 0
     return 1 if n == 1 else n * slots_per_gpu(config)
+
+
+def gpu_mem_gb(config: dict[str, Any], family: str, algorithm: str | None, precision: str | None,
+               gpus: int | None = None) -> int:
+    """``gpu_mem_gb`` resource of one packed job: config ``gpu.job_memory_gb[algorithm]`` (else
+    its ``default``; ``algorithm=None`` = an evaluation-only job, key ``eval``), times
+    ``gpu.fp32_memory_factor`` for fp32 / fp32-master, rounded up. 0 for CPU jobs, for
+    multi-GPU jobs (they hold whole GPUs through gpu_slots) and when no table is configured."""
+    n = family_gpus(config, family) if gpus is None else int(gpus)
+    table = (config.get("gpu") or {}).get("job_memory_gb") or {}
+    if n != 1 or not table:
+        return 0
+    key = algorithm if algorithm is not None else "eval"
+    gb = float(table.get(key, table.get("default", 0)))
+    if precision in ("fp32", "fp32-master"):
+        gb *= float((config.get("gpu") or {}).get("fp32_memory_factor", 1.8))
+    return int(math.ceil(gb))
 
 
 def job_env(config: dict[str, Any], results: str | Path) -> str:

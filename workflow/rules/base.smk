@@ -42,6 +42,7 @@ rule base:
         # pretrained bases of GPU families are evaluated on the GPU (a packed slot)
         gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
         gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+        gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family),
     params:
         out=lambda wildcards, output: str(Path(output.metrics).parent),
         env=lambda wildcards: gpu_env(wildcards.family),

@@ -92,6 +92,11 @@ def train_gpu_slots(wildcards):
     return GPU.gpu_slots(config, wildcards.family, train_gpus(wildcards))
 
 
+def job_gpu_mem(family, algorithm=None, precision=None, gpus=None):
+    """`gpu_mem_gb` resource of one packed GPU job (config gpu.job_memory_gb; 0 when unset)."""
+    return GPU.gpu_mem_gb(config, family, algorithm, precision, gpus)
+
+
 def train_env(wildcards, resources):
     return GPU.job_env(config, R) if int(resources.gpu or 0) == 1 else ""
 

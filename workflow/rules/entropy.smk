@@ -44,6 +44,7 @@ if ENTROPY_PER_RUN:
             runtime=120,
             gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+            gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family, "grpo", wildcards.precision),
         params:
             env=lambda wildcards: gpu_env(wildcards.family),
             device=lambda wildcards: family_device(wildcards.family),
@@ -76,6 +77,7 @@ rule entropy_family:
         runtime=120,
         gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
         gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+        gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family),
     params:
         env=lambda wildcards: gpu_env(wildcards.family),
         device=lambda wildcards: family_device(wildcards.family),

@@ -51,6 +51,9 @@ if SUB_PER_RUN:
             runtime=120,
             gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+            gpu_mem_gb=lambda wildcards: job_gpu_mem(
+                wildcards.family, wildcards.get("algorithm"), wildcards.get("precision")
+            ),
         params:
             env=lambda wildcards: gpu_env(wildcards.family),
             device=lambda wildcards: family_device(wildcards.family),
@@ -102,6 +105,9 @@ else:
             runtime=120,
             gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+            gpu_mem_gb=lambda wildcards: job_gpu_mem(
+                wildcards.family, wildcards.get("algorithm"), wildcards.get("precision")
+            ),
         params:
             env=lambda wildcards: gpu_env(wildcards.family),
             device=lambda wildcards: family_device(wildcards.family),

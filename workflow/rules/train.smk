@@ -43,6 +43,9 @@ if not TRAIN_GROUP_BY:
             runtime=train_runtime,
             gpu=train_gpus,
             gpu_slots=train_gpu_slots,
+            gpu_mem_gb=lambda wildcards: job_gpu_mem(
+                wildcards.family, wildcards.algorithm, wildcards.precision, train_gpus(wildcards)
+            ),
         params:
             # a params function that reads `resources` follows --set-resources train:gpu=N,
             # and Snakemake treats it as derived (not a rerun trigger)
@@ -89,6 +92,9 @@ else:
             runtime=lambda wildcards: 30 * len(group_runs_of(wildcards)),
             gpu=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
             gpu_slots=lambda wildcards: min(1, max(family_gpus(r.family) for r in group_runs_of(wildcards))),
+            gpu_mem_gb=lambda wildcards: max(
+                job_gpu_mem(r.family, r.algorithm, r.precision) for r in group_runs_of(wildcards)
+            ),
         params:
             key=lambda wildcards: CS.group_key_of(config, wildcards.group),
             files=lambda wildcards: [f for r in group_runs_of(wildcards) for f in run_files(r)],
@@ -123,6 +129,7 @@ rule preference_samples:
         runtime=60,
         gpu=lambda wildcards: min(1, family_gpus(wildcards.family)),
         gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
+        gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family, None, wildcards.precision),
     params:
         device=lambda wildcards, resources: "cuda" if int(resources.gpu or 0) > 0 else "cpu",
         env=lambda wildcards, resources: GPU.job_env(config, R) if int(resources.gpu or 0) > 0 else "",
