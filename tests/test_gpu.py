@@ -104,6 +104,30 @@ def test_gpu_slots_per_job() -> None:
     assert GPU.gpu_slots({"families": {"one": {"gpus": 1}}}, "one") == 1  # default: one job per GPU
     env = GPU.job_env(cfg, "res dir")
     assert env == "RLSPARSITY_GPU_LOCKS='res dir/.gpu_locks' RLSPARSITY_GPU_SLOTS=4 "
+    want = "RLSPARSITY_GPU_LOCKS=r/.gpu_locks RLSPARSITY_GPU_SLOTS=4 RLSPARSITY_GPU_MEM_GB=28 "
+    assert GPU.job_env(cfg, "r", 28) == want
+
+
+def test_claims_go_to_the_gpu_with_the_least_declared_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With RLSPARSITY_GPU_MEM_GB (the job's gpu_mem_gb) a claim takes the GPU whose held slots declare
+    the fewest GB (ties: fewer held slots, then the lower index): 28 GB lands on GPU 0, then four 9 GB
+    jobs on GPU 1 (GPU 1 holds 9, 18, 27 < 28, then 27 < 28 again), and once GPU 1's 4 slots are full
+    the next claim goes to GPU 0."""
+    got = []
+    try:
+        for gb in (28, 9, 9, 9, 9):
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+            monkeypatch.setenv("RLSPARSITY_GPU_MEM_GB", str(gb))
+            got.append(GPU.claim_gpu_slot(tmp_path, n_gpus=2, slots=4, wait_s=0))
+        # loads after each claim: (28,0) (28,9) (28,18) (28,27) -> 5th: 28 vs 27 -> GPU 1 (36)
+        assert got == [0, 1, 1, 1, 1]
+        assert GPU._held_memory(tmp_path, 2, 4) == [(28, 1), (36, 4)]
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        assert GPU.claim_gpu_slot(tmp_path, n_gpus=2, slots=4, wait_s=0) == 0  # GPU 1's 4 slots are full
+        assert (tmp_path / "gpu0-slot1.lock").read_text().split()[1] == "9"
+    finally:
+        GPU.release_gpu_slots()
+    assert GPU._held_memory(tmp_path, 2, 4) == [(0, 0), (0, 0)]  # released: nothing held
 
 
 def test_claims_spread_over_gpus_and_run_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

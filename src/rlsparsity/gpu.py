@@ -64,10 +64,13 @@ def gpu_mem_gb(config: dict[str, Any], family: str, algorithm: str | None, preci
     return int(math.ceil(gb))
 
 
-def job_env(config: dict[str, Any], results: str | Path) -> str:
-    """Shell prefix that lets a GPU job claim a slot (see module doc); paths are quoted."""
+def job_env(config: dict[str, Any], results: str | Path, mem_gb: int | float | None = 0) -> str:
+    """Shell prefix that lets a GPU job claim a slot (see module doc); paths are quoted.
+    ``mem_gb``: the job's ``gpu_mem_gb`` resource, so that it picks the least-loaded GPU."""
     env = {"RLSPARSITY_GPU_LOCKS": str(Path(results) / ".gpu_locks"),
            "RLSPARSITY_GPU_SLOTS": str(slots_per_gpu(config))}
+    if mem_gb:
+        env["RLSPARSITY_GPU_MEM_GB"] = str(int(mem_gb))
     dev = (config.get("gpu") or {}).get("devices")
     if dev:
         env["RLSPARSITY_GPU_DEVICES"] = str(int(dev))
@@ -101,27 +104,58 @@ def claim_gpu_slot(lock_dir: str | Path | None = None, n_gpus: int | None = None
     slots = slots or int(os.environ.get("RLSPARSITY_GPU_SLOTS", "1"))
     d = Path(lock_dir)
     d.mkdir(parents=True, exist_ok=True)
+    mem = int(os.environ.get("RLSPARSITY_GPU_MEM_GB", "0") or 0)
     deadline = time.monotonic() + wait_s
     while True:
-        for s in range(slots):
-            for g in range(n_gpus):
-                f = open(d / f"gpu{g}-slot{s}.lock", "a+")
-                try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    f.close()
-                    continue
-                f.seek(0)
-                f.truncate()
-                f.write(f"{os.getpid()}\n")
-                f.flush()
-                _HELD.append(f)
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(g)
-                return g
+        # GPUs by the memory their held slots declare (least first, then index); within a GPU
+        # the lowest free slot. Without declared memory: slot 0 of every GPU before slot 1.
+        held = _held_memory(d, n_gpus, slots)
+        order = sorted(range(n_gpus), key=lambda g: (held[g][0], held[g][1], g)) if mem else None
+        cands = ([(g, s) for g in order for s in range(slots)] if order is not None
+                 else [(g, s) for s in range(slots) for g in range(n_gpus)])
+        for g, s in cands:
+            f = open(d / f"gpu{g}-slot{s}.lock", "a+")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} {mem}\n")
+            f.flush()
+            _HELD.append(f)
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(g)
+            return g
         if time.monotonic() > deadline:
             raise RuntimeError(f"no free GPU slot in {d} after {wait_s:.0f} s ({n_gpus} GPU(s) x {slots} slots): "
                                "run Snakemake with --resources gpu_slots=<GPUs x gpu.slots_per_gpu>")
         time.sleep(poll_s)
+
+
+def _held_memory(d: Path, n_gpus: int, slots: int) -> list[tuple[int, int]]:
+    """Per GPU: (GB declared by its held slot files, number of held slots). A slot is held while
+    its file is flocked by a live process (probed with a non-blocking shared lock)."""
+    import fcntl
+
+    out = []
+    for g in range(n_gpus):
+        gb = n = 0
+        for s in range(slots):
+            path = d / f"gpu{g}-slot{s}.lock"
+            if not path.exists():
+                continue
+            with open(path) as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                    continue  # free
+                except OSError:
+                    parts = f.read().split()
+                    n += 1
+                    gb += int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        out.append((gb, n))
+    return out
 
 
 def release_gpu_slots() -> None:

@@ -45,7 +45,7 @@ rule base:
         gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family),
     params:
         out=lambda wildcards, output: str(Path(output.metrics).parent),
-        env=lambda wildcards: gpu_env(wildcards.family),
+        env=lambda wildcards, resources: gpu_env(wildcards.family, resources.gpu_mem_gb),
         device=lambda wildcards: family_device(wildcards.family),
     shell:
         "{params.env}OMP_NUM_THREADS={threads} rlsparsity build-base {wildcards.family:q} "

@@ -23,9 +23,10 @@ def family_gpu_slots(family):
     return GPU.gpu_slots(config, family)
 
 
-def gpu_env(family):
-    """Shell prefix with which a GPU job claims a packed slot (rlsparsity.gpu); '' on CPU."""
-    return GPU.job_env(config, R) if GPU.family_gpus(config, family) > 0 else ""
+def gpu_env(family, mem_gb=0):
+    """Shell prefix with which a GPU job claims a packed slot (rlsparsity.gpu); '' on CPU.
+    Called from params functions that take `resources` (derived: no rerun trigger)."""
+    return GPU.job_env(config, R, mem_gb) if GPU.family_gpus(config, family) > 0 else ""
 
 
 def run_dir(run):
@@ -98,7 +99,7 @@ def job_gpu_mem(family, algorithm=None, precision=None, gpus=None):
 
 
 def train_env(wildcards, resources):
-    return GPU.job_env(config, R) if int(resources.gpu or 0) == 1 else ""
+    return GPU.job_env(config, R, resources.gpu_mem_gb) if int(resources.gpu or 0) == 1 else ""
 
 
 # --- entropy.job_per_run (entropy.smk: ENTROPY_RUNS, ENTROPY_PER_RUN)

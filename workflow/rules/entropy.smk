@@ -46,7 +46,7 @@ if ENTROPY_PER_RUN:
             gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
             gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family, "grpo", wildcards.precision),
         params:
-            env=lambda wildcards: gpu_env(wildcards.family),
+            env=lambda wildcards, resources: gpu_env(wildcards.family, resources.gpu_mem_gb),
             device=lambda wildcards: family_device(wildcards.family),
         shell:
             "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-run {wildcards.family:q} {wildcards.tag:q}"
@@ -79,7 +79,7 @@ rule entropy_family:
         gpu_slots=lambda wildcards: min(1, family_gpu_slots(wildcards.family)),
         gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family),
     params:
-        env=lambda wildcards: gpu_env(wildcards.family),
+        env=lambda wildcards, resources: gpu_env(wildcards.family, resources.gpu_mem_gb),
         device=lambda wildcards: family_device(wildcards.family),
     shell:
         "{params.env}OMP_NUM_THREADS={threads} rlsparsity entropy-family {wildcards.family:q} --config {input.config:q}"

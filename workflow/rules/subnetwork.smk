@@ -55,7 +55,7 @@ if SUB_PER_RUN:
                 wildcards.family, wildcards.get("algorithm"), wildcards.get("precision")
             ),
         params:
-            env=lambda wildcards: gpu_env(wildcards.family),
+            env=lambda wildcards, resources: gpu_env(wildcards.family, resources.gpu_mem_gb),
             device=lambda wildcards: family_device(wildcards.family),
         shell:
             "{params.env}OMP_NUM_THREADS={threads} rlsparsity subnetwork-job {wildcards.family:q} "
@@ -109,7 +109,7 @@ else:
                 wildcards.family, wildcards.get("algorithm"), wildcards.get("precision")
             ),
         params:
-            env=lambda wildcards: gpu_env(wildcards.family),
+            env=lambda wildcards, resources: gpu_env(wildcards.family, resources.gpu_mem_gb),
             device=lambda wildcards: family_device(wildcards.family),
         shell:
             "{params.env}OMP_NUM_THREADS={threads} rlsparsity subnetwork-family {wildcards.family:q}"
