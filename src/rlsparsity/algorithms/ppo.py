@@ -121,7 +121,8 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
         h = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
-        return self.head(h[:, prompt_len - 1:-1].float()).squeeze(-1)
+        # a fresh tensor, not a view (FSDP2 hooks the output of a wrapped module for backward)
+        return self.head(h[:, prompt_len - 1:-1].float()).squeeze(-1).clone()
 
 
 def build_value_model(base_dir: Any) -> ValueModel:
