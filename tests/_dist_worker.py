@@ -2,7 +2,7 @@
 
 ``python _dist_worker.py BASE RESULTS JOBS_JSON``: runs each job of JOBS_JSON in order in this
 process group — train runs ``{"alg", "out", "precision", "steps", "checkpoint_every",
-"stop_after", "sharding", "mask", "hp"}`` (a run stopped by ``stop_after`` is followed by the
+"stop_after", "sharding", "mask", "device", "hp"}`` (a run stopped by ``stop_after`` is followed by the
 same run again, which resumes), or
 ``{"reduce": true}`` (cross-rank reductions on hand-built tensors) — and writes, per rank,
 RESULTS/rank<r>.json: the reductions' results and every file-system write this rank made
@@ -103,7 +103,7 @@ def main() -> int:
     out: dict[str, Any] = {"rank": rank, "runs": []}
     for job in jobs:
         if job.get("reduce"):
-            out["reduce"] = reductions(D.setup("cpu"))
+            out["reduce"] = reductions(D.setup("cpu"))  # gloo: call it before any cuda job
             continue
         os.environ["RLSPARSITY_SHARDING"] = job.get("sharding", "fsdp")
         mod = {"ppo": ppo, "prime": prime}[job["alg"]]
@@ -112,7 +112,8 @@ def main() -> int:
         spec = TrainSpec(run=Run("llama", job["alg"], "on_policy", job["precision"], 1), base_dir=base,
                          out_dir=Path(job["out"]), task=DigitTask(), steps=job["steps"],
                          checkpoint_every=job.get("checkpoint_every", 3),
-                         hparams=hp, stop_after=job.get("stop_after"))
+                         hparams=hp, stop_after=job.get("stop_after"),
+                         device=job.get("device", "cpu").replace("cuda", f"cuda:{os.environ['LOCAL_RANK']}"))
         if job.get("mask"):  # subnetwork finetuning: only True entries may move
             from safetensors.torch import load_file
 

@@ -36,8 +36,9 @@ from _dist_worker import DigitTask, M, X
 from safetensors.torch import load_file, save_file
 
 from rlsparsity import families as F
-from rlsparsity.algorithms.distributed import chunk
+from rlsparsity.algorithms.distributed import Dist, check_share, choose_strategy, chunk
 from rlsparsity.algorithms.rollout import masked_mean, masked_whiten, sample_seeded
+from rlsparsity.config import ConfigError
 from rlsparsity.modeling import load_model, load_tokenizer, save_model
 from rlsparsity.tokenizer import build_tokenizer, special_ids, task_corpus
 
@@ -124,6 +125,26 @@ def test_chunk_splits_rows_contiguously_in_rank_order() -> None:
     assert [chunk(5, r, 2) for r in range(2)] == [(0, 3), (3, 5)]
     assert [chunk(7, r, 3) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
     assert [chunk(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]
+
+
+def test_strategy_choice_and_share_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("RLSPARSITY_SHARDING", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(k, raising=False)
+    assert choose_strategy() == "fsdp"  # torchrun
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert choose_strategy() == "ddp"  # accelerate launch with a DDP config
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert choose_strategy() == "fsdp"
+    monkeypatch.setenv("RLSPARSITY_SHARDING", "ddp")
+    assert choose_strategy() == "ddp"
+    monkeypatch.setenv("RLSPARSITY_SHARDING", "zero3")
+    with pytest.raises(ConfigError, match="RLSPARSITY_SHARDING='zero3'"):
+        choose_strategy()
+    with pytest.raises(ConfigError, match="prompts_per_rollout=2 is less than the 4 processes"):
+        check_share(Dist(0, 4, "fsdp"), 2, "ppo")
+    check_share(Dist(0, 4, "fsdp"), 4, "ppo")
+    check_share(Dist(), 1, "ppo")
+    assert (Dist(0, 4, "ddp").loss_scale, Dist(0, 4, "fsdp").loss_scale, Dist().active) == (4.0, 1.0, False)
 
 
 def test_seeded_sampling_does_not_depend_on_the_split(runs: dict[str, Path]) -> None:

@@ -75,10 +75,12 @@ def launched() -> bool:
 
 
 def choose_strategy() -> str:
+    from rlsparsity.config import ConfigError
+
     s = os.environ.get("RLSPARSITY_SHARDING")
     if s:
         if s not in STRATEGIES:
-            raise ValueError(f"RLSPARSITY_SHARDING={s!r}: expected one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"RLSPARSITY_SHARDING={s!r}: expected one of {', '.join(STRATEGIES)}")
         return s
     if "ACCELERATE_MIXED_PRECISION" in os.environ:  # started by accelerate launch
         return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else "ddp"
@@ -103,6 +105,15 @@ def setup(device: str) -> Dist:
 
         _MESH = init_device_mesh(torch.device(device).type, (world,))
     return Dist(dist.get_rank(), world, strategy, device)
+
+
+def check_share(d: Dist, n_prompts: int, algorithm: str) -> None:
+    """Every rank must sample at least one prompt of each rollout (a one-line config error)."""
+    from rlsparsity.config import ConfigError
+
+    if d.active and n_prompts < d.world:
+        raise ConfigError(f"{algorithm}: prompts_per_rollout={n_prompts} is less than the {d.world} processes "
+                          "of this launch; every process samples a share of the prompts")
 
 
 # --------------------------------------------------------------------------- models

@@ -137,8 +137,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
     d = D.setup(spec.device)
-    if d.active and int(hp["prompts_per_rollout"]) < d.world:
-        raise ValueError(f"ppo: prompts_per_rollout={hp['prompts_per_rollout']} < {d.world} processes")
+    D.check_share(d, int(hp["prompts_per_rollout"]), "ppo")
     tok = load_tokenizer(spec.base_dir)
     policy = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision))
     ref = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision).eval().requires_grad_(False), trainable=False)

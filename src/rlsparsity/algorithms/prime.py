@@ -152,8 +152,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
     d = D.setup(spec.device)
-    if d.active and int(hp["prompts_per_rollout"]) < d.world:
-        raise ValueError(f"prime: prompts_per_rollout={hp['prompts_per_rollout']} < {d.world} processes")
+    D.check_share(d, int(hp["prompts_per_rollout"]), "prime")
     tok = load_tokenizer(spec.base_dir)
 
     def frozen(precision: str) -> Any:
