@@ -12,7 +12,7 @@ This module only decides which one, wraps the models and moves tensors between r
   else (torchrun) FSDP. A plain ``python`` run is not distributed and every helper here is
   the identity, so the single-process path is exactly the code it was before.
 * :func:`wrap` — FSDP: ``fully_shard`` on every transformer block (the classes HF lists in
-  ``_no_split_modules``), then on the root; gradients are reduce-scattered as plain SUMs
+  ``_no_split_modules``; resharded after each forward), then on the root; gradients are reduce-scattered as plain SUMs
   (divide factor 1, ``set_force_sum_reduction_for_comms``: gloo has neither AVG nor
   PREMUL_SUM), so every loss is written as (local sum) / (GLOBAL count) and the summed
   gradient is the gradient of the global mean. DDP: a replica per rank, gradients are
@@ -148,8 +148,11 @@ def wrap(d: Dist, model: nn.Module, trainable: bool = True) -> Any:
         blocks = _block_classes(model)
         for m in model.modules():
             if type(m).__name__ in blocks:
-                fully_shard(m, mesh=_MESH)
-        fully_shard(model, mesh=_MESH)
+                fully_shard(m, mesh=_MESH, reshard_after_forward=True)
+        # the root of a trained model stays gathered from forward to backward (FSDP2's default);
+        # a frozen model's root reshards after its forward (there is no backward to free it)
+        fully_shard(model, mesh=_MESH, reshard_after_forward=not trainable)
+        model._rlsparsity_root_reshard = not trainable
         for m in model.modules():
             if hasattr(m, "set_gradient_divide_factor"):
                 m.set_gradient_divide_factor(1.0)
@@ -187,7 +190,7 @@ def full_params(d: Dist, model: Any) -> Iterator[Any]:
     finally:
         for m in mods:
             m.reshard()
-            m.set_reshard_after_forward(True, recurse=False)
+            m.set_reshard_after_forward(getattr(m, "_rlsparsity_root_reshard", True), recurse=False)
 
 
 def to_float(t: Any) -> float:
