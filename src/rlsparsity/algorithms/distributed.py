@@ -12,12 +12,13 @@ This module only decides which one, wraps the models and moves tensors between r
   else (torchrun) FSDP. A plain ``python`` run is not distributed and every helper here is
   the identity, so the single-process path is exactly the code it was before.
 * :func:`wrap` — FSDP: ``fully_shard`` on every transformer block (the classes HF lists in
-  ``_no_split_modules``; resharded after each forward), then on the root; gradients are reduce-scattered as plain SUMs
-  (divide factor 1 plus ``set_force_sum_reduction_for_comms``: a divide factor alone makes
-  FSDP2 reduce with PREMUL_SUM, which gloo lacks), so every loss is written as (local sum) / (GLOBAL count) and the summed
-  gradient is the gradient of the global mean. DDP: a replica per rank, gradients are
-  AVERAGED by DDP, so :attr:`Dist.loss_scale` (= world size) multiplies each loss before
-  ``backward``. Frozen models (references) are sharded under FSDP and plain replicas under DDP.
+  ``_no_split_modules``; resharded after each forward), then on the root. Gradients are
+  reduce-scattered as plain SUMs (divide factor 1 plus ``set_force_sum_reduction_for_comms``;
+  a divide factor alone makes FSDP2 reduce with PREMUL_SUM, which gloo lacks), so every loss
+  is written as (local sum) / (GLOBAL count) and the summed gradient is the gradient of the
+  global mean. DDP: a replica per rank, gradients AVERAGED by DDP, so
+  :attr:`Dist.loss_scale` (= world size) multiplies each loss before ``backward``. Frozen
+  models (references) are sharded under FSDP and plain replicas under DDP.
 * :func:`chunk`, :func:`gather_rows`, :func:`all_sum` — the split of a global batch over
   ranks (contiguous, balanced, rank order), its reassembly in global row order, and sums.
 * :func:`full_state`, :func:`load_full_state`, :func:`model_for_save` — full (unsharded)
@@ -121,7 +122,8 @@ def check_share(d: Dist, n_prompts: int, algorithm: str) -> None:
 def load_policy_like(d: Dist, folder: Any, precision: str) -> Any:
     """A causal LM for training/reference: :func:`modeling.load_model` (single process, DDP);
     under FSDP loaded on the CPU in the target device's training dtype (``fully_shard`` then
-    moves each rank's shard to the device, so no rank ever holds the whole model there)."""
+    moves each rank's shard to the device; the whole model is gathered there only while the
+    policy generates, see :func:`full_params`)."""
     from rlsparsity.modeling import load_model, resolve_model, snap_to_bf16, train_dtype
 
     if d.strategy != "fsdp":
