@@ -51,7 +51,16 @@ What it leaves out
 No reward model (the reward is the task's verifier, as in RLVR), no adaptive KL
 controller (fixed β), no reward whitening/clipping, no EOS-missing penalty, no
 learning-rate schedule, no mixed-in pretraining gradient (PPO-ptx), no entropy bonus,
-single process (no gradient accumulation or distributed rollouts).
+no gradient accumulation.
+
+Multi-process
+-------------
+Launched by ``torchrun``/``accelerate launch`` (see :mod:`.distributed`), policy, critic and
+reference are sharded (FSDP2) or replicated (DDP); each rank samples its contiguous share
+of the rollout's prompts with per-row generators (:func:`rollout.sample_share`) and computes
+their log-probs and values; the rows are gathered in global order, so rewards, GAE and the
+whitening statistics are computed on the whole batch, identically on every rank; every
+loss is this rank's token sum over the GLOBAL token count of the minibatch.
 """
 
 from __future__ import annotations
@@ -62,20 +71,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rlsparsity.algorithms import distributed as D
 from rlsparsity.algorithms.common import TrainSpec, seed_everything
 from rlsparsity.algorithms.rollout import (
-    Aux,
-    adamw,
-    finish,
     gae,
     masked_mean,
     masked_whiten,
     position_ids,
     ppo_clip_loss,
-    run_steps,
     sample,
+    sample_share,
     token_logprobs,
+    token_mean,
 )
+from rlsparsity.algorithms.steps import Aux, adamw, finish, run_steps
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
 
 DEFAULTS: dict[str, Any] = {
@@ -112,7 +121,8 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
         h = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
-        return self.head(h[:, prompt_len - 1:-1].float()).squeeze(-1)
+        # a fresh tensor, not a view (FSDP2 hooks the output of a wrapped module for backward)
+        return self.head(h[:, prompt_len - 1:-1].float()).squeeze(-1).clone()
 
 
 def build_value_model(base_dir: Any) -> ValueModel:
@@ -126,10 +136,12 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     torch_threads()
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
+    d = D.setup(spec.device)
+    D.check_share(d, int(hp["prompts_per_rollout"]), "ppo")
     tok = load_tokenizer(spec.base_dir)
-    policy = load_model(spec.base_dir, spec.precision, spec.device)
-    ref = load_model(spec.base_dir, spec.precision, spec.device).eval().requires_grad_(False)
-    critic = build_value_model(spec.base_dir).to(spec.device).eval()
+    policy = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision))
+    ref = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision).eval().requires_grad_(False), trainable=False)
+    critic = D.wrap(d, build_value_model(spec.base_dir).eval())
     if hp["max_new_tokens"] is None:
         hp["max_new_tokens"] = max_new_tokens_for(policy, spec.task)
     opt = adamw(policy.parameters(), hp["lr"], hp["weight_decay"])
@@ -137,23 +149,21 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     task, train_set = spec.task, spec.task.train
     T = float(hp["temperature"])
     beta = float(hp["kl_coef"])
+    K, max_new = int(hp["samples_per_prompt"]), int(hp["max_new_tokens"])
 
-    def make_rollout(rng: Any) -> tuple[dict[str, Any], dict[str, float]]:
-        entries = rng.sample(train_set, int(hp["prompts_per_rollout"]))
-        prompts = [task.prompt(e, tok) for e in entries]
-        ro = sample(policy, tok, prompts, int(hp["samples_per_prompt"]), int(hp["max_new_tokens"]), T)
-        ids, att, P, cm = ro.input_ids, ro.attention_mask, ro.prompt_len, ro.completion_mask
-        scores = torch.tensor(
-            [float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist(), strict=False)],
-            device=ids.device,
-        )
+    def score_and_forward(ids: Tensor, att: Tensor, P: int) -> dict[str, Tensor]:
         with torch.no_grad():
             old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
             ref_logp = token_logprobs(ref, ids, att, P, T)
-            values = critic(ids, att, P) * cm
+            values = critic(ids, att, P)
+        return {"old_logp": old_logp, "ent": ent, "ref_logp": ref_logp, "values": values}
+
+    def to_buffer(ids: Tensor, att: Tensor, P: int, cm: Tensor, scores: Tensor,
+                  f: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, float]]:
+        old_logp, ent, ref_logp, values = f["old_logp"], f["ent"], f["ref_logp"], f["values"] * cm
         kl = (old_logp - ref_logp) * cm
         rewards = -beta * kl
-        last = ro.lengths - 1
+        last = cm.sum(-1).long() - 1
         rewards[torch.arange(len(last), device=last.device), last] += scores.to(rewards.dtype)
         adv, returns = gae(rewards, values, cm, float(hp["gamma"]), float(hp["lam"]))
         adv = masked_whiten(adv, cm)
@@ -172,26 +182,45 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             "kl": kl.sum(-1).mean().item(),
             "non_score_reward": (-beta * kl).sum(-1).mean().item(),
             "entropy": masked_mean(ent, cm).item(),
-            "completion_length": ro.lengths.float().mean().item(),
+            "completion_length": cm.sum(-1).long().float().mean().item(),
         }
         return buffer, stats
 
+    def make_rollout(rng: Any) -> tuple[dict[str, Any], dict[str, float]]:
+        entries = rng.sample(train_set, int(hp["prompts_per_rollout"]))
+        if d.active:  # this rank's prompts, then every row of the rollout on every rank
+            ro, scores = sample_share(d, policy, tok, task, entries, K, max_new, T, rng.getrandbits(63))
+            f = score_and_forward(ro.input_ids, ro.attention_mask, ro.prompt_len)
+            g = D.gather_rows(d, {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
+                                  "completion_mask": ro.completion_mask, "scores": scores, **f}, len(scores))
+            return to_buffer(g.pop("input_ids"), g.pop("attention_mask"), ro.prompt_len, g.pop("completion_mask"),
+                             g.pop("scores"), g)
+        prompts = [task.prompt(e, tok) for e in entries]
+        ro = sample(policy, tok, prompts, K, max_new, T)
+        scores = torch.tensor(
+            [float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist(), strict=False)],
+            device=ro.input_ids.device,
+        )
+        f = score_and_forward(ro.input_ids, ro.attention_mask, ro.prompt_len)
+        return to_buffer(ro.input_ids, ro.attention_mask, ro.prompt_len, ro.completion_mask, scores, f)
+
     def policy_loss(b: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        cm, P = b["completion_mask"], b["prompt_len"]
+        cm, P, n = b["completion_mask"], b["prompt_len"], b.get("token_count")
         # value model step on the same minibatch
         v = critic(b["input_ids"], b["attention_mask"], P)
         v_clipped = b["values"] + torch.clamp(v - b["values"], -float(hp["vf_clip"]), float(hp["vf_clip"]))
-        vf_loss = 0.5 * masked_mean(torch.maximum((v - b["returns"]) ** 2, (v_clipped - b["returns"]) ** 2), cm)
+        vf_loss = 0.5 * token_mean(torch.maximum((v - b["returns"]) ** 2, (v_clipped - b["returns"]) ** 2), cm, n)
         vopt.zero_grad(set_to_none=True)
-        (float(hp["vf_coef"]) * vf_loss).backward()
+        vloss = float(hp["vf_coef"]) * vf_loss
+        (vloss * d.loss_scale if d.loss_scale != 1.0 else vloss).backward()
         if hp.get("max_grad_norm"):
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), float(hp["max_grad_norm"]))
+            D.clip_grad_norm(d, critic, float(hp["max_grad_norm"]))
         vopt.step()
         # policy loss (the caller backpropagates and steps)
         logp = token_logprobs(policy, b["input_ids"], b["attention_mask"], P, T)
-        pg, st = ppo_clip_loss(logp, b["old_logp"], b["advantages"], cm, float(hp["clip"]))
+        pg, st = ppo_clip_loss(logp, b["old_logp"], b["advantages"], cm, float(hp["clip"]), n)
         return pg, {**st, "value_loss": float(vf_loss.detach())}
 
-    stats = run_steps(spec, hp, policy, opt, make_rollout, policy_loss, aux={"value": Aux(critic, vopt)})
-    finish(spec, policy, tok)
+    stats = run_steps(spec, hp, policy, opt, make_rollout, policy_loss, aux={"value": Aux(critic, vopt)}, d=d)
+    finish(spec, policy, tok, d)
     return stats

@@ -49,9 +49,18 @@ What it leaves out
 The paper's PRM is initialised from the SFT model and its reference is that same SFT
 model — here both are the base (the only model we have), as in the paper's default.
 No value model (PRIME does not need one), no learned reward-model warm-up, no separate
-verifier format rewards, no learning-rate schedule, single process. The PRM is kept in
+verifier format rewards, no learning-rate schedule. The PRM is kept in
 fp32 whatever the run precision (it is never saved with the policy); its reference is
 an fp32 copy of the base, so the implicit reward is exactly 0 before the first PRM update.
+
+Multi-process
+-------------
+Launched by ``torchrun``/``accelerate launch`` (see :mod:`.distributed`), policy, PRM and
+references are sharded (FSDP2) or replicated (DDP). Each rank samples and scores its share
+of the (oversampled) prompts with per-row generators; the rows are gathered, so the
+accuracy filter and the leave-one-out baselines see whole groups and the whitening sees
+the whole batch, identically on every rank; the log-prob forwards of the kept rows are
+split over ranks and gathered; PRM and policy losses are local sums over GLOBAL counts.
 """
 
 from __future__ import annotations
@@ -62,21 +71,21 @@ import torch
 import torch.nn.functional as Fnn
 from torch import Tensor
 
+from rlsparsity.algorithms import distributed as D
 from rlsparsity.algorithms.common import TrainSpec, seed_everything
 from rlsparsity.algorithms.rollout import (
-    Aux,
-    adamw,
-    finish,
     masked_mean,
     masked_whiten,
     ppo_clip_loss,
-    run_steps,
     sample,
+    sample_share,
     select,
     token_logprobs,
+    token_mean,
     trim,
 )
-from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
+from rlsparsity.algorithms.steps import Aux, adamw, finish, local_share, run_steps, sharded_forward
+from rlsparsity.modeling import load_tokenizer, max_new_tokens_for, torch_threads
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-4,                  # policy AdamW learning rate (tiny bases; as the TRL-backed grpo/rloo)
@@ -142,14 +151,18 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     torch_threads()
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
+    d = D.setup(spec.device)
+    D.check_share(d, int(hp["prompts_per_rollout"]), "prime")
     tok = load_tokenizer(spec.base_dir)
-    policy = load_model(spec.base_dir, spec.precision, spec.device)
-    ref = load_model(spec.base_dir, spec.precision, spec.device).eval().requires_grad_(False)
-    if policy.dtype == torch.float32:
-        prm_ref = ref
-    else:
-        prm_ref = load_model(spec.base_dir, "fp32", spec.device).eval().requires_grad_(False)
-    prm = load_model(spec.base_dir, "fp32", spec.device).eval()
+
+    def frozen(precision: str) -> Any:
+        return D.wrap(d, D.load_policy_like(d, spec.base_dir, precision).eval().requires_grad_(False),
+                      trainable=False)
+
+    policy = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision))
+    ref = frozen(spec.precision)
+    prm_ref = ref if D.unwrap(policy).dtype == torch.float32 else frozen("fp32")
+    prm = D.wrap(d, D.load_policy_like(d, spec.base_dir, "fp32").eval())
     if hp["max_new_tokens"] is None:
         hp["max_new_tokens"] = max_new_tokens_for(policy, spec.task)
     K = int(hp["samples_per_prompt"])
@@ -161,36 +174,68 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     T = float(hp["temperature"])
     beta = float(hp["prm_beta"])
 
-    def prm_update(buf: dict[str, Any]) -> float:
+    def prm_update(buf: dict[str, Any], gen: torch.Generator | None) -> float:
         B = buf["input_ids"].shape[0]
         mb = int(hp["prm_minibatch_size"] or B)
         losses = []
         for _ in range(int(hp["prm_epochs"])):
-            perm = torch.randperm(B)
+            perm = torch.randperm(B) if gen is None else torch.randperm(B, generator=gen)
             for i in range(0, B, mb):
                 b = trim(select(buf, perm[i:i + mb]))
+                if d.active:
+                    b = local_share(d, b)
                 lp = token_logprobs(prm, b["input_ids"], b["attention_mask"], b["prompt_len"], T)
                 seq_reward = beta * ((lp - b["prm_ref_logp"]) * b["completion_mask"]).sum(-1)
-                loss = Fnn.binary_cross_entropy_with_logits(seq_reward, b["scores"].to(seq_reward.dtype))
+                target = b["scores"].to(seq_reward.dtype)
+                if d.active:  # this rank's rows' share of the mean over the GLOBAL minibatch
+                    loss = (Fnn.binary_cross_entropy_with_logits(seq_reward, target, reduction="none")
+                            * b["row_weight"]).sum() / b["row_count"]
+                else:
+                    loss = Fnn.binary_cross_entropy_with_logits(seq_reward, target)
                 prm_opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * d.loss_scale if d.loss_scale != 1.0 else loss).backward()
                 if hp.get("max_grad_norm"):
-                    torch.nn.utils.clip_grad_norm_(prm.parameters(), float(hp["max_grad_norm"]))
+                    D.clip_grad_norm(d, prm, float(hp["max_grad_norm"]))
                 prm_opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(D.all_sum(d, {"loss": float(loss.detach())})["loss"])
         return sum(losses) / len(losses)
+
+    def forwards(b: dict[str, Any]) -> dict[str, Tensor]:
+        ids, att, P = b["input_ids"], b["attention_mask"], b["prompt_len"]
+        with torch.no_grad():
+            old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
+            ref_logp = token_logprobs(ref, ids, att, P, T)
+            prm_ref_logp = ref_logp if prm_ref is ref else token_logprobs(prm_ref, ids, att, P, T)
+            prm_logp = token_logprobs(prm, ids, att, P, T)
+        return {"old_logp": old_logp, "ent": ent, "ref_logp": ref_logp, "prm_ref_logp": prm_ref_logp,
+                "prm_logp": prm_logp}
+
+    def prm_logps(b: dict[str, Any]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return {"prm_logp": token_logprobs(prm, b["input_ids"], b["attention_mask"], b["prompt_len"], T)}
 
     def make_rollout(rng: Any) -> tuple[dict[str, Any], dict[str, float]]:
         n_prompts = int(hp["prompts_per_rollout"])
         filt = hp.get("accuracy_filter")
         n_sample = n_prompts * int(hp["oversample"]) if filt else n_prompts
         entries = rng.sample(train_set, n_sample)
-        prompts = [task.prompt(e, tok) for e in entries]
-        ro = sample(policy, tok, prompts, K, int(hp["max_new_tokens"]), T)
-        scores = torch.tensor(
-            [float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist(), strict=False)],
-            device=ro.input_ids.device,
-        )
+        gen = None
+        if d.active:  # this rank's prompts, then every row of the rollout on every rank
+            ro, sc = sample_share(d, policy, tok, task, entries, K, int(hp["max_new_tokens"]), T,
+                                  rng.getrandbits(63))
+            gen = torch.Generator().manual_seed(rng.getrandbits(63))
+            g = D.gather_rows(d, {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
+                                  "completion_mask": ro.completion_mask, "scores": sc}, len(sc))
+            ids_all, att_all, cm_all, scores = g["input_ids"], g["attention_mask"], g["completion_mask"], g["scores"]
+            group_all = torch.arange(n_sample, device=scores.device).repeat_interleave(K)
+        else:
+            prompts = [task.prompt(e, tok) for e in entries]
+            ro = sample(policy, tok, prompts, K, int(hp["max_new_tokens"]), T)
+            scores = torch.tensor(
+                [float(task.score(c, entries[g])) for c, g in zip(ro.completions, ro.group.tolist(), strict=False)],
+                device=ro.input_ids.device,
+            )
+            ids_all, att_all, cm_all, group_all = ro.input_ids, ro.attention_mask, ro.completion_mask, ro.group
         acc = scores.view(n_sample, K).mean(-1)
         if filt:
             lo, hi = float(filt[0]), float(filt[1])
@@ -203,27 +248,24 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         ).reshape(-1)
         buf = trim(
             {
-                "input_ids": ro.input_ids[rows],
-                "attention_mask": ro.attention_mask[rows],
+                "input_ids": ids_all[rows],
+                "attention_mask": att_all[rows],
                 "prompt_len": ro.prompt_len,
-                "completion_mask": ro.completion_mask[rows],
+                "completion_mask": cm_all[rows],
             }
         )
-        ids, att, P, cm = buf["input_ids"], buf["attention_mask"], buf["prompt_len"], buf["completion_mask"]
+        cm = buf["completion_mask"]
         buf["scores"] = scores[rows]
-        buf["group"] = ro.group[rows]
-        with torch.no_grad():
-            old_logp, ent = token_logprobs(policy, ids, att, P, T, with_entropy=True)
-            ref_logp = token_logprobs(ref, ids, att, P, T)
-            prm_ref_logp = ref_logp if prm_ref is ref else token_logprobs(prm_ref, ids, att, P, T)
-            process = beta * (token_logprobs(prm, ids, att, P, T) - prm_ref_logp) * cm
+        buf["group"] = group_all[rows]
+        f = sharded_forward(d, buf, forwards)
+        old_logp, ent, ref_logp, prm_ref_logp = f["old_logp"], f["ent"], f["ref_logp"], f["prm_ref_logp"]
+        process = beta * (f["prm_logp"] - prm_ref_logp) * cm
         buf.update(old_logp=old_logp, ref_logp=ref_logp, prm_ref_logp=prm_ref_logp)
         # PRM accuracy before its update: sign of the implicit reward vs the outcome label
         prm_acc = ((process.sum(-1) > 0).float() == buf["scores"]).float().mean().item()
-        prm_loss = prm_update(buf)
+        prm_loss = prm_update(buf, gen)
         if hp.get("double_forward"):
-            with torch.no_grad():
-                process = beta * (token_logprobs(prm, ids, att, P, T) - prm_ref_logp) * cm
+            process = beta * (sharded_forward(d, buf, prm_logps)["prm_logp"] - prm_ref_logp) * cm
         adv, returns = prime_advantages(
             process, buf["scores"], cm, buf["group"], float(hp["process_coef"]), float(hp["outcome_coef"])
         )
@@ -244,15 +286,15 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         return buf, stats
 
     def policy_loss(b: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        cm = b["completion_mask"]
+        cm, n = b["completion_mask"], b.get("token_count")
         logp = token_logprobs(policy, b["input_ids"], b["attention_mask"], b["prompt_len"], T)
-        loss, st = ppo_clip_loss(logp, b["old_logp"], b["advantages"], cm, float(hp["clip"]))
+        loss, st = ppo_clip_loss(logp, b["old_logp"], b["advantages"], cm, float(hp["clip"]), n)
         if hp["kl_coef"]:
-            d = b["ref_logp"] - logp
-            k3 = torch.exp(d) - d - 1.0
-            loss = loss + float(hp["kl_coef"]) * masked_mean(k3, cm)
+            d_ = b["ref_logp"] - logp
+            k3 = torch.exp(d_) - d_ - 1.0
+            loss = loss + float(hp["kl_coef"]) * token_mean(k3, cm, n)
         return loss, st
 
-    stats = run_steps(spec, hp, policy, opt, make_rollout, policy_loss, aux={"prm": Aux(prm, prm_opt)})
-    finish(spec, policy, tok)
+    stats = run_steps(spec, hp, policy, opt, make_rollout, policy_loss, aux={"prm": Aux(prm, prm_opt)}, d=d)
+    finish(spec, policy, tok, d)
     return stats

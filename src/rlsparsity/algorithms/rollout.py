@@ -11,37 +11,21 @@
   ``with_entropy=True`` also returns the full-vocabulary token entropy.
 * masked statistics (:func:`masked_mean`, :func:`masked_var`, :func:`masked_whiten`),
   the PPO clipped surrogate (:func:`ppo_clip_loss`), GAE (:func:`gae`), and
-* :func:`run_steps` — the step loop both algorithms share: rollout buffer → precomputed
-  minibatch schedule (``epochs`` shuffled passes) → one policy optimiser step per
-  minibatch, gradient masking (subnetwork finetuning), checkpoint series, resumable state
-  (rollout buffer and schedule included, so a run resumed mid-rollout continues
-  bit-identically), ``stop_after`` interruption.
+* :func:`sample_seeded` — the sampler of multi-process runs: every completion row draws
+  from its OWN generator (seeded by the caller from the global row index), by the
+  Gumbel-max trick, so the global set of rollouts does not depend on how rows are split
+  over ranks.
+
+The step loop both algorithms share is :func:`rlsparsity.algorithms.steps.run_steps`.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-
-from rlsparsity.algorithms.checkpointing import finish_run
-from rlsparsity.algorithms.common import (
-    Interrupted,
-    TrainSpec,
-    apply_mask_to_grads,
-    load_resume_state,
-    restore_masked,
-    resume_state_path,
-    save_checkpoint_weights,
-    save_resume_state,
-    set_rng_state,
-)
-from rlsparsity.modeling import snap_to_bf16
 
 
 # --------------------------------------------------------------------------- sampling
@@ -109,6 +93,84 @@ def sample(model: Any, tokenizer: Any, prompts: list[str], n: int, max_new_token
     return Rollout(input_ids, attention_mask, P, cmask, texts, group)
 
 
+class _GumbelRows:
+    """Logits processor: ``scores / T + Gumbel noise``, the noise of row i drawn from its own
+    generator; greedy decoding of the result is an exact sample from softmax(scores / T)."""
+
+    def __init__(self, generators: list[torch.Generator], temperature: float):
+        self.generators, self.temperature = generators, temperature
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        V = scores.shape[-1]
+        e = torch.stack([torch.empty(V, device=scores.device, dtype=torch.float32).exponential_(generator=g)
+                         for g in self.generators])
+        return scores.float() / self.temperature - e.log()
+
+
+@torch.no_grad()
+def sample_seeded(model: Any, tokenizer: Any, prompts: list[str], n: int, max_new_tokens: int,
+                  temperature: float, row_seeds: list[int], prompt_len: int) -> Rollout:
+    """As :func:`sample`, but row ``i`` (prompt ``i // n``) samples from ``torch.Generator``
+    seeded with ``row_seeds[i]`` (Gumbel-max over ``logits / temperature``: the same
+    distribution as ancestral sampling, not the same stream), prompts are left-padded to
+    ``prompt_len`` and completions right-padded to ``max_new_tokens`` columns. A row's tokens
+    depend only on its prompt and seed, so ranks that each sample a share of the prompts
+    produce, together, the rows one process would (up to last-bit logit differences of a
+    different batch size, which could flip a sample only at a near-tie)."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    device = next(model.parameters()).device
+    if len(row_seeds) != len(prompts) * n:
+        raise ValueError(f"sample_seeded: {len(row_seeds)} seeds for {len(prompts)} prompts x {n} samples")
+    enc = tokenizer(list(prompts), return_tensors="pt", padding="max_length", max_length=int(prompt_len),
+                    add_special_tokens=False).to(device)
+    if enc["input_ids"].shape[1] != prompt_len:
+        raise ValueError(f"sample_seeded: a prompt is longer than prompt_len={prompt_len}")
+    ids = enc["input_ids"].repeat_interleave(n, dim=0)
+    att = enc["attention_mask"].repeat_interleave(n, dim=0)
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
+    gc = GenerationConfig(do_sample=False, max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    seq = model.generate(input_ids=ids, attention_mask=att, generation_config=gc,
+                         logits_processor=LogitsProcessorList([_GumbelRows(gens, float(temperature))]))
+    comp = seq[:, prompt_len:]
+    if comp.shape[1] < max_new_tokens:
+        comp = torch.cat([comp, comp.new_full((comp.shape[0], max_new_tokens - comp.shape[1]),
+                                              tokenizer.pad_token_id)], dim=1)
+    cmask = completion_mask_from_ids(comp, tokenizer.eos_token_id)
+    comp = torch.where(cmask.bool(), comp, torch.full_like(comp, tokenizer.pad_token_id))
+    texts = tokenizer.batch_decode(comp, skip_special_tokens=True)
+    group = torch.arange(len(prompts), device=device).repeat_interleave(n)
+    return Rollout(torch.cat([ids, comp], dim=1), torch.cat([att, cmask.long()], dim=1), prompt_len, cmask, texts,
+                   group)
+
+
+def row_seed(base: int, row: int) -> int:
+    """The generator seed of global rollout row ``row`` (a 63-bit mix of ``base`` and ``row``)."""
+    return (int(base) * 0x9E3779B97F4A7C15 + (int(row) + 1) * 0xBF58476D1CE4E5B9) % (1 << 63)
+
+
+def sample_share(d: Any, model: Any, tokenizer: Any, task: Any, entries: list[Any], n: int, max_new_tokens: int,
+                 temperature: float, base_seed: int) -> tuple[Rollout, Tensor]:
+    """This rank's share (:func:`distributed.chunk`) of the global prompts ``entries``, ``n``
+    samples each, by :func:`sample_seeded` (row seeds from the GLOBAL row index, prompts padded
+    to the longest GLOBAL prompt), and the task's scores of those rows."""
+    from rlsparsity.algorithms.distributed import chunk, full_params
+
+    prompts = [task.prompt(e, tokenizer) for e in entries]
+    P = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    lo, hi = chunk(len(prompts), d.rank, d.world)
+    if hi <= lo:
+        raise ValueError(f"{len(prompts)} prompts per rollout cannot be shared by {d.world} processes")
+    seeds = [row_seed(base_seed, r) for r in range(lo * n, hi * n)]
+    with full_params(d, model) as gen_model:
+        ro = sample_seeded(gen_model, tokenizer, prompts[lo:hi], n, max_new_tokens, temperature, seeds, P)
+    scores = torch.tensor([float(task.score(c, entries[lo + g])) for c, g in zip(ro.completions, ro.group.tolist(),
+                                                                                  strict=True)],
+                          device=ro.input_ids.device)
+    return ro, scores
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions as ``generate`` assigns them to left-padded rows (pads get 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -138,6 +200,14 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return (x * m).sum() / m.sum().clamp(min=1.0)
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
+
+
+def token_mean(x: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """:func:`masked_mean` when ``count`` is None; else Σ x·mask / ``count`` — this rank's
+    share of a mean over a batch split across ranks (``count`` = the GLOBAL mask sum)."""
+    if count is None:
+        return masked_mean(x, mask)
+    return (x * mask.to(x.dtype)).sum() / count.to(x.dtype).clamp(min=1.0)
 
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
@@ -180,15 +250,16 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 
 
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
-                  clip: float) -> tuple[Tensor, dict[str, float]]:
-    """Token-mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = exp(log π − log π_old)."""
+                  clip: float, count: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Token-mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = exp(log π − log π_old) (this rank's
+    share of it, and of the statistics, when ``count`` is given: see :func:`token_mean`)."""
     ratio = torch.exp(logp - old_logp)
     l1 = -advantages * ratio
     l2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(l1, l2), mask)
+    loss = token_mean(torch.maximum(l1, l2), mask, count)
     with torch.no_grad():
-        clipfrac = masked_mean((l2 > l1).float(), mask).item()
-        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask).item()
+        clipfrac = token_mean((l2 > l1).float(), mask, count).item()
+        approx_kl = token_mean(0.5 * (logp - old_logp) ** 2, mask, count).item()
     return loss, {"clipfrac": clipfrac, "approx_kl_old": approx_kl}
 
 
@@ -211,128 +282,3 @@ def trim(batch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-# --------------------------------------------------------------------------- the shared step loop
-def finish(spec: TrainSpec, policy: Any, tokenizer: Any) -> None:
-    """Save the final policy in the run's storage precision, then drop the resume state."""
-    from rlsparsity.modeling import save_model
-
-    save_model(policy, tokenizer, spec.out_dir, spec.precision)
-    finish_run(spec.out_dir)
-
-
-@dataclass
-class Aux:
-    """A model the algorithm trains besides the policy (value model, PRM): saved in the
-    resume state, never in the output folder."""
-
-    model: Any
-    optimizer: Any
-
-
-def adamw(params: Any, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
-          eps: float = 1e-8) -> torch.optim.AdamW:
-    # foreach=False: one code path whatever the dtype (bf16 params keep bf16 state)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, foreach=False)
-
-
-def log_step(spec: TrainSpec, h: dict[str, Any], seconds: float) -> None:
-    """One progress line per policy step (the log of a ppo/prime run, like TRL's per-step lines)."""
-    def f(k: str) -> str:
-        v = h.get(k)
-        return "nan" if v is None else f"{float(v):.4g}"
-
-    print(f"[{spec.run.algorithm}] step {h['step']}/{spec.steps} loss {f('loss')} reward_mean {f('reward_mean')} "
-          f"kl {f('kl')} grad_norm {f('grad_norm')} {seconds:.3f} s/step", flush=True)
-
-
-def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
-              make_rollout: Callable[[random.Random], tuple[dict[str, Any], dict[str, float]]],
-              policy_loss: Callable[[dict[str, Any]], tuple[Tensor, dict[str, float]]],
-              aux: dict[str, Aux] | None = None) -> dict[str, Any]:
-    """Train ``policy`` for ``spec.steps`` optimiser steps; returns the stats dict.
-
-    Each rollout buffer (``make_rollout(data_rng)`` → (tensors, rollout stats)) is used for
-    ``hp["epochs"]`` passes, each a fresh random permutation of its rows cut into minibatches
-    of ``hp["minibatch_size"]`` rows; every minibatch is ONE policy optimiser step (a spec
-    step). A new rollout is drawn when the schedule is exhausted, so the last rollout may be
-    used only partly. ``policy_loss(minibatch)`` may also step auxiliary models."""
-    aux = aux or {}
-    mask = spec.mask
-    frozen = None
-    if mask is not None:
-        named = dict(policy.named_parameters())
-        unknown = sorted(set(mask) - set(named))
-        if unknown:
-            raise KeyError(f"mask names not in the model: {unknown[:5]}")
-        frozen = {k: named[k].detach().clone() for k in mask}
-        mask = {k: v.to(named[k].device).bool() for k, v in mask.items()}
-
-    data_rng = random.Random(spec.seed)
-    step, cursor = 0, 0
-    buffer: dict[str, Any] | None = None
-    rstats: dict[str, float] = {}
-    schedule: list[Tensor] = []
-    history: list[dict[str, Any]] = []
-    resumed_from: str | None = None
-    state = load_resume_state(spec)
-    if state is not None:
-        resumed_from = f"{resume_state_path(spec)}@step-{state['step']:06d}"
-        policy.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ex = state["extra"]
-        for name, a in aux.items():
-            a.model.load_state_dict(state["extra_models"][name])
-            a.optimizer.load_state_dict(ex["aux_optimizers"][name])
-        step, cursor, buffer, rstats = state["step"], ex["cursor"], ex["buffer"], ex["rollout_stats"]
-        # the state is loaded onto the CPU: the rollout buffer goes back to the policy's device
-        dev = next(policy.parameters()).device
-        buffer = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in buffer.items()} if buffer else buffer
-        schedule, history = ex["schedule"], ex["history"]
-        data_rng.setstate(ex["data_rng"])
-        set_rng_state(state["rng"])
-
-    epochs, mb = int(hp["epochs"]), int(hp["minibatch_size"])
-    max_norm = hp.get("max_grad_norm")
-    start_step, t0 = step, time.perf_counter()
-    if resumed_from:
-        print(f"[{spec.run.algorithm}] resumed from {resumed_from}", flush=True)
-    policy.eval()  # no dropout: log-probs of the update match those of the rollout
-    while step < spec.steps:
-        t_step = time.perf_counter()
-        if buffer is None or cursor >= len(schedule):
-            buffer, rstats = make_rollout(data_rng)
-            B = buffer["input_ids"].shape[0]
-            schedule = [perm[i:i + mb] for _ in range(epochs) for perm in [torch.randperm(B)]
-                        for i in range(0, B, mb)]
-            cursor = 0
-        batch = trim(select(buffer, schedule[cursor]))
-        cursor += 1
-        optimizer.zero_grad(set_to_none=True)
-        loss, lstats = policy_loss(batch)
-        loss.backward()
-        apply_mask_to_grads(policy, mask)
-        grad_norm = float("nan")
-        if max_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), float(max_norm)))
-        optimizer.step()
-        snap_to_bf16(policy, spec.precision)
-        restore_masked(policy, mask, frozen)
-        step += 1
-        history.append({"step": step, "loss": float(loss.detach()), **rstats, **lstats, "grad_norm": grad_norm})
-        log_step(spec, history[-1], time.perf_counter() - t_step)
-        if step % spec.checkpoint_every == 0:
-            save_checkpoint_weights(policy, spec, step)
-            save_resume_state(
-                spec, policy, optimizer, step,
-                extra={"cursor": cursor, "buffer": buffer, "rollout_stats": rstats, "schedule": schedule,
-                       "history": history, "data_rng": data_rng.getstate(),
-                       "aux_optimizers": {k: a.optimizer.state_dict() for k, a in aux.items()}},
-                extra_models={k: a.model for k, a in aux.items()})
-        if spec.stop_after is not None and step >= spec.stop_after and step < spec.steps:
-            raise Interrupted(f"stopped after step {step} (stop_after={spec.stop_after})")
-    done = step - start_step
-    spent = time.perf_counter() - t0
-    return {"steps": step, "seconds_per_step": spent / done if done else float("nan"), "history": history,
-            "hparams": dict(hp), "resumed_from": resumed_from}

@@ -1,0 +1,237 @@
+"""PPO and PRIME across processes: torch.distributed with gloo on the CPU, FSDP2 (and DDP).
+
+Two launches of ``torchrun --standalone`` (1 and 2 processes, run side by side by one
+module fixture) execute the jobs of tests/_dist_worker.py on a tiny llama and a toy task.
+
+Why the 2-process weights can equal the 1-process ones: in a launched run every rollout
+row samples from its own generator seeded from the GLOBAL row index (Gumbel-max), prompts
+are padded to the global longest prompt and completions to ``max_new_tokens``, the rows
+are gathered in global order, and the minibatch schedule comes from a generator seeded from
+the shared data RNG — so both launches draw the SAME global rollouts and minibatches
+(checked exactly: the per-step rewards are equal). What differs is only floating-point
+reduction order: forwards over 8 instead of 16 rows, the gradient summed over 2 shards,
+and the loss split into two partial sums. Those are ~1e-7 relative per step; Adam
+normalises each update, so after 4 steps at lr 3e-3 the weights agree to ~1e-5
+(measured 8.6e-6 ppo, 5.2e-6 prime). Tolerance: |Δw| ≤ 5e-5 absolute and ≤ 1 % of the
+largest weight change the run made (so it could fail: a wrong reduction — a missing
+global count, a doubled gradient — changes the update by O(100 %)). A plain ``python`` run
+(not launched) keeps the single-process sampler (one global torch RNG stream), so it is
+compared with the other single-process tests, not here.
+
+Resume: the same world size, the same seeds, full state dicts → bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _dist_worker import DigitTask, M, X
+from safetensors.torch import load_file, save_file
+
+from rlsparsity import families as F
+from rlsparsity.algorithms.distributed import Dist, check_share, choose_strategy, chunk
+from rlsparsity.algorithms.rollout import masked_mean, masked_whiten, sample_seeded
+from rlsparsity.config import ConfigError
+from rlsparsity.modeling import load_model, load_tokenizer, save_model
+from rlsparsity.tokenizer import build_tokenizer, special_ids, task_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("_dist_worker.py")
+ATOL, REL = 5e-5, 1e-2
+
+
+def _base(folder: Path) -> Path:
+    task = DigitTask()
+    corpus = task_corpus(task) + [f"user: What is {a} + {b}?\nassistant:\nAnswer: {a + b}"
+                                  for a in range(20) for b in range(20)]
+    tok = build_tokenizer(corpus)
+    save_model(F.build_tiny("llama", len(tok), special_ids(tok)), tok, folder, "bf16")
+    return folder
+
+
+def _launch(n: int, base: Path, results: Path, jobs: list[dict[str, Any]]) -> subprocess.Popen[bytes]:
+    results.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("RLSPARSITY_SHARDING", None)
+    log = open(results / "log.txt", "wb")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             str(n), str(WORKER), str(base), str(results), json.dumps(jobs)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dist")
+    base = _base(root / "base")
+    r1, r2 = root / "one", root / "two"
+    g = torch.Generator().manual_seed(3)
+    save_file({k: (torch.rand(v.shape, generator=g) < 0.5).to(torch.uint8) for k, v in _weights(base).items()
+               if v.dim() == 2}, str(root / "mask.safetensors"))
+    masked = {"precision": "fp32", "steps": 4, "mask": str(root / "mask.safetensors")}
+    p1 = _launch(1, base, root / "res1", [
+        {"reduce": True},
+        {"alg": "ppo", "out": str(r1 / "ppo"), "precision": "fp32", "steps": 4},
+        {"alg": "prime", "out": str(r1 / "prime"), "precision": "fp32", "steps": 4},
+        {"alg": "ppo", "out": str(r1 / "ppo_masked"), **masked},
+    ])
+    p2 = _launch(2, base, root / "res2", [
+        {"reduce": True},
+        {"alg": "ppo", "out": str(r2 / "ppo"), "precision": "fp32", "steps": 4},
+        {"alg": "prime", "out": str(r2 / "prime"), "precision": "fp32", "steps": 4},
+        {"alg": "ppo", "out": str(r2 / "ppo_resumed"), "precision": "fp32", "steps": 4, "stop_after": 3},
+        {"alg": "ppo", "out": str(r2 / "ppo_ddp"), "precision": "fp32", "steps": 4, "sharding": "ddp"},
+        {"alg": "ppo", "out": str(r2 / "ppo_masked"), **masked},
+        {"alg": "prime", "out": str(r2 / "prime_master"), "precision": "fp32-master", "steps": 1,
+         "checkpoint_every": 1},
+    ])
+    for p, res in ((p1, root / "res1"), (p2, root / "res2")):
+        rc = p.wait(timeout=600)
+        assert rc == 0, (res / "log.txt").read_text()[-4000:]
+    return {"base": base, "one": r1, "two": r2, "res1": root / "res1", "res2": root / "res2"}
+
+
+def _result(runs: dict[str, Path], res: str, rank: int) -> dict[str, Any]:
+    return json.loads((runs[res] / f"rank{rank}.json").read_text())
+
+
+def _run(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    return next(r for r in result["runs"] if Path(r["out"]) == out)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _assert_close(a: Path, b: Path, base: Path) -> float:
+    wa, wb, w0 = _weights(a), _weights(b), _weights(base)
+    assert sorted(wa) == sorted(wb) == sorted(w0)
+    diff = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+    moved = max(float((wa[k].double() - w0[k].double()).abs().max()) for k in wa)
+    assert moved > 1e-3, f"the run did not train (max change {moved})"
+    assert diff <= ATOL and diff <= REL * moved, f"max |dw| {diff:.3g} (largest update {moved:.3g})"
+    return diff
+
+
+# --------------------------------------------------------------------------- in-process pieces
+def test_chunk_splits_rows_contiguously_in_rank_order() -> None:
+    assert [chunk(5, r, 2) for r in range(2)] == [(0, 3), (3, 5)]
+    assert [chunk(7, r, 3) for r in range(3)] == [(0, 3), (3, 5), (5, 7)]
+    assert [chunk(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]
+
+
+def test_strategy_choice_and_share_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("RLSPARSITY_SHARDING", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(k, raising=False)
+    assert choose_strategy() == "fsdp"  # torchrun
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert choose_strategy() == "ddp"  # accelerate launch with a DDP config
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert choose_strategy() == "fsdp"
+    monkeypatch.setenv("RLSPARSITY_SHARDING", "ddp")
+    assert choose_strategy() == "ddp"
+    monkeypatch.setenv("RLSPARSITY_SHARDING", "zero3")
+    with pytest.raises(ConfigError, match="RLSPARSITY_SHARDING='zero3'"):
+        choose_strategy()
+    with pytest.raises(ConfigError, match="prompts_per_rollout=2 is less than the 4 processes"):
+        check_share(Dist(0, 4, "fsdp"), 2, "ppo")
+    check_share(Dist(0, 4, "fsdp"), 4, "ppo")
+    check_share(Dist(), 1, "ppo")
+    assert (Dist(0, 4, "ddp").loss_scale, Dist(0, 4, "fsdp").loss_scale, Dist().active) == (4.0, 1.0, False)
+
+
+def test_seeded_sampling_does_not_depend_on_the_split(runs: dict[str, Path]) -> None:
+    """Rows sampled in one batch equal the same rows sampled in two batches (row seeds)."""
+    base = runs["base"]
+    model, tok, task = load_model(base, "fp32").eval(), load_tokenizer(base), DigitTask()
+    prompts = [task.prompt(e, tok) for e in task.train[:4]]
+    P = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    seeds = [11 * i + 5 for i in range(8)]
+    whole = sample_seeded(model, tok, prompts, 2, 8, 1.0, seeds, P)
+    parts = [sample_seeded(model, tok, prompts[:3], 2, 8, 1.0, seeds[:6], P),
+             sample_seeded(model, tok, prompts[3:], 2, 8, 1.0, seeds[6:], P)]
+    assert torch.equal(whole.input_ids, torch.cat([p.input_ids for p in parts]))
+    assert torch.equal(whole.completion_mask, torch.cat([p.completion_mask for p in parts]))
+    other = sample_seeded(model, tok, prompts, 2, 8, 1.0, [s + 1 for s in seeds], P)
+    assert not torch.equal(whole.input_ids, other.input_ids)  # the seeds do drive the samples
+
+
+# --------------------------------------------------------------------------- launched runs
+def test_cross_rank_reductions_equal_single_process(runs: dict[str, Path]) -> None:
+    """Hand-built 5x4 batch (dyadic values, 16 masked tokens): gathered rows, whitening and a
+    token mean split over 2 ranks equal the single-process results exactly."""
+    x, m = torch.tensor(X), torch.tensor(M, dtype=torch.float32)
+    want_white = masked_whiten(x, m)
+    r0, r1 = (_result(runs, "res2", r)["reduce"] for r in (0, 1))
+    assert (r0["chunk"], r1["chunk"]) == ([0, 3], [3, 5])
+    assert (r0["share_rows"], r1["share_rows"]) == (3, 2)
+    for r in (r0, r1, _result(runs, "res1", 0)["reduce"]):
+        assert torch.equal(torch.tensor(r["gathered_x"]), x)
+        assert torch.equal(torch.tensor(r["whitened"]), want_white)
+        assert r["token_mean"] == 33.75 / 16 == float(masked_mean(x, m))
+    assert r0["sum_of_ranks"] == r1["sum_of_ranks"] == 3.0
+    # a 1-row minibatch over 2 ranks: rank 1 runs a dummy row that weighs nothing
+    assert (r0["tiny_weight"], r1["tiny_weight"], r1["tiny_mask_sum"]) == ([1.0], [0.0], 0.0)
+
+
+@pytest.mark.parametrize("alg", ["ppo", "prime"])
+def test_two_processes_give_the_one_process_weights(runs: dict[str, Path], alg: str) -> None:
+    one = _run(_result(runs, "res1", 0), runs["one"] / alg)
+    two = _run(_result(runs, "res2", 0), runs["two"] / alg)
+    assert one["reward_mean"] == two["reward_mean"]  # the same global rollouts, exactly
+    assert torch.allclose(torch.tensor(one["loss"]), torch.tensor(two["loss"]), rtol=1e-3, atol=1e-5)
+    _assert_close(runs["one"] / alg, runs["two"] / alg, runs["base"])
+
+
+def test_sharded_subnetwork_finetuning_moves_only_the_mask(runs: dict[str, Path]) -> None:
+    """The update mask, sharded like the parameters: entries outside it keep their base
+    values exactly; the run matches the 1-process masked run."""
+    mask = load_file(str(runs["base"].parent / "mask.safetensors"))
+    w, w0 = _weights(runs["two"] / "ppo_masked"), _weights(runs["base"])
+    for k, m in mask.items():
+        frozen = ~m.bool()
+        assert torch.equal(w[k][frozen], w0[k].float()[frozen]), k
+    assert any(bool((w[k] != w0[k].float())[m.bool()].any()) for k, m in mask.items())
+    _assert_close(runs["one"] / "ppo_masked", runs["two"] / "ppo_masked", runs["base"])
+
+
+def test_ddp_gives_the_fsdp_weights(runs: dict[str, Path]) -> None:
+    _assert_close(runs["two"] / "ppo_ddp", runs["two"] / "ppo", runs["base"])
+
+
+def test_only_rank0_writes_and_the_folder_is_a_single_process_one(runs: dict[str, Path]) -> None:
+    w0, w1 = (_result(runs, "res2", r)["writes"] for r in (0, 1))
+    assert w1 == []
+    assert any(str(runs["two"] / "ppo" / "checkpoints") in p for _, p in w0)  # the audit does see writes
+
+    def tree(d: Path) -> list[str]:
+        return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+
+    for alg in ("ppo", "prime"):
+        assert tree(runs["two"] / alg) == tree(runs["one"] / alg)
+        assert "checkpoints/step-000003/model.safetensors" in tree(runs["two"] / alg)
+        assert not (runs["two"] / alg / "resume").exists()
+
+
+def test_fp32_master_saves_bf16_from_the_sharded_fp32_run(runs: dict[str, Path]) -> None:
+    out = runs["two"] / "prime_master"
+    assert {v.dtype for v in _weights(out).values()} == {torch.bfloat16}
+    ck = load_file(str(out / "checkpoints" / "step-000001" / "model.safetensors"))
+    assert {v.dtype for v in ck.values()} == {torch.bfloat16}
+    assert sorted(ck) == sorted(_weights(runs["two"] / "prime"))
+
+
+def test_resume_from_a_two_process_checkpoint_is_bit_identical(runs: dict[str, Path]) -> None:
+    res = _result(runs, "res2", 0)
+    resumed, full = _run(res, runs["two"] / "ppo_resumed"), _run(res, runs["two"] / "ppo")
+    assert resumed["resumed_from"] and resumed["resumed_from"].endswith("@step-000003")
+    assert resumed["loss"] == full["loss"]
+    wa, wb = _weights(runs["two"] / "ppo_resumed"), _weights(runs["two"] / "ppo")
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
