@@ -13,7 +13,7 @@
   scalar. A misspelt key is an error that suggests the closest accepted one.
 * :func:`check_semantics`: unknown task, a grid block that expands to zero runs, stage
   blocks naming families that are not configured, family paths that look local but are
-  not usable model folders.
+  not usable model folders, a family's ``sharding`` that does not match its ``gpus``.
 
 Every failure raises ``ConfigError`` (from :mod:`rlsparsity.config`) with one line
 ``config error at <key path>: <problem>``.
@@ -342,6 +342,17 @@ def _check_family_paths(cfg: dict[str, Any]) -> None:
                 raise _error(f"families.{name}.path", str(err)) from None
 
 
+def _check_sharding(cfg: dict[str, Any]) -> None:
+    """``sharding`` agrees with ``gpus``: none on at most one GPU, ddp/fsdp on two or more."""
+    for name, spec in cfg["families"].items():
+        spec = spec or {}
+        gpus, sharding = int(spec.get("gpus", 0) or 0), spec.get("sharding")
+        if sharding == "none" and gpus > 1:
+            raise _error(f"families.{name}.sharding", f"'none' runs on one GPU but gpus is {gpus}: use ddp or fsdp")
+        if sharding in ("ddp", "fsdp") and gpus < 2:
+            raise _error(f"families.{name}.sharding", f"{sharding!r} needs gpus >= 2 (gpus is {gpus})")
+
+
 def check_semantics(cfg: dict[str, Any]) -> None:
     """Cross-field checks the schema cannot express (see the module docstring)."""
     from rlsparsity.tasks import TASKS
@@ -354,4 +365,5 @@ def check_semantics(cfg: dict[str, Any]) -> None:
     _check_block_runs(cfg)
     _check_stage_families(cfg)
     _check_family_paths(cfg)
+    _check_sharding(cfg)
     check_hparams(cfg)
