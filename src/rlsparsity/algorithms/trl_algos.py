@@ -261,7 +261,7 @@ def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[st
     if main:
         finish_run(spec.out_dir)
     keep = ("loss", "reward", "rewards/reward/mean", "entropy", "rewards/margins", "rewards/accuracies",
-            "grad_norm", "kl")
+            "grad_norm", "kl", "num_tokens")
     history = [{k: v for k, v in h.items() if k in keep or k == "step"} for h in trainer.state.log_history
                if "loss" in h]
     return {"steps": trainer.state.global_step, "seconds_per_step": dt / max(1, spec.steps),
