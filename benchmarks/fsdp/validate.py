@@ -170,9 +170,8 @@ def sparsity(base: Path, run: Path) -> dict[str, float]:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.t0, self.rows = args, time.time(), []
-        self.out = Path(args.out)
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.t0, self.rows, self.work = args, time.time(), [], work
 
     def left(self) -> float:
         return self.args.time_cap - (time.time() - self.t0)
@@ -180,7 +179,7 @@ class Runner:
     def start(self, tag: str, alg: str, n: int, base: Path, precision: str, steps: int, every: int,
               gpu: int | None) -> dict[str, Any]:
         a = self.args
-        res = self.out / "work" / tag
+        res = self.work / tag
         (res / "base").mkdir(parents=True, exist_ok=True)
         link = res / "base" / "rand"
         if not link.exists():
@@ -283,16 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-n", type=int, default=4)
     p.add_argument("--loss-rtol", type=float, default=0.02)
     p.add_argument("--time-cap", type=float, default=540.0, help="seconds for the whole script")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "fsdp" / "results"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "fsdp" / "results"), help="validate.json/.csv/.md")
+    p.add_argument("--work", default=None, help="bases, run folders, logs (default OUT/work; big: ~40 GB)")
     a = p.parse_args(argv)
     shape = a.shape or ("1b" if a.device == "cuda" else "tiny")
     out = Path(a.out)
-    shutil.rmtree(out / "work", ignore_errors=True)
-    (out / "work").mkdir(parents=True)
-    r = Runner(a)
+    work = Path(a.work) if a.work else out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    r = Runner(a, work)
     meta: dict[str, Any] = {"device": a.device, "shape": shape, "precision": a.precision, "steps": a.steps}
     if a.phase in ("equiv", "all"):
-        base = out / "work" / f"base-{shape}"
+        base = work / f"base-{shape}"
         meta["params"] = build_base(base, shape, a.device, a.eval_n)
         algs = [x for x in a.algorithms.split(",") if x]
         singles = [(f"{x}-1", x, 1, base, a.precision, a.steps, a.steps, i % 2 if a.device == "cuda" else None)
@@ -304,18 +305,19 @@ def main(argv: list[str] | None = None) -> int:
             r.batch([(f"{x}-2", x, 2, base, a.precision, a.steps, a.steps, None)], base)
     if a.phase in ("big", "all"):
         big = a.big_shape if a.device == "cuda" else "tiny"
-        base = out / "work" / f"base-{big}"
+        base = work / f"base-{big}"
         if r.left() > 120:
             meta["big_params"] = build_base(base, big, a.device, 2)
             # checkpoint_every > steps: no FULL_STATE_DICT Trainer checkpoint (~16 bytes/param to disk)
             r.batch([(f"grpo-{big}-fp32-master-2", "grpo", 2, base, "fp32-master", 2, 1000, None)], base)
-            run = out / "work" / f"grpo-{big}-fp32-master-2" / "runs/rand/grpo/on_policy/fp32-master/seed1"
+            run = work / f"grpo-{big}-fp32-master-2" / "runs/rand/grpo/on_policy/fp32-master/seed1"
             if (run / "model.safetensors").exists() and r.left() > 30:
                 d = subprocess.run([sys.executable, "-m", "rlsparsity.cli", "diff", str(base), str(run), "--json",
                                     "--quiet", "--threads", str(min(16, os.cpu_count() or 1))], cwd=REPO, env=_env(),
                                    capture_output=True, text=True, timeout=max(10, r.left()))
                 meta["big_diff_rc"] = d.returncode
-                meta["big_diff"] = json.loads(d.stdout.strip().splitlines()[-1]) if d.returncode == 0 else d.stderr[-500:]
+                ok = d.returncode == 0
+                meta["big_diff"] = json.loads(d.stdout.strip().splitlines()[-1]) if ok else d.stderr[-500:]
         else:
             r.rows.append({"tag": f"grpo-{big}-fp32-master-2", "rc": "skipped: time cap"})
     summary = compare(r.rows, a.loss_rtol)

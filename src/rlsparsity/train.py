@@ -67,6 +67,13 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     reset_peak(device)
     stats, wall = _train_or_reuse(spec, get_algorithm(run.algorithm))
     _rank_stats(device, wall, stats)
+    if device.startswith("cuda"):  # free the trainer's (sharded) states before rank 0 evaluates
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
     if not is_main_process():
         return {**run.as_dict(), "main_process": False}
     model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
