@@ -3,9 +3,11 @@
 argv: MODE BASE OUT RESULT_JSON [STOP_AFTER]
   gather  shard a tiny llama with torch's FSDP2 ``fully_shard`` and check that
           ``trl_algos.gathered_state_dict`` returns the full, unsharded weights on rank 0
-          (None on rank 1), then train dpo (4 steps) with ``stop_after`` (a kill at step 2)
+          (None on rank 1), and that the FSDP branches of the final save and the weight series
+          write exactly those weights; then train dpo (4 steps) with ``stop_after`` (a kill at
+          step 2)
   resume  train the same dpo run again: it resumes from the sharded-run checkpoint
-Every rank records the files it writes under OUT (open for writing, os.replace/rename,
+Every rank records the files it writes under OUT's parent (open for writing, os.replace/rename,
 safetensors save_file, torch.save) into RESULT_JSON.<rank>.
 """
 
@@ -24,9 +26,10 @@ WRITES: list[str] = []
 
 
 def _note(path: object) -> None:
-    p = str(path)
-    if p.startswith(str(OUT)):
-        WRITES.append(os.path.relpath(p, OUT))
+    """Record a write under the test's folder (OUT's parent), relative to it."""
+    p = os.path.abspath(str(path))
+    if p.startswith(str(OUT.parent.resolve()) + os.sep):
+        WRITES.append(os.path.relpath(p, OUT.parent.resolve()))
 
 
 _open, _replace, _rename = builtins.open, os.replace, os.rename
@@ -109,6 +112,26 @@ if MODE == "gather":
         result["max_abs_diff"] = max(float((got[k].float() - want[k].float()).abs().max()) for k in want)
     else:
         result["got_none"] = got is None
+    # the FSDP branches of the final save and the weight series (as under accelerate's FSDP)
+    from rlsparsity.modeling import load_tokenizer
+
+    saved = OUT.parent / (OUT.name + "_fsdp_save")
+    ss = TrainSpec(run=Run("llama", "grpo", "on_policy", "fp32-master", 1), base_dir=BASE, out_dir=saved,
+                   task=None)  # type: ignore[arg-type]
+    os.environ["ACCELERATE_USE_FSDP"] = "true"
+    T._save_final(sharded, load_tokenizer(BASE), ss, RANK == 0)
+    T._save_series(sharded, ss, 1, RANK == 0)
+    os.environ.pop("ACCELERATE_USE_FSDP")
+    dist.barrier()
+    if RANK == 0:
+        back = load_model(saved, "fp32")
+        want = {k: v.float() for k, v in state_dict_for_save(ref, "fp32-master").items()}
+        got_sd = back.state_dict()
+        result["saved_equal"] = all(torch.equal(got_sd[k], want[k]) for k in want)
+        result["saved_files"] = sorted(p.name for p in saved.iterdir())
+        series = safetensors.torch.load_file(str(saved / "checkpoints/step-000001/model.safetensors"))
+        result["series_equal"] = sorted(series) == sorted(want) and all(
+            torch.equal(series[k].float(), want[k]) for k in want)
 
 task = get_task("tiny_arith", n_train=600, n_test=64, seed=7)
 hp = {"batch_size": 4, "n_prompts": 32, "k": 2, "lr": 1e-3}

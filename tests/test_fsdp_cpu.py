@@ -7,7 +7,8 @@ does run on CPU with gloo. So these tests cover:
 
 * the FSDP2 gather of :func:`trl_algos.gathered_state_dict` on a really sharded (DTensor)
   tiny llama (torch ``fully_shard``, 2 ranks): rank 0 gets the full weights, bit-identical,
-  tied weights stored once, in the storage dtype; rank 1 gets None;
+  tied weights stored once, in the storage dtype; rank 1 gets None; the FSDP branches of the
+  final save and of the weight series write exactly those weights (a loadable HF folder);
 * a TRL algorithm (dpo) on 2 processes (accelerate MULTI_CPU = DDP over gloo): killed after
   step 2, resumed from that multi-process checkpoint, and compared with the single-process run:
   the configured batch is the global batch (2 rows per rank here), the gradients are averaged
@@ -83,6 +84,10 @@ def test_fsdp2_gather_gives_rank0_the_full_weights(runs: dict[str, Any]) -> None
     assert r0["keys_equal"] and r0["n_keys"] == 20 and r0["bf16"]  # tied lm_head stored once; fp32-master -> bf16
     assert r0["max_abs_diff"] == 0.0
     assert r1["got_none"] is True
+    # FSDP final save / series: a loadable HF folder, bf16 storage, exactly the gathered weights
+    assert r0["saved_equal"] and r0["series_equal"]
+    assert {"config.json", "model.safetensors", "tokenizer_config.json", "checkpoints"} <= set(r0["saved_files"])
+    assert not [w for w in r1["writes"] if "fsdp_save" in w]  # rank 1 took part in the gathers, wrote nothing
 
 
 def test_two_processes_resume_and_match_one_process(runs: dict[str, Any]) -> None:
@@ -108,9 +113,8 @@ def test_two_processes_resume_and_match_one_process(runs: dict[str, Any]) -> Non
 
 
 def test_only_rank0_writes_run_files(runs: dict[str, Any]) -> None:
-    for first, second in [(runs["first"][1], runs["second"][1])]:
-        assert first["writes"] == ["resume/checkpoint-2/rng_state_1.pth"]
-        assert second["writes"] == ["resume/checkpoint-4/rng_state_1.pth"]
+    assert runs["first"][1]["writes"] == ["two/resume/checkpoint-2/rng_state_1.pth"]
+    assert runs["second"][1]["writes"] == ["two/resume/checkpoint-4/rng_state_1.pth"]
     w0 = runs["second"][0]["writes"]
-    assert "model.safetensors" in w0 and "checkpoints/step-000004/model.safetensors" in w0
-    assert "resume/checkpoint-4/complete.json" in w0
+    assert "two/model.safetensors" in w0 and "two/checkpoints/step-000004/model.safetensors" in w0
+    assert "two/resume/checkpoint-4/complete.json" in w0

@@ -244,11 +244,11 @@ class Runner:
 
 
 def compare(rows: list[dict[str, Any]], rtol: float) -> list[dict[str, Any]]:
-    by = {(r["algorithm"], r["processes"]): r for r in rows if r.get("rc") == 0 and r.get("loss") is not None}
+    by = {r["tag"]: r for r in rows if r.get("rc") == 0 and r.get("loss") is not None}
     out = []
-    for (alg, n), one in sorted(by.items()):
-        two = by.get((alg, 2))
-        if n != 1 or two is None:
+    for alg in sorted({r["algorithm"] for r in by.values()}):
+        one, two = by.get(f"{alg}-1"), by.get(f"{alg}-2")  # the equiv pair (not the big run)
+        if one is None or two is None:
             continue
         la, lb = one["loss"], two["loss"]
         rel = max((abs(a - b) / max(abs(a), 1e-8) for a, b in zip(la, lb, strict=False)

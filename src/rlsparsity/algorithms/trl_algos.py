@@ -182,10 +182,16 @@ def _save_final(model: Any, tok: Any, spec: TrainSpec, main: bool) -> None:
     sd = gathered_state_dict(model, spec.precision, main)
     if sd is None:
         return
+    from safetensors.torch import save_file
+
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the files save_pretrained writes, without calling it on the FSDP-wrapped module on one rank
     model.config.dtype = SAVE_DTYPES[spec.precision]
-    model.save_pretrained(out, state_dict=sd, safe_serialization=True, is_main_process=True)
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(out)
 
 
