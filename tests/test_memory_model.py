@@ -115,3 +115,20 @@ def test_bad_sharding_is_a_one_line_error(tmp_path: Path, family: dict, message:
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sharding_is_part_of_the_training_slice_only_of_its_family() -> None:
+    import copy
+
+    from rlsparsity import config_slices as CS
+    from rlsparsity.config import load_config
+
+    cfg = load_config(REPO / "config" / "paper.yaml")
+    groups = CS.train_groups(cfg)
+    mine = next(g for g, runs in groups.items() if runs[0].family == "qwen3_8b")
+    other = next(g for g, runs in groups.items() if runs[0].family == "phi3_mini")
+    d_mine, d_other = CS.slice_digest(cfg, "train", mine), CS.slice_digest(cfg, "train", other)
+    c = copy.deepcopy(cfg)
+    c["families"]["qwen3_8b"]["sharding"] = "ddp"  # reruns this family's training (results change at float level)
+    assert CS.slice_digest(c, "train", mine) != d_mine and CS.slice_digest(c, "train", other) == d_other
+    assert M.family_sharding(c, "qwen3_8b") == "ddp" and M.family_sharding(cfg, "qwen3_8b") == "fsdp"
