@@ -92,6 +92,18 @@ def analysis_runtime(params: int | None, n_runs: int) -> int:
     return math.ceil(ANALYSIS_BASE_MINUTES + n_runs * (params or 0) / 1e9 * ANALYSIS_MINUTES_PER_RUN_PER_BPARAM)
 
 
+def accelerate_config(config: dict[str, Any], family: str) -> str:
+    """The shell-quoted accelerate config file of a multi-GPU ``family``: config key
+    ``accelerate.<sharding>``, default ``config/accelerate/<sharding>.yaml``; the sharding is the
+    family's own or the memory model's choice (:func:`rlsparsity.memory_model.family_sharding`)."""
+    import shlex
+
+    from rlsparsity.memory_model import family_sharding
+
+    sharding = family_sharding(config, family)
+    return shlex.quote(str((config.get("accelerate") or {}).get(sharding, f"config/accelerate/{sharding}.yaml")))
+
+
 def base_mem_mb(family: str, spec: dict[str, Any] | None) -> int:
     """A 7-9B model loaded in fp32 (~36 GB) plus its bf16 copy; tiny bases are small."""
     return 64000 if is_pretrained(family, spec) else MIN_MEM_MB

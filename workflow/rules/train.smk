@@ -8,20 +8,11 @@
 # `sharding` (config keys accelerate.ddp / accelerate.fsdp; default sharding from the memory
 # model, rlsparsity.memory_model.family_sharding); rank 0 alone writes the outputs, so they
 # are the same files as a single-process run's.
-import shlex
-
-from rlsparsity import memory_model as MM
 from rlsparsity import samples as SAMPLES
 
 TRAIN_GROUP_BY = config["train"]["group_by"]
-TRAIN_SHARDING = {f: MM.family_sharding(config, f) for f in config["families"]}
-
-
-def accelerate_config(family):
-    """The accelerate config file of a multi-GPU family (by its sharding), shell-quoted."""
-    sharding = TRAIN_SHARDING[family]
-    default = f"config/accelerate/{sharding}.yaml"
-    return shlex.quote(str((config.get("accelerate") or {}).get(sharding, default)))
+# family -> its accelerate config file, shell-quoted (by the family's sharding)
+TRAIN_ACCELERATE = {f: RES.accelerate_config(config, f) for f in config["families"]}
 
 
 if not TRAIN_GROUP_BY:
@@ -61,7 +52,7 @@ if not TRAIN_GROUP_BY:
             # and Snakemake treats it as derived (not a rerun trigger)
             launch=lambda wildcards, resources: (
                 "accelerate launch --config_file "
-                + accelerate_config(wildcards.family)
+                + TRAIN_ACCELERATE[wildcards.family]
                 + f" --num_processes {int(resources.gpu)} -m rlsparsity.cli train"
                 if int(resources.gpu or 0) > 1
                 else "rlsparsity train"
