@@ -104,11 +104,15 @@ def test_paper_config_fits_and_cli_table() -> None:
     ({"gpus": 2, "sharding": "none"}, "families.llama.sharding: 'none' runs on one GPU but gpus is 2"),
     ({"gpus": 1, "sharding": "fsdp"}, "families.llama.sharding: 'fsdp' needs gpus >= 2 (gpus is 1)"),
     ({"gpus": 2, "sharding": "zero3"}, "families.llama.sharding"),
+    ({"gpus": 8, "hparams": {"dpo": {"batch_size": 12}}},
+     "train.hparams.dpo.batch_size: 12 (the global batch) is not divisible by the 8 processes"),
 ])
 def test_bad_sharding_is_a_one_line_error(tmp_path: Path, family: dict, message: str) -> None:
     from rlsparsity.config import ConfigError, load_config
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    family = dict(family)
+    cfg["train"]["hparams"] = family.pop("hparams", {})
     cfg["families"]["llama"] = {**(cfg["families"].get("llama") or {}), **family}
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(cfg))
