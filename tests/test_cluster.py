@@ -48,17 +48,14 @@ def test_slurm_profile_dry_run_of_the_paper_config(tmp_path):
     assert counts["base"] == 10
     assert counts["train"] == len(runs)
     assert counts["analyze"] == 10
-    # multi-GPU families start through accelerate (DDP); ppo/prime and 1-GPU phi3 do not
+    # multi-GPU families start through accelerate with the family's sharding (all fsdp by the
+    # memory model), ppo/prime included (multi-process through algorithms/distributed.py)
     cmds = [c for c in r.stdout.splitlines() if "Shell command:" in c and " train " in c]
-    acc = [
-        c
-        for c in cmds
-        if "accelerate launch --config_file config/accelerate/ddp.yaml --num_processes 2 -m rlsparsity.cli train" in c
-    ]
-    multi = [x for x in runs if cfg["families"][x.family]["gpus"] > 1 and x.algorithm not in ("ppo", "prime")]
-    assert len(acc) == len(multi) == 9 * 5 * 3 * 2
+    acc = [c for c in cmds if "accelerate launch --config_file config/accelerate/fsdp.yaml --num_processes " in c]
+    multi = [x for x in runs if cfg["families"][x.family]["gpus"] > 1]
+    assert len(acc) == len(multi) == 10 * 7 * 3 * 2
+    assert sum("--num_processes 4 " in c for c in acc) == 7 * 3 * 2  # phi3_mini: 4 GPUs
     assert all(c.rstrip().endswith("2>&1") and "--device cuda" in c for c in cmds)
-    assert not [c for c in cmds if "phi3_mini" in c and "accelerate" in c]
     assert not (tmp_path / "res").exists()  # a dry run writes nothing (the job configs are jobs)
 
 

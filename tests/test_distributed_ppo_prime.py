@@ -81,6 +81,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         {"alg": "ppo", "out": str(r1 / "ppo"), "precision": "fp32", "steps": 4},
         {"alg": "prime", "out": str(r1 / "prime"), "precision": "fp32", "steps": 4},
         {"alg": "ppo", "out": str(r1 / "ppo_masked"), **masked},
+        {"alg": "ppo", "out": str(r1 / "ppo_ckpt"), "precision": "fp32", "steps": 4,
+         "hp": {"gradient_checkpointing": True}},
     ])
     p2 = _launch(2, base, root / "res2", [
         {"reduce": True},
@@ -91,6 +93,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         {"alg": "ppo", "out": str(r2 / "ppo_masked"), **masked},
         {"alg": "prime", "out": str(r2 / "prime_master"), "precision": "fp32-master", "steps": 1,
          "checkpoint_every": 1},
+        {"alg": "prime", "out": str(r2 / "prime_ckpt"), "precision": "fp32", "steps": 4,
+         "hp": {"gradient_checkpointing": True}},
     ])
     for p, res in ((p1, root / "res1"), (p2, root / "res2")):
         rc = p.wait(timeout=600)
@@ -235,3 +239,15 @@ def test_resume_from_a_two_process_checkpoint_is_bit_identical(runs: dict[str, P
     assert resumed["loss"] == full["loss"]
     wa, wb = _weights(runs["two"] / "ppo_resumed"), _weights(runs["two"] / "ppo")
     assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
+def test_activation_checkpointing_changes_no_weight(runs: dict[str, Path]) -> None:
+    """hparams.gradient_checkpointing (torch checkpoint_wrapper around every decoder layer,
+    before sharding): each layer's forward is recomputed in backward from the same inputs, so
+    the weights are bit-identical to the run without it -- 1 process (ppo: policy and critic
+    trunk wrapped) and FSDP on 2 processes (prime: policy and implicit PRM wrapped) -- and the
+    saved names are the HF ones (no wrapper prefix)."""
+    for a, b in ((runs["one"] / "ppo_ckpt", runs["one"] / "ppo"), (runs["two"] / "prime_ckpt", runs["two"] / "prime")):
+        wa, wb = _weights(a), _weights(b)
+        assert sorted(wa) == sorted(wb) and not any("checkpoint" in k for k in wa)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), a

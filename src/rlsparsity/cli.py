@@ -142,6 +142,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rlsparsity.figures.cli",
     "rlsparsity.manifest",
     "rlsparsity.samples",
+    "rlsparsity.memory_model",
 )
 
 

@@ -13,7 +13,7 @@
   scalar. A misspelt key is an error that suggests the closest accepted one.
 * :func:`check_semantics`: unknown task, a grid block that expands to zero runs, stage
   blocks naming families that are not configured, family paths that look local but are
-  not usable model folders.
+  not usable model folders, a family's ``sharding`` that does not match its ``gpus``.
 
 Every failure raises ``ConfigError`` (from :mod:`rlsparsity.config`) with one line
 ``config error at <key path>: <problem>``.
@@ -342,6 +342,31 @@ def _check_family_paths(cfg: dict[str, Any]) -> None:
                 raise _error(f"families.{name}.path", str(err)) from None
 
 
+def _check_sharding(cfg: dict[str, Any]) -> None:
+    """``sharding`` agrees with ``gpus``: none on at most one GPU, ddp/fsdp on two or more."""
+    for name, spec in cfg["families"].items():
+        spec = spec or {}
+        gpus, sharding = int(spec.get("gpus", 0) or 0), spec.get("sharding")
+        if sharding == "none" and gpus > 1:
+            raise _error(f"families.{name}.sharding", f"'none' runs on one GPU but gpus is {gpus}: use ddp or fsdp")
+        if sharding in ("ddp", "fsdp") and gpus < 2:
+            raise _error(f"families.{name}.sharding", f"{sharding!r} needs gpus >= 2 (gpus is {gpus})")
+    # the configured batch_size is the global batch, split evenly over a multi-GPU job's processes
+    most = max((int((spec or {}).get("gpus", 0) or 0) for spec in cfg["families"].values()), default=0)
+    tc = cfg.get("train") or {}
+    blocks = [("train.hparams", tc.get("hparams") or {})]
+    blocks += [(f"train.hparams_by_precision.{p}", b or {}) for p, b in (tc.get("hparams_by_precision") or {}).items()]
+    for where, block in blocks:
+        for alg, hp in block.items():
+            bs = (hp or {}).get("batch_size")
+            if most > 1 and alg not in ("ppo", "prime") and isinstance(bs, int):
+                bad = sorted({n for n in (int((s or {}).get("gpus", 0) or 0) for s in cfg["families"].values())
+                              if n > 1 and bs % n})
+                if bad:
+                    raise _error(f"{where}.{alg}.batch_size", f"{bs} (the global batch) is not divisible by "
+                                 f"the {bad[0]} processes of a family with gpus: {bad[0]}")
+
+
 def check_semantics(cfg: dict[str, Any]) -> None:
     """Cross-field checks the schema cannot express (see the module docstring)."""
     from rlsparsity.tasks import TASKS
@@ -354,4 +379,5 @@ def check_semantics(cfg: dict[str, Any]) -> None:
     _check_block_runs(cfg)
     _check_stage_families(cfg)
     _check_family_paths(cfg)
+    _check_sharding(cfg)
     check_hparams(cfg)

@@ -22,6 +22,8 @@ BYTES_PER_STORED_PARAM = 2  # base models are stored in bf16
 
 MIN_MEM_MB = 2000  # a Python process with torch + transformers imported, and its data
 TRAIN_BYTES_PER_PARAM = 25  # fp32 weights, fp32 master + AdamW states, gradients, activations
+LOAD_BYTES_PER_PARAM = 4  # per process of a multi-GPU job: the base loaded in fp32 on the host
+GATHER_BYTES_PER_PARAM = 12  # rank 0: full fp32 weights + AdamW moments gathered for a checkpoint
 TRAIN_BASE_MINUTES = 30
 TRAIN_MINUTES_PER_STEP_PER_BPARAM = 0.36  # 8B params: ~2.9 min per step (500 steps ~ 24 h)
 ANALYSIS_BYTES_PER_STORED_BYTE = 4  # two models' tensors in fp32 at a time + SVD workspace
@@ -66,8 +68,13 @@ def base_model_file(metrics_or_model: str | os.PathLike[str]) -> Path:
     return p if p.name == "model.safetensors" else p.parent / "model.safetensors"
 
 
-def train_mem_mb(params: int | None) -> int:
-    return max(MIN_MEM_MB, math.ceil((params or 0) * TRAIN_BYTES_PER_PARAM / 1e6))
+def train_mem_mb(params: int | None, gpus: int = 0) -> int:
+    """Host memory of a training job. One process: 25 bytes/param (a CPU run holds everything
+    in RAM). N > 1 processes (ddp/fsdp): each loads the base in fp32 before it is moved or
+    sharded onto its GPU (4 bytes/param each), and rank 0 gathers the full fp32 weights and
+    AdamW state into RAM for checkpoints (FULL_STATE_DICT: 12 bytes/param)."""
+    per_param = TRAIN_BYTES_PER_PARAM if gpus <= 1 else LOAD_BYTES_PER_PARAM * gpus + GATHER_BYTES_PER_PARAM
+    return max(MIN_MEM_MB, math.ceil((params or 0) * per_param / 1e6))
 
 
 def train_runtime(params: int | None, steps: int) -> int:
@@ -83,6 +90,18 @@ def analysis_mem_mb(params: int | None) -> int:
 def analysis_runtime(params: int | None, n_runs: int) -> int:
     """Minutes to diff ``n_runs`` runs of one family against its base (SVD-bound)."""
     return math.ceil(ANALYSIS_BASE_MINUTES + n_runs * (params or 0) / 1e9 * ANALYSIS_MINUTES_PER_RUN_PER_BPARAM)
+
+
+def accelerate_config(config: dict[str, Any], family: str) -> str:
+    """The shell-quoted accelerate config file of a multi-GPU ``family``: config key
+    ``accelerate.<sharding>``, default ``config/accelerate/<sharding>.yaml``; the sharding is the
+    family's own or the memory model's choice (:func:`rlsparsity.memory_model.family_sharding`)."""
+    import shlex
+
+    from rlsparsity.memory_model import family_sharding
+
+    sharding = family_sharding(config, family)
+    return shlex.quote(str((config.get("accelerate") or {}).get(sharding, f"config/accelerate/{sharding}.yaml")))
 
 
 def base_mem_mb(family: str, spec: dict[str, Any] | None) -> int:

@@ -66,6 +66,14 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
 
     reset_peak(device)
     stats, wall = _train_or_reuse(spec, get_algorithm(run.algorithm))
+    _rank_stats(device, wall, stats)
+    if device.startswith("cuda"):  # free the trainer's (sharded) states before rank 0 evaluates
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
     if not is_main_process():
         return {**run.as_dict(), "main_process": False}
     model = load_model(out, "fp32", device)  # evaluate the stored (storage-precision) weights
@@ -89,6 +97,9 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "n_eval": after["n"],
         "steps": stats.get("steps"),
         "seconds_per_step": stats.get("seconds_per_step"),
+        "processes": stats.get("processes", 1),
+        "sharding": stats.get("sharding", "none"),
+        "compute_dtype": stats.get("compute_dtype"),
         "wall_seconds": round(wall, 3),
         "resumed_from": stats.get("resumed_from"),
         "hparams": stats.get("hparams"),
@@ -108,6 +119,25 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
 
 
 DONE = "training_done.json"
+
+
+def _rank_stats(device: str, wall: float, stats: dict[str, Any]) -> None:
+    """Benchmark hook (benchmarks/fsdp): with ``RLSPARSITY_RANK_STATS=<folder>`` every rank
+    writes its own peak GPU memory and training time to ``<folder>/rank<R>.json`` (outside the
+    run folder, which rank 0 alone writes)."""
+    import os
+
+    folder = os.environ.get("RLSPARSITY_RANK_STATS")
+    if not folder:
+        return
+    from rlsparsity.algorithms.checkpointing import write_text_atomic
+    from rlsparsity.gpu import device_record
+
+    rank = int(os.environ.get("RANK", "0"))
+    rec = {"rank": rank, "wall_seconds": wall, "steps": stats.get("steps"),
+           **device_record(device, wall, stats.get("steps"))}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(folder) / f"rank{rank}.json", json.dumps(rec))
 
 
 def _train_or_reuse(spec: Any, train: Any) -> tuple[dict[str, Any], float]:

@@ -83,9 +83,8 @@ def trained(runs):
 
 # --- training on GPUs (train.smk)
 def train_gpus(wildcards):
-    n = family_gpus(wildcards.family)
-    # ppo and prime (algorithms/ppo.py, prime.py) are single-process: one GPU
-    return min(n, 1) if wildcards.algorithm in ("ppo", "prime") else n
+    # every algorithm runs on the family's GPUs (ppo/prime: algorithms/distributed.py)
+    return family_gpus(wildcards.family)
 
 
 def train_gpu_slots(wildcards):

@@ -4,13 +4,15 @@
 # per run) per group of runs, ending with the manifest R/train/groups/<group>.json, the file
 # downstream rules depend on (common.smk: trained). Group names: config_slices.group_slug.
 # GPUs per job: the family's `gpus` (default 0 = CPU). 1 GPU: one process with --device cuda;
-# more: `accelerate launch` (config key accelerate.config, default config/accelerate/ddp.yaml)
-# with one process per GPU; rank 0 alone writes the outputs, so they are the same files.
-import shlex
-
+# more: `accelerate launch` with one process per GPU and the accelerate config of the family's
+# `sharding` (config keys accelerate.ddp / accelerate.fsdp; default sharding from the memory
+# model, rlsparsity.memory_model.family_sharding); rank 0 alone writes the outputs, so they
+# are the same files as a single-process run's.
 from rlsparsity import samples as SAMPLES
 
 TRAIN_GROUP_BY = config["train"]["group_by"]
+# family -> its accelerate config file, shell-quoted (by the family's sharding)
+TRAIN_ACCELERATE = {f: RES.accelerate_config(config, f) for f in config["families"]}
 
 
 if not TRAIN_GROUP_BY:
@@ -39,7 +41,9 @@ if not TRAIN_GROUP_BY:
             f"{ENVS}/train.yaml"
         threads: train_threads
         resources:
-            mem_mb=train_mem_mb,
+            mem_mb=lambda wildcards, input: RES.train_mem_mb(
+                RES.stored_params(RES.base_model_file(input.base)), train_gpus(wildcards)
+            ),
             runtime=train_runtime,
             gpu=train_gpus,
             gpu_slots=train_gpu_slots,
@@ -51,7 +55,7 @@ if not TRAIN_GROUP_BY:
             # and Snakemake treats it as derived (not a rerun trigger)
             launch=lambda wildcards, resources: (
                 "accelerate launch --config_file "
-                + shlex.quote(config.get("accelerate", {}).get("config", "config/accelerate/ddp.yaml"))
+                + TRAIN_ACCELERATE[wildcards.family]
                 + f" --num_processes {int(resources.gpu)} -m rlsparsity.cli train"
                 if int(resources.gpu or 0) > 1
                 else "rlsparsity train"

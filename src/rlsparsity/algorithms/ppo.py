@@ -84,7 +84,7 @@ from rlsparsity.algorithms.rollout import (
     token_logprobs,
     token_mean,
 )
-from rlsparsity.algorithms.steps import Aux, adamw, finish, run_steps
+from rlsparsity.algorithms.steps import Aux, adamw, checkpointed, finish, run_steps
 from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, torch_threads
 
 DEFAULTS: dict[str, Any] = {
@@ -103,6 +103,9 @@ DEFAULTS: dict[str, Any] = {
     "vf_clip": 0.2,             # ε of the value clipping
     "vf_coef": 0.5,
     "max_grad_norm": 1.0,
+    # recompute each decoder layer's activations in backward (HF gradient checkpointing) for the
+    # trained LMs: memory for time at 7-9B (rlsparsity.memory_model counts it); off by default
+    "gradient_checkpointing": False,
     "temperature": 1.0,
     "max_new_tokens": None,     # None: modeling.max_new_tokens_for(model) (16 for tiny vocabularies)
 }
@@ -139,9 +142,12 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     d = D.setup(spec.device)
     D.check_share(d, int(hp["prompts_per_rollout"]), "ppo")
     tok = load_tokenizer(spec.base_dir)
-    policy = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision))
+    ckpt = bool(hp["gradient_checkpointing"])
+    policy = D.wrap(d, checkpointed(D.load_policy_like(d, spec.base_dir, spec.precision), ckpt))
     ref = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision).eval().requires_grad_(False), trainable=False)
-    critic = D.wrap(d, build_value_model(spec.base_dir).eval())
+    critic = build_value_model(spec.base_dir).eval()
+    checkpointed(critic.trunk, ckpt)
+    critic = D.wrap(d, critic)
     if hp["max_new_tokens"] is None:
         hp["max_new_tokens"] = max_new_tokens_for(policy, spec.task)
     opt = adamw(policy.parameters(), hp["lr"], hp["weight_decay"])

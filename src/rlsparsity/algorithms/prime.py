@@ -84,7 +84,7 @@ from rlsparsity.algorithms.rollout import (
     token_mean,
     trim,
 )
-from rlsparsity.algorithms.steps import Aux, adamw, finish, local_share, run_steps, sharded_forward
+from rlsparsity.algorithms.steps import Aux, adamw, checkpointed, finish, local_share, run_steps, sharded_forward
 from rlsparsity.modeling import load_tokenizer, max_new_tokens_for, torch_threads
 
 DEFAULTS: dict[str, Any] = {
@@ -106,6 +106,9 @@ DEFAULTS: dict[str, Any] = {
     "kl_coef": 0.0,              # k3 KL loss to the reference (0: PRIME's default, KL only logged)
     "clip": 0.2,
     "max_grad_norm": 1.0,
+    # recompute each decoder layer's activations in backward (HF gradient checkpointing) for the
+    # trained LMs: memory for time at 7-9B (rlsparsity.memory_model counts it); off by default
+    "gradient_checkpointing": False,
     "temperature": 1.0,
     "max_new_tokens": None,      # None: modeling.max_new_tokens_for(model)
 }
@@ -159,10 +162,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         return D.wrap(d, D.load_policy_like(d, spec.base_dir, precision).eval().requires_grad_(False),
                       trainable=False)
 
-    policy = D.wrap(d, D.load_policy_like(d, spec.base_dir, spec.precision))
+    ckpt = bool(hp["gradient_checkpointing"])
+    policy = D.wrap(d, checkpointed(D.load_policy_like(d, spec.base_dir, spec.precision), ckpt))
     ref = frozen(spec.precision)
     prm_ref = ref if D.unwrap(policy).dtype == torch.float32 else frozen("fp32")
-    prm = D.wrap(d, D.load_policy_like(d, spec.base_dir, "fp32").eval())
+    prm = D.wrap(d, checkpointed(D.load_policy_like(d, spec.base_dir, "fp32").eval(), ckpt))
     if hp["max_new_tokens"] is None:
         hp["max_new_tokens"] = max_new_tokens_for(policy, spec.task)
     K = int(hp["samples_per_prompt"])

@@ -67,6 +67,33 @@ class Aux:
     optimizer: Any
 
 
+def checkpointed(model: Any, on: bool) -> Any:
+    """Activation checkpointing of every decoder layer (``hparams.gradient_checkpointing``):
+    torch's own ``checkpoint_wrapper`` (non-reentrant) around each module whose class the model
+    lists in ``_no_split_modules``, applied before sharding, as in torch's FSDP examples. Unlike
+    HF's ``gradient_checkpointing_enable`` it does not depend on ``model.training`` (these loops
+    keep models in eval mode: no dropout). The layer's forward is recomputed in backward with
+    the same inputs, so gradients are unchanged; parameter names are unchanged (the wrapper's
+    state-dict hooks strip its prefix)."""
+    if not on:
+        return model
+    import functools
+
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    if not names:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} names no decoder layer class")
+    apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: type(m).__name__ in names)
+    return model
+
+
 def adamw(params: Any, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8) -> torch.optim.AdamW:
     # foreach=False: one code path whatever the dtype (bf16 params keep bf16 state)

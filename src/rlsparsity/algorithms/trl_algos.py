@@ -16,6 +16,16 @@ optional update mask. Precision: ``bf16`` loads the parameters in bf16 with TRL'
 * simpo - trl.experimental CPOTrainer with loss_type="simpo", cpo_alpha=0: length-
           normalised reward margin with target margin gamma, no reference model.
 * sft   - SFTTrainer, loss on the completion only (the dense contrast).
+
+Several processes (``accelerate launch``, config/accelerate/ddp.yaml or fsdp.yaml): the
+configured ``batch_size`` stays the GLOBAL batch (each of N ranks takes batch_size / N rows,
+and the Trainer averages the gradients), so a sharded run optimises the same objective as a
+single-process one. Under FSDP (FSDP2, full shard) the weight series and the final model are
+gathered into a full state dict on every rank (a collective) and written by rank 0 alone;
+``fp32-master`` keeps fp32 sharded parameters and AdamW state and computes in fp32 (as on
+one GPU; bf16 is only the stored model), ``bf16`` shards bf16 parameters, ``fp32`` stays fp32. The Trainer's own
+resume checkpoints are FULL_STATE_DICT (rank 0 writes the model and optimiser; loaded with
+``weights_only=True``), never DCP's pickled metadata.
 """
 
 from __future__ import annotations
@@ -65,11 +75,63 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def world_size() -> int:
+    """Processes of this run (``accelerate launch`` / torchrun set WORLD_SIZE; 1 otherwise)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def fsdp_enabled() -> bool:
+    """True under ``accelerate launch --config_file config/accelerate/fsdp.yaml``."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and world_size() > 1
+
+
+def per_rank_batch(batch_size: int, n: int | None = None) -> int:
+    """Rows per rank so that the global batch stays ``batch_size`` on ``n`` ranks."""
+    n = world_size() if n is None else n
+    if batch_size % n:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {n} training processes "
+                         "(the configured batch is the global batch): change train.hparams or gpus")
+    return batch_size // n
+
+
+def gathered_state_dict(model: Any, precision: str, main: bool | None = None) -> dict[str, Any] | None:
+    """The model's weights in the run's storage dtype as one full state dict on the main
+    process (None on the others). For an FSDP-sharded model (DTensor parameters) this is a
+    collective: every rank must call it; tied weights are stored once, as
+    :func:`rlsparsity.modeling.state_dict_for_save` does for an unsharded model."""
+    from rlsparsity.modeling import save_dtype, state_dict_for_save
+
+    main = (int(os.environ.get("RANK", "0")) == 0) if main is None else main
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without torch.distributed
+        DTensor = ()  # noqa: N806
+    local = model.state_dict()
+    if not any(isinstance(t, DTensor) for t in local.values()):
+        return state_dict_for_save(model, precision) if main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    first: dict[int, str] = {}
+    drop = set()
+    for name, t in model.named_parameters(remove_duplicate=False):  # a tied pair: one Parameter, two names
+        if id(t) in first:
+            drop.add(name)
+        first.setdefault(id(t), name)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not main:
+        return None
+    dt = save_dtype(precision)
+    return {n: t.detach().to("cpu", dt).contiguous() for n, t in full.items() if n not in drop}
+
+
 def _callback(spec: TrainSpec, model: Any) -> Any:
     """Weight checkpoints every k steps, mask enforcement, simulated kill."""
     from transformers import TrainerCallback
 
     frozen = mask = None
+    if spec.mask is not None and fsdp_enabled():
+        raise ValueError("a masked (subnetwork) run cannot be FSDP-sharded: the mask is per full tensor; "
+                         "run it on one GPU or with sharding: ddp")
     if spec.mask is not None:
         sd = dict(model.named_parameters())
         frozen = {n: sd[n].detach().clone() for n in spec.mask}
@@ -84,8 +146,8 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
             restore_masked(model, mask, frozen)
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step % spec.checkpoint_every == 0 and state.is_world_process_zero:
-                save_checkpoint_weights(model, spec, state.global_step)
+            if state.global_step % spec.checkpoint_every == 0:
+                _save_series(model, spec, state.global_step, state.is_world_process_zero)
 
         def on_save(self, args, state, control, **kw):
             if spec.stop_after is not None and state.global_step >= spec.stop_after:
@@ -94,17 +156,60 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
     return _CB()
 
 
+def _save_series(model: Any, spec: TrainSpec, step: int, main: bool) -> None:
+    """Weights at ``step`` into the checkpoint series: rank 0 writes; under FSDP every rank
+    takes part in the gather first."""
+    from rlsparsity.algorithms.checkpointing import save_series_weights
+    from rlsparsity.algorithms.common import checkpoint_path
+
+    if not fsdp_enabled():
+        if main:
+            save_checkpoint_weights(model, spec, step)
+        return
+    sd = gathered_state_dict(model, spec.precision, main)
+    if sd is not None:
+        save_series_weights(sd, checkpoint_path(spec.out_dir, step), spec.precision)
+
+
+def _save_final(model: Any, tok: Any, spec: TrainSpec, main: bool) -> None:
+    """The run's model.safetensors (+ config, tokenizer) in storage dtype, written by rank 0."""
+    from rlsparsity.modeling import SAVE_DTYPES
+
+    if not fsdp_enabled():
+        if main:
+            save_model(model, tok, spec.out_dir, spec.precision)
+        return
+    sd = gathered_state_dict(model, spec.precision, main)
+    if sd is None:
+        return
+    from safetensors.torch import save_file
+
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # the files save_pretrained writes, without calling it on the FSDP-wrapped module on one rank
+    model.config.dtype = SAVE_DTYPES[spec.precision]
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tok.save_pretrained(out)
+
+
 def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
     import torch
 
+    # No autocast in any layout: the run's precision is its compute precision, on one GPU, under
+    # DDP and under FSDP alike (fp32-master = fp32 sharded weights, AdamW and compute; bf16 only
+    # in the stored model), so sharding changes results only by float reduction order.
+    mixed_bf16 = False
     return cls(
         output_dir=str(Path(spec.out_dir) / "resume"), max_steps=spec.steps, learning_rate=hp["lr"],
-        per_device_train_batch_size=hp["batch_size"], gradient_accumulation_steps=1,
+        per_device_train_batch_size=per_rank_batch(hp["batch_size"]), gradient_accumulation_steps=1,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=hp["weight_decay"],
         max_grad_norm=hp.get("max_grad_norm", 1.0), seed=spec.seed, data_seed=spec.seed,
         # TRL turns activation checkpointing on by default: pure recompute cost for small models
         gradient_checkpointing=bool(hp.get("gradient_checkpointing", False)),
-        bf16=False, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
+        bf16=mixed_bf16, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
         # no save_total_limit: the previous checkpoint is deleted only once the new one is complete
         save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=None,
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
@@ -142,7 +247,9 @@ def _atomic_checkpoints(spec: TrainSpec, trainer: Any, fp: str) -> None:
 
 def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[str, Any]:
     trainer.add_callback(_callback(spec, model))
-    fp = fingerprint(spec)
+    # FSDP's Trainer checkpoints (pytorch_model_fsdp.bin, optimizer.bin) differ from the plain
+    # ones: a resume point belongs to one of the two layouts (any number of processes)
+    fp = fingerprint(spec, {"trainer_checkpoint": "fsdp_full_state_dict"} if fsdp_enabled() else None)
     main = trainer.accelerator.is_main_process
     ckpt = trainer_resume_point(spec.out_dir, fp, main=main)  # complete and of this config, or None
     last = str(ckpt) if ckpt is not None else None
@@ -157,15 +264,17 @@ def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[st
         raise ResumeError(f"checkpoint {last} holds a file that is not a plain tensor file, refused to load it "
                           f"({str(e).splitlines()[0][:160]}); delete {Path(last).parent} to retrain") from e
     dt = time.time() - t0
-    if main:  # one writer under accelerate launch (DDP)
-        save_model(model, tok, spec.out_dir, spec.precision)
+    _save_final(model, tok, spec, main)  # one writer under accelerate launch (DDP/FSDP: after a gather)
+    if main:
         finish_run(spec.out_dir)
     keep = ("loss", "reward", "rewards/reward/mean", "entropy", "rewards/margins", "rewards/accuracies",
-            "grad_norm", "kl")
+            "grad_norm", "kl", "num_tokens")
     history = [{k: v for k, v in h.items() if k in keep or k == "step"} for h in trainer.state.log_history
                if "loss" in h]
     return {"steps": trainer.state.global_step, "seconds_per_step": dt / max(1, spec.steps),
-            "resumed_from": last, "history": history}
+            "resumed_from": last, "history": history, "processes": world_size(),
+            "sharding": "fsdp" if fsdp_enabled() else ("ddp" if world_size() > 1 else "none"),
+            "compute_dtype": "bfloat16" if getattr(trainer.args, "bf16", False) else None}
 
 
 def _load(spec: TrainSpec) -> tuple[Any, Any]:
