@@ -48,7 +48,7 @@ SHAPES = {  # num_key_value_heads x head_dim = kv width; vocab ~40 characters
     "9b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=41, num_attention_heads=32,
                num_key_value_heads=8),
 }
-TRL = ["dpo", "kto", "orpo", "simpo", "sft", "grpo", "rloo"]
+TRL = ["dpo", "grpo", "kto", "orpo", "simpo", "sft", "rloo"]  # order = priority under a time cap
 OURS = ["ppo", "prime"]  # multi-process through algorithms/distributed.py
 ONLINE = {"grpo", "rloo", "ppo", "prime"}
 # TRL's GRPO/RLOO sample on every rank from its own RNG stream: 1 vs 2 processes see different
@@ -312,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         singles = [(f"{x}-1", x, 1, base, a.precision, a.steps, a.steps, i % 2 if a.device == "cuda" else None)
                    for i, x in enumerate(algs)]
         step = 2 if a.device == "cuda" else 1  # two single-GPU runs at a time, one per GPU
-        for i in range(0, len(singles), step):
+        for i in range(0, len(singles), step):  # algorithm by algorithm: a time cap leaves complete pairs
             r.batch(singles[i:i + step], base)
-        for x in algs:
-            r.batch([(f"{x}-2", x, 2, base, a.precision, a.steps, a.steps, None)], base)
+            for x in algs[i:i + step]:
+                r.batch([(f"{x}-2", x, 2, base, a.precision, a.steps, a.steps, None)], base)
     if a.phase in ("big", "all"):
         big = a.big_shape if a.device == "cuda" else "tiny"
         base = work / f"base-{big}"
