@@ -473,3 +473,21 @@ def test_choose_task_takes_the_first_case_inside_the_band(tmp_path: Path) -> Non
     r = subprocess.run([sys.executable, script, str(src), "--config", str(cfg), "--out", str(tmp_path / "u.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "no case qualifies" in r.stderr and not (tmp_path / "u.yaml").exists()
+
+
+def test_cuda_device_initialises_cuda_and_picks_this_ranks_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """reset_peak/device_record resolve the device through cuda_device(): CUDA is initialised first (the
+    stats calls raised "Invalid device argument: did you call init?" under torchrun on an H200 host);
+    a bare 'cuda' is cuda:<LOCAL_RANK> under a multi-process launch, else the current device."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert GPU.cuda_device("cuda") == torch.device("cuda", 3) and calls == ["init"]
+    assert GPU.cuda_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert GPU.cuda_device("cuda") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a 1-process launch: whatever CUDA_VISIBLE_DEVICES left current
+    assert GPU.cuda_device("cuda") == torch.device("cuda", 3) and len(calls) == 4

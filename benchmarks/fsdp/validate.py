@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             r.rows.append({"tag": f"grpo-{big}-fp32-master-2", "rc": "skipped: time cap"})
     summary = compare(r.rows, a.loss_rtol)
     meta["seconds"] = round(time.time() - r.t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "validate.json").write_text(json.dumps({"meta": meta, "runs": r.rows, "comparison": summary},
                                                   indent=1, default=str))
     keys = ["tag", "algorithm", "processes", "precision", "rc", "steps", "seconds_per_step", "tokens_per_second",

@@ -172,11 +172,27 @@ def device_name(device: str) -> str:
     return str(device)
 
 
+def cuda_device(device: str) -> Any:
+    """The torch.device whose memory this process uses: ``cuda:<i>`` as given; a bare ``cuda`` is
+    this rank's GPU under a launcher (LOCAL_RANK) and the current device otherwise. CUDA is
+    initialised here: the memory-stat calls fail on a process that has not touched CUDA yet
+    ("Invalid device argument: did you call init?", seen under torchrun on an H200 host)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.index is None:
+        local = os.environ.get("LOCAL_RANK")
+        dev = torch.device("cuda", int(local) if local is not None and os.environ.get("WORLD_SIZE", "1") != "1"
+                           else torch.cuda.current_device())
+    torch.cuda.init()
+    return dev
+
+
 def reset_peak(device: str) -> None:
     if str(device).startswith("cuda"):
         import torch
 
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        torch.cuda.reset_peak_memory_stats(cuda_device(device))
 
 
 def device_record(device: str, train_seconds: float | None = None, steps: int | None = None) -> dict[str, Any]:
@@ -186,7 +202,7 @@ def device_record(device: str, train_seconds: float | None = None, steps: int | 
     if str(device).startswith("cuda"):
         import torch
 
-        peak = round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)
+        peak = round(torch.cuda.max_memory_allocated(cuda_device(device)) / 2**20, 1)
     sps = round(train_seconds / steps, 4) if train_seconds is not None and steps else None
     return {"device": device_name(device), "peak_gpu_memory_mb": peak, "train_seconds_per_step": sps,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
