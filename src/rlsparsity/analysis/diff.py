@@ -45,6 +45,28 @@ CHUNK_ELEMS = 1 << 22  # flat elements per work unit (a multiple of 8: packed ma
 # measured fastest of 2^18..2^22 on a 2-core machine, ~100 MB per worker thread
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep freed chunk-sized buffers for reuse instead of returning them to the kernel.
+
+    Every chunk allocates ~10-50 MB of fresh arrays (read buffers, masks, indices). By default
+    glibc serves those with mmap (or trims the heap on free), so each chunk pays a page fault
+    per 4 KiB touched: measured on a 2-core VM, 4-5k faults and about half of the diff's CPU
+    time per 2^22-element bf16 chunk. Raising the mmap threshold to its 32 MiB maximum and the
+    trim threshold to 1 GiB makes the freed memory come straight back (0 faults); peak RSS is
+    unchanged (the same buffers are live at the peak either way). Process-wide and harmless
+    elsewhere; a no-op where the C library has no ``mallopt`` (musl, macOS, Windows).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+
 def tol_key(tol: float) -> str:
     """JSON/CSV key of a tolerance: ``format(tol, "g")`` ("0", "1e-08", "1e-05")."""
     return format(tol, "g")
@@ -177,6 +199,7 @@ def diff_checkpoints(base: Checkpoint, tuned: Checkpoint, tolerances: tuple[floa
     tolerances = check_tolerances(tolerances)
     if not (math.isfinite(mask_tol) and mask_tol >= 0):
         raise ValueError(f"mask tolerance {mask_tol!r} is not a finite number >= 0")
+    keep_freed_memory()
     plan = plan_pairs(base, tuned)
     check_comparable(base, tuned, plan)
     writer = MaskWriter(mask_path, {t.name: t.shape for _, t in plan.pairs},

@@ -191,7 +191,8 @@ def _fast_chunk(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, tolerances: t
     """:func:`chunk_stats` for equal FAST32 dtypes and a finite base (see the note above).
 
     The compare, gather and float32 arithmetic run in numpy on the CPU and in torch on
-    another device; the rare float64 entries always on the CPU. Below-half-ulp needs no
+    another device (where the changed entries' indices stay until the CPU needs a few of
+    them); the rare float64 entries always on the CPU. Below-half-ulp needs no
     work for bf16: two distinct bf16 values are at least half a bf16 ulp of the base apart.
     """
     ops = _NumpyOps() if device == "cpu" else _TorchOps(device)
@@ -199,10 +200,10 @@ def _fast_chunk(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, tolerances: t
     ok = (ad + ad) < abs(a32)
     st = Stats.zero(len(tolerances))
     if ops.count(ok) < len(idx):  # rare: float64 path for the entries not proven exact
-        sidx = idx[ops.numpy(~ok)]
+        sidx = ops.numpy(idx[~ok])
         sidx, a64, b64 = _drop_equal_values(m, sidx, values64(a_bits[sidx], dt), values64(b_bits[sidx], dt))
         _subset_into(st, m, sidx, a64, b64, tolerances, mask_tol)
-        ad, a32, idx = ad[ok], a32[ok], idx[ops.numpy(ok)]
+        ad, a32, idx = ad[ok], a32[ok], idx[ok]
     n = len(idx)  # every remaining entry has Δ = s ≠ 0 exactly
     st.changed += np.array([n if t == 0 else ops.count(ad > _f32_below(t)) for t in tolerances], dtype=np.int64)
     if n:
@@ -211,15 +212,16 @@ def _fast_chunk(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, tolerances: t
         st.max_abs = max(st.max_abs, float(ad.max()))
         st.sumsq += ops.sumsq(ad)
         if mask_tol > 0:
-            m[idx[ops.numpy(ad <= _f32_below(mask_tol))]] = False
+            m[ops.numpy(idx[ad <= _f32_below(mask_tol)])] = False
     return st, m
 
 
 def _to_f32(bits: np.ndarray, dt: DType) -> np.ndarray:
-    """Exact float32 values of FAST32 bit patterns."""
-    if dt.name == "BF16":
-        return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
-    return bits.view(np.float16).astype(np.float32) if dt.name == "F16" else bits.view(np.float32)
+    """Exact float32 values of FAST32 bit patterns (a new array, free to be overwritten)."""
+    if dt.name == "BF16":  # a plain widening cast, then an in-place shift: no buffered mixed-type loop
+        u = bits.astype(np.uint32)
+        return np.left_shift(u, 16, out=u).view(np.float32)
+    return bits.view(np.float16).astype(np.float32) if dt.name == "F16" else bits.view(np.float32).copy()
 
 
 class _NumpyOps:
@@ -231,9 +233,11 @@ class _NumpyOps:
         """(mask of differing bits, their flat indices, float32 base there, float32 |s|)."""
         m = a_bits != b_bits
         idx = np.flatnonzero(m)
-        a32 = _to_f32(a_bits[idx], dt)
+        a32 = _to_f32(a_bits.take(idx), dt)
+        b32 = _to_f32(b_bits.take(idx), dt)
         with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN: not proven exact, float64 path
-            return m, idx, a32, np.abs(_to_f32(b_bits[idx], dt) - a32)
+            d = np.subtract(b32, a32, out=b32)
+            return m, idx, a32, np.abs(d, out=d)
 
     count = staticmethod(lambda x: int(np.count_nonzero(x)))
     numpy = staticmethod(lambda x: x)
@@ -258,14 +262,14 @@ class _TorchOps:
         self.torch, self.device = torch, device
 
     def changed32(self, a_bits: np.ndarray, b_bits: np.ndarray, dt: DType
-                  ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+                  ) -> tuple[np.ndarray, Any, Any, Any]:
         torch, signed = self.torch, np.dtype(f"<i{dt.itemsize}")  # torch lacks unsigned ops: use signed
         ta, tb = (torch.from_numpy(x.view(signed)).to(self.device) for x in (a_bits, b_bits))
         tm = ta != tb
         tidx = tm.nonzero().flatten()
         fdt = getattr(torch, dt.torch_name)
         a32 = ta[tidx].view(fdt).float()
-        return tm.cpu().numpy(), tidx.cpu().numpy(), a32, (tb[tidx].view(fdt).float() - a32).abs()
+        return tm.cpu().numpy(), tidx, a32, (tb[tidx].view(fdt).float() - a32).abs()
 
     def count(self, x: Any) -> int:
         return int(self.torch.count_nonzero(x))
