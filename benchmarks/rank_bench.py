@@ -71,7 +71,8 @@ def main() -> int:
     def check(name: str, d: torch.Tensor) -> dict:
         s64 = svd64_singular_values(d)
         s32 = torch.linalg.svdvals(d)  # the SVD inside matrix_rank
-        return {"rank_exact": reference_rank(d), "sigma_max_fp64": float(s64[0]), "sigma_max_fp32_svd": float(s32.max())}
+        return {"rank_exact": reference_rank(d), "sigma_max_fp64": float(s64[0]),
+                "sigma_max_fp32_svd": float(s32.max())}
 
     gen_shapes = shapes(args.layers, args.hidden, args.inter, args.vocab)
     for name, shape in gen_shapes:
