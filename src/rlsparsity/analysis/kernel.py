@@ -195,8 +195,13 @@ def _fast_chunk(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, tolerances: t
     them); the rare float64 entries always on the CPU. Below-half-ulp needs no
     work for bf16: two distinct bf16 values are at least half a bf16 ulp of the base apart.
     """
-    ops = _NumpyOps() if device == "cpu" else _TorchOps(device)
-    m, idx, a32, ad = ops.changed32(a_bits, b_bits, dt)
+    ops: Any = _NumpyOps() if device == "cpu" else _TorchOps(device)
+    m = None
+    if device == "cpu":
+        m = a_bits != b_bits
+        if np.count_nonzero(m) >= DENSE_FRACTION * m.size:
+            return _dense_chunk(a_bits, b_bits, m, dt, tolerances, mask_tol)
+    m, idx, a32, ad = ops.changed32(a_bits, b_bits, dt, m)
     ok = (ad + ad) < abs(a32)
     st = Stats.zero(len(tolerances))
     if ops.count(ok) < len(idx):  # rare: float64 path for the entries not proven exact
@@ -216,6 +221,57 @@ def _fast_chunk(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, tolerances: t
     return st, m
 
 
+# From this fraction of changed entries on, a chunk is computed densely (every entry, Δ = 0
+# where unchanged, in cache-sized blocks) instead of gathering the changed ones: flatnonzero +
+# two gathers cost more per changed entry than the dense arithmetic per entry. CPU ms per 2^22
+# bf16 entries on a 2-core x86 VM: 20 % changed 16 sparse / 29 dense; 50 %: 32 / 29; 100 %: 50 / 29.
+DENSE_FRACTION = 0.5
+DENSE_BLOCK = 1 << 18
+
+
+def _dense_chunk(a_bits: np.ndarray, b_bits: np.ndarray, m: np.ndarray, dt: DType, tolerances: tuple[float, ...],
+                 mask_tol: float) -> tuple[Stats, np.ndarray]:
+    """:func:`_fast_chunk` on the CPU for a chunk where most entries changed (same maths, every entry).
+
+    ``m``: bits differ (updated in place like everywhere else). Blocks of DENSE_BLOCK entries
+    keep the float32 temporaries in cache.
+    """
+    st = Stats.zero(len(tolerances))
+    for s in range(0, len(m), DENSE_BLOCK):
+        sl = slice(s, s + DENSE_BLOCK)
+        st.add(_dense_block(a_bits[sl], b_bits[sl], m[sl], dt, tolerances, mask_tol))
+    return st, m
+
+
+def _dense_block(a_bits: np.ndarray, b_bits: np.ndarray, m: np.ndarray, dt: DType, tolerances: tuple[float, ...],
+                 mask_tol: float) -> Stats:
+    """Stats of one dense block; ``m`` (a view) is updated in place. Unchanged entries get
+    |s| = 0 and never count; a changed entry on the float32 path has |s| > 0 (the only equal
+    values with different bits, ±0, fail 2|s| < |θ0| and take the float64 path)."""
+    a32 = _to_f32(a_bits, dt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ad = np.abs(np.subtract(_to_f32(b_bits, dt), a32))
+        ok = np.less(ad + ad, np.abs(a32))
+    st = Stats.zero(len(tolerances))
+    sidx = np.flatnonzero(m & ~ok)  # changed, not proven exact: float64 path (rare)
+    n = int(np.count_nonzero(m)) - len(sidx)
+    if len(sidx):
+        ad[sidx] = 0
+        sidx, a64, b64 = _drop_equal_values(m, sidx, values64(a_bits[sidx], dt), values64(b_bits[sidx], dt))
+        _subset_into(st, m, sidx, a64, b64, tolerances, mask_tol)
+    st.changed += np.array([n if t == 0 else int(np.count_nonzero(ad > _f32_below(t))) for t in tolerances],
+                           dtype=np.int64)
+    if n:
+        if dt.name != "BF16":  # entries with |s| = 0 (unchanged, float64 path) satisfy the test too: drop them
+            below = np.count_nonzero(ad * 256 < _NumpyOps.pow2_floor(a32)) - np.count_nonzero(ad == 0)
+            st.below_ulp += int(below)
+        st.max_abs = max(st.max_abs, float(ad.max()))
+        st.sumsq += _NumpyOps.sumsq(ad)
+        if mask_tol > 0:
+            m &= ~((ad <= _f32_below(mask_tol)) & (ad > 0))
+    return st
+
+
 def _to_f32(bits: np.ndarray, dt: DType) -> np.ndarray:
     """Exact float32 values of FAST32 bit patterns (a new array, free to be overwritten)."""
     if dt.name == "BF16":  # a plain widening cast, then an in-place shift: no buffered mixed-type loop
@@ -228,10 +284,10 @@ class _NumpyOps:
     """Array operations of :func:`_fast_chunk` on the CPU (numpy)."""
 
     @staticmethod
-    def changed32(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType
+    def changed32(a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, m: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(mask of differing bits, their flat indices, float32 base there, float32 |s|)."""
-        m = a_bits != b_bits
+        """(mask of differing bits (``m`` if given), their flat indices, float32 base there, float32 |s|)."""
+        m = a_bits != b_bits if m is None else m
         idx = np.flatnonzero(m)
         a32 = _to_f32(a_bits.take(idx), dt)
         b32 = _to_f32(b_bits.take(idx), dt)
@@ -261,7 +317,7 @@ class _TorchOps:
 
         self.torch, self.device = torch, device
 
-    def changed32(self, a_bits: np.ndarray, b_bits: np.ndarray, dt: DType
+    def changed32(self, a_bits: np.ndarray, b_bits: np.ndarray, dt: DType, m: None = None
                   ) -> tuple[np.ndarray, Any, Any, Any]:
         torch, signed = self.torch, np.dtype(f"<i{dt.itemsize}")  # torch lacks unsigned ops: use signed
         ta, tb = (torch.from_numpy(x.view(signed)).to(self.device) for x in (a_bits, b_bits))
