@@ -14,8 +14,10 @@ getrusage(RUSAGE_CHILDREN) in a fresh wrapper process, so each number belongs to
 command. Files are read from the page cache (they were just written and (c) runs first).
 Each command runs ``--repeat`` times, interleaved (raw, diff, raw, diff, ...) so that they
 share the machine's load; medians are printed with the ratios diff / raw read (wall and
-CPU). With CUDA available, (a) also runs with ``--device cuda`` and its counts are checked
-against the CPU run's. ``--json-out`` writes everything measured (samples, medians, load).
+CPU). With CUDA available, (a) also runs with ``--device cuda`` and
+RLSPARSITY_DIFF_GPU_KERNEL=1 (the GPU kernel; plain ``--device cuda`` runs the CPU kernel, see
+``rlsparsity.analysis.diff.kernel_device``) and its counts are checked against the CPU run's.
+``--json-out`` writes everything measured (samples, medians, load).
 
     python benchmarks/diff_bench.py [--params 0.95e9] [--changed 0.2] [--skip-paper]
     python benchmarks/diff_bench.py --make-pair DIR --params 7e9   # only write DIR/base, DIR/tuned
@@ -184,16 +186,17 @@ def main() -> int:
                      "--out", str(Path(tmp) / f"out-{device}"), "--device", device]
                     + (["--threads", str(args.threads)] if args.threads else []))
 
-        cmds = {"(c) raw read of both": [sys.executable, "-c", RAW, base, tuned], "(a) rlsparsity diff": diff("cpu")}
+        cmds = {"(c) raw read of both": ([sys.executable, "-c", RAW, base, tuned], env),
+                "(a) rlsparsity diff": (diff("cpu"), env)}
         if _cuda() and not args.skip_cuda:
-            cmds["(a) rlsparsity diff --device cuda"] = diff("cuda")
+            cmds["(a) rlsparsity diff, GPU kernel"] = (diff("cuda"), {**env, "RLSPARSITY_DIFF_GPU_KERNEL": "1"})
         if not args.skip_paper:
-            cmds["(b) paper script (HF load + isclose)"] = [sys.executable, "-c", PAPER, base, tuned]
+            cmds["(b) paper script (HF load + isclose)"] = ([sys.executable, "-c", PAPER, base, tuned], env)
         load0 = os.getloadavg()
         samples: dict[str, list[dict]] = {k: [] for k in cmds}
         for _ in range(args.repeat):
-            for name, cmd in cmds.items():
-                samples[name].append(measure(cmd, env))
+            for name, (cmd, cmd_env) in cmds.items():
+                samples[name].append(measure(cmd, cmd_env))
         load1 = os.getloadavg()
         for name, runs in samples.items():
             bad = [r for r in runs if r["rc"]]

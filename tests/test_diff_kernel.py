@@ -61,3 +61,25 @@ def test_keep_freed_memory_is_harmless():
     D.keep_freed_memory()  # glibc: mallopt; elsewhere a no-op
     x = np.ones(1 << 20)
     assert float(x.sum()) == float(1 << 20)
+
+
+def test_diff_with_device_cuda_runs_on_the_cpu(tmp_path, monkeypatch):
+    """--device cuda: the CPU kernel (measured faster, see diff.kernel_device), one log line, same result."""
+    import torch
+    from _analysis_util import save_model
+
+    from rlsparsity.analysis.io import open_checkpoint
+
+    monkeypatch.delenv(D.GPU_KERNEL_ENV, raising=False)
+    base = torch.zeros(64, dtype=torch.bfloat16)
+    tuned = base.clone()
+    tuned[:5] = 1.0
+    b = open_checkpoint(save_model(tmp_path / "b", {"w": base}))
+    t = open_checkpoint(save_model(tmp_path / "t", {"w": tuned}))
+    lines: list[str] = []
+    res = D.diff_checkpoints(b, t, (0.0,), device="cuda", log=lines.append)
+    assert res.summary()["changed"] == {"0": 5}
+    assert len(lines) == 1 and "runs on the CPU" in lines[0]
+    assert D.kernel_device("cuda:1") == "cpu" and D.kernel_device("cpu:0") == "cpu:0"
+    monkeypatch.setenv(D.GPU_KERNEL_ENV, "1")
+    assert D.kernel_device("cuda") == "cuda"

@@ -45,6 +45,24 @@ CHUNK_ELEMS = 1 << 22  # flat elements per work unit (a multiple of 8: packed ma
 # measured fastest of 2^18..2^22 on a 2-core machine, ~100 MB per worker thread
 
 
+GPU_KERNEL_ENV = "RLSPARSITY_DIFF_GPU_KERNEL"
+
+
+def kernel_device(device: str) -> str:
+    """Where the diff's per-chunk maths runs for ``--device``: always the CPU, unless the
+    environment variable RLSPARSITY_DIFF_GPU_KERNEL=1 asks for the GPU kernel (benchmarks).
+
+    The rule, measured (benchmarks/diff_bench_h200.json: H200 host, 16 cores, 0.95 B bf16 pair,
+    20 % changed): the CPU kernel took 1.0-3.4 s with 2-16 threads, the CUDA kernel 6.1-7.3 s at
+    every thread count. Reading the checkpoints happens on the CPU either way and dominates; the
+    GPU kernel only adds the device start-up and a host-to-device copy of every chunk and the
+    mask back. ``--device`` still selects the GPU for the stages where it pays (rank, training).
+    """
+    if device.startswith("cpu") or os.environ.get(GPU_KERNEL_ENV) == "1":
+        return device
+    return "cpu"
+
+
 def keep_freed_memory() -> None:
     """Let glibc keep freed chunk-sized buffers for reuse instead of returning them to the kernel.
 
@@ -200,6 +218,11 @@ def diff_checkpoints(base: Checkpoint, tuned: Checkpoint, tolerances: tuple[floa
     if not (math.isfinite(mask_tol) and mask_tol >= 0):
         raise ValueError(f"mask tolerance {mask_tol!r} is not a finite number >= 0")
     keep_freed_memory()
+    if kernel_device(device) != device:
+        (log or (lambda msg: print(msg, file=sys.stderr, flush=True)))(
+            f"[diff] --device {device}: the diff runs on the CPU, which is faster (reading dominates; "
+            f"{GPU_KERNEL_ENV}=1 forces the GPU kernel)")
+        device = "cpu"
     plan = plan_pairs(base, tuned)
     check_comparable(base, tuned, plan)
     writer = MaskWriter(mask_path, {t.name: t.shape for _, t in plan.pairs},
