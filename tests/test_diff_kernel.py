@@ -16,7 +16,7 @@ from rlsparsity.analysis.header import DTYPES
 @pytest.mark.parametrize("dense", [False, True])
 def test_sparse_and_dense_layouts_equal_float64_path(monkeypatch, name, changed, dense):
     monkeypatch.setattr(K, "DENSE_FRACTION", 0.0 if dense else 2.0)
-    monkeypatch.setattr(K, "DENSE_BLOCK", 1000)  # several blocks and a partial one
+    monkeypatch.setattr(K, "BLOCK", 1000)  # several blocks and a partial one
     dt, tols, rng = DTYPES[name], D.DEFAULT_TOLERANCES, np.random.default_rng(11)
     sign = 1 << (8 * dt.itemsize - 1)
     for _ in range(6):
@@ -43,9 +43,9 @@ def test_sparse_and_dense_layouts_equal_float64_path(monkeypatch, name, changed,
             assert np.array_equal(mask, ref_mask)
 
 
-def test_dense_layout_is_taken_for_mostly_changed_chunks(monkeypatch):
+def test_dense_layout_is_taken_for_mostly_changed_blocks(monkeypatch):
     calls = []
-    monkeypatch.setattr(K, "_dense_chunk", lambda *a: calls.append(1) or (K.Stats.zero(1), a[2]))
+    monkeypatch.setattr(K, "_dense_block", lambda *a: calls.append(1) or K.Stats.zero(1))
     dt = DTYPES["BF16"]
     a = np.arange(100, dtype=np.uint16) + 16000
     b = a.copy()
