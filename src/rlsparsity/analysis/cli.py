@@ -210,7 +210,7 @@ def _common(p: argparse.ArgumentParser, tolerances: bool = True, threads: bool =
         p.add_argument("--tolerances", type=tolerance, nargs="+", default=list(DEFAULT_TOLERANCES), metavar="T",
                        help="unchanged iff |Δ| <= T (default: %(default)s)")
     if threads:
-        p.add_argument("--threads", type=positive_int, default=None, help="worker threads (default: cores, at most 8)")
+        p.add_argument("--threads", type=positive_int, default=None, help="worker threads (default: cores, at most 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

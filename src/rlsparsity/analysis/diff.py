@@ -45,6 +45,8 @@ CHUNK_ELEMS = 1 << 22  # flat elements per work unit (a multiple of 8: packed ma
 # measured fastest of 2^18..2^22 on a 2-core machine, ~100 MB per worker thread
 
 
+MAX_THREADS = 16  # default workers: cores, at most this (H200 host, 16 cores, 0.95 B pair: 8 threads 1.3 s,
+# 16 threads 1.05 s against a 0.87 s raw read; peak RSS stays below 1 GB, see benchmarks/diff_bench_h200.json)
 GPU_KERNEL_ENV = "RLSPARSITY_DIFF_GPU_KERNEL"
 
 
@@ -244,7 +246,7 @@ def diff_checkpoints(base: Checkpoint, tuned: Checkpoint, tolerances: tuple[floa
     per: dict[str, Stats] = {t.name: Stats.zero(len(tolerances)) for _, t in plan.pairs}
     bar = _progress(sum(b.nbytes + t.nbytes for b, t in plan.pairs), progress)
     shards = ShardLog([(t.name, t.file) for (_, t), _, _ in units], log)
-    n_threads = threads or min(8, os.cpu_count() or 1)
+    n_threads = threads or min(MAX_THREADS, os.cpu_count() or 1)
     try:
         with _torch_single_thread(), ThreadPoolExecutor(max(1, n_threads)) as pool:
             for name, st, nbytes in pool.map(work, units):
