@@ -11,10 +11,12 @@ decided exactly:
 * Equal float dtypes of ≤ 32 bits with a finite base (the common case) take a float32
   fast path: for the changed entries Δ = fl32(θ1 − θ0), proven exact entry by entry
   (2|Δ| < |θ0|, Sterbenz), with thresholds rounded down to float32; the few entries not
-  proven exact take the float64 path below. See ``_fast_chunk``. With ``--device cuda``
-  the fast path's compare, gather and arithmetic run in torch on the GPU; counts, masks
-  and max |Δ| are identical to the CPU's, the l2 sum may differ in its last bits
-  (summation order).
+  proven exact take the float64 path below. See ``_fast_chunk``. On the CPU a chunk is
+  computed in blocks of 2^18 entries, each either by gathering its changed entries or, when
+  at least half changed, densely (``_dense_block``). The GPU kernel (``device`` other than
+  cpu; the diff only uses it when forced, see ``diff.kernel_device``) runs the compare,
+  gather and arithmetic in torch. Counts, masks and max |Δ| are identical on every path;
+  the l2 sum may differ in its last bits (summation order).
 * Otherwise, for the changed entries only, Δ = fl64(θ1 − θ0). Every comparison ``|Δ| ≤ t`` and
   ``|Δ| < h`` is exact: rounding is monotone, so a wrong decision needs fl64(|Δ|) to equal
   the threshold exactly; those ties are resolved with the TwoSum error term (the exact
