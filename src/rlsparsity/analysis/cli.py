@@ -238,8 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--margin",
         type=tolerance,
         default=None,
-        help="matrix_rank fallback if any σ lies within this band around τ, relative to τ "
-        "(default: rank.DEFAULT_MARGIN, widened for fp64-Gram rounding)",
+        help="an fp64 SVD decides if any σ lies within this band around τ, relative to τ "
+        "(default: rank.DEFAULT_MARGIN = 1e-4, widened by the fp64 Gram error)",
     )
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", help="per-matrix CSV")
