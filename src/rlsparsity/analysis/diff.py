@@ -46,7 +46,7 @@ CHUNK_ELEMS = 1 << 22  # flat elements per work unit (a multiple of 8: packed ma
 
 
 MAX_THREADS = 16  # default workers: cores, at most this (H200 host, 16 cores, 0.95 B pair: 8 threads 1.3 s,
-# 16 threads 1.05 s against a 0.87 s raw read; peak RSS stays below 1 GB, see benchmarks/diff_bench_h200.json)
+# 16 threads 1.07 s against a 0.87 s raw read; peak RSS stays below 1 GB, see benchmarks/diff_bench_h200.json)
 GPU_KERNEL_ENV = "RLSPARSITY_DIFF_GPU_KERNEL"
 
 
@@ -55,7 +55,7 @@ def kernel_device(device: str) -> str:
     environment variable RLSPARSITY_DIFF_GPU_KERNEL=1 asks for the GPU kernel (benchmarks).
 
     The rule, measured (benchmarks/diff_bench_h200.json: H200 host, 16 cores, 0.95 B bf16 pair,
-    20 % changed): the CPU kernel took 1.0-3.4 s with 2-16 threads, the CUDA kernel 6.1-7.3 s at
+    20 % changed): the CPU kernel took 1.0-3.6 s with 2-16 threads, the CUDA kernel 6.1-7.3 s at
     every thread count. Reading the checkpoints happens on the CPU either way and dominates; the
     GPU kernel only adds the device start-up and a host-to-device copy of every chunk and the
     mask back. ``--device`` still selects the GPU for the stages where it pays (rank, training).
