@@ -9,7 +9,7 @@ rounding, no solver's convergence decides it).
    fp64, so G's only error is the fp64 summation; with eigvalsh's own error the eigenvalues
    are taken to be within ``gram_error`` = 4·(m + n)·eps64·λ_max of the exact σ_i². That is a
    normwise estimate, not a worst-case bound (which carries ‖ΔW‖_F² instead of λ_max); on the
-   H200 benchmark the Gram and fp64-SVD values of the σ's near τ agreed to ~10^-12 of τ, and
+   H200 benchmark (26.k) the Gram and fp64-SVD values of the σ's near τ agreed to 10^-5 of τ, and
    the band below adds 10^-4·τ on top).
 2. *Certificate* (cheap, decides most full-rank rectangular matrices): λ_max ≤ ‖G‖_∞
    bounds τ from above; if a Cholesky factorisation of G − s²·I succeeds for s above that
