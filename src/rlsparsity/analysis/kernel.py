@@ -273,12 +273,15 @@ def _dense_block(a_bits: np.ndarray, b_bits: np.ndarray, m: np.ndarray, dt: DTyp
     return st
 
 
-def _to_f32(bits: np.ndarray, dt: DType) -> np.ndarray:
-    """Exact float32 values of FAST32 bit patterns (a new array, free to be overwritten)."""
+def _to_f32(bits: np.ndarray, dt: DType, fresh: bool = False) -> np.ndarray:
+    """Exact float32 values of FAST32 bit patterns, as an array free to be overwritten (F32
+    bits are copied unless ``fresh`` says they already are a scratch array)."""
     if dt.name == "BF16":  # a plain widening cast, then an in-place shift: no buffered mixed-type loop
         u = bits.astype(np.uint32)
         return np.left_shift(u, 16, out=u).view(np.float32)
-    return bits.view(np.float16).astype(np.float32) if dt.name == "F16" else bits.view(np.float32).copy()
+    if dt.name == "F16":
+        return bits.view(np.float16).astype(np.float32)
+    return bits.view(np.float32) if fresh else bits.view(np.float32).copy()
 
 
 class _NumpyOps:
@@ -290,8 +293,8 @@ class _NumpyOps:
         """(mask of differing bits (``m`` if given), their flat indices, float32 base there, float32 |s|)."""
         m = a_bits != b_bits if m is None else m
         idx = np.flatnonzero(m)
-        a32 = _to_f32(a_bits.take(idx), dt)
-        b32 = _to_f32(b_bits.take(idx), dt)
+        a32 = _to_f32(a_bits.take(idx), dt, fresh=True)
+        b32 = _to_f32(b_bits.take(idx), dt, fresh=True)
         with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN: not proven exact, float64 path
             d = np.subtract(b32, a32, out=b32)
             return m, idx, a32, np.abs(d, out=d)
