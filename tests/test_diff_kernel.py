@@ -36,7 +36,9 @@ def test_sparse_and_dense_layouts_equal_float64_path(monkeypatch, name, changed,
         a[9], b[9] = 1, 2  # subnormals
         for mask_tol in (0.0, 1e-6):
             ref, ref_mask = _reference_chunk(a, b, dt, tols, mask_tol)
+            a0, b0 = a.copy(), b.copy()
             st, mask = K.chunk_stats(a, b, dt, dt, tols, mask_tol)
+            assert np.array_equal(a, a0) and np.array_equal(b, b0)  # the read buffers are not scratch space
             assert st.changed.tolist() == ref.changed.tolist()
             assert (st.below_ulp, st.nonfinite, st.max_abs) == (ref.below_ulp, ref.nonfinite, ref.max_abs)
             assert st.sumsq == pytest.approx(ref.sumsq, rel=1e-12)
