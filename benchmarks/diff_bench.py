@@ -9,9 +9,15 @@ measures wall time and peak RSS, each in its own subprocess, of:
       subtract parameter by parameter, concatenate, torch.isclose(atol=1e-5)
   (c) a raw read of both checkpoints' bytes (64 MiB reads)
 
-Peak RSS of a subprocess is read with getrusage(RUSAGE_CHILDREN) in a fresh wrapper
-process, so each number belongs to one command. Files are read from the page cache
-(they were just written and (c) runs first).
+Peak RSS and CPU time (user + system) of a subprocess are read with
+getrusage(RUSAGE_CHILDREN) in a fresh wrapper process, so each number belongs to one
+command. Files are read from the page cache (they were just written and (c) runs first).
+Each command runs ``--repeat`` times, interleaved (raw, diff, raw, diff, ...) so that they
+share the machine's load; medians are printed with the ratios diff / raw read (wall and
+CPU). With CUDA available, (a) also runs with ``--device cuda`` and
+RLSPARSITY_DIFF_GPU_KERNEL=1 (the GPU kernel; plain ``--device cuda`` runs the CPU kernel, see
+``rlsparsity.analysis.diff.kernel_device``) and its counts are checked against the CPU run's.
+``--json-out`` writes everything measured (samples, medians, load).
 
     python benchmarks/diff_bench.py [--params 0.95e9] [--changed 0.2] [--skip-paper]
     python benchmarks/diff_bench.py --make-pair DIR --params 7e9   # only write DIR/base, DIR/tuned
@@ -35,8 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WRAP = ("import resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[1:]); "
-        "print('BENCH', rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-        "file=sys.stderr)")
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print('BENCH', rc, time.perf_counter() - t, r.ru_maxrss, r.ru_utime + r.ru_stime, file=sys.stderr)")
 
 PAPER = """
 import sys, torch
@@ -125,11 +131,26 @@ def build_pair(root: Path, params: float, changed: float, shard_bytes: int = 1 <
     return total
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
-    """(exit code, wall seconds, peak RSS GiB, stdout) of one command in a fresh wrapper."""
+def measure(cmd: list[str], env: dict[str, str]) -> dict:
+    """Exit code, wall seconds, CPU seconds, peak RSS GiB and stdout of one command in a fresh wrapper."""
     p = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env)
     line = [ln for ln in p.stderr.splitlines() if ln.startswith("BENCH")][-1].split()
-    return int(line[1]), float(line[2]), int(line[3]) / 2**20, p.stdout.strip()
+    return {"rc": int(line[1]), "wall": float(line[2]), "rss": int(line[3]) / 2**20, "cpu": float(line[4]),
+            "stdout": p.stdout.strip(), "stderr": p.stderr[-2000:] if int(line[1]) else ""}
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def main() -> int:
@@ -137,11 +158,14 @@ def main() -> int:
     ap.add_argument("--params", type=float, default=0.95e9)
     ap.add_argument("--changed", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each command (medians are reported)")
     ap.add_argument("--skip-paper", action="store_true", help="skip (b) (needs ~17 GB RAM at 0.85B)")
+    ap.add_argument("--skip-cuda", action="store_true", help="no --device cuda run even where CUDA exists")
     ap.add_argument("--dir", help="work folder (default: a temp folder, removed afterwards)")
     ap.add_argument("--make-pair", metavar="DIR", help="only write the pair to DIR/base, DIR/tuned and exit")
     ap.add_argument("--pair", metavar="DIR", help="benchmark the existing pair DIR/base, DIR/tuned")
     ap.add_argument("--device", default="cpu", help="where --make-pair generates the random weights")
+    ap.add_argument("--json-out", help="write the measurements here (JSON)")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if args.make_pair:
@@ -155,23 +179,53 @@ def main() -> int:
             t0 = time.perf_counter()
             n = build_pair(root, args.params, args.changed)
             print(f"built {n / 1e9:.3f}B-parameter bf16 pair in {time.perf_counter() - t0:.1f}s", flush=True)
-        out = Path(tmp) / "out"
         base, tuned = str(root / "base"), str(root / "tuned")
-        rows = [("(c) raw read of both", measure([sys.executable, "-c", RAW, base, tuned], env))]
-        diff = [sys.executable, "-m", "rlsparsity.analysis.cli", "diff", base, tuned, "--json", "--quiet",
-                "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
-        rows.append(("(a) rlsparsity diff", measure(diff, env)))
+
+        def diff(device: str) -> list[str]:
+            return ([sys.executable, "-m", "rlsparsity.analysis.cli", "diff", base, tuned, "--json", "--quiet",
+                     "--out", str(Path(tmp) / f"out-{device}"), "--device", device]
+                    + (["--threads", str(args.threads)] if args.threads else []))
+
+        cmds = {"(c) raw read of both": ([sys.executable, "-c", RAW, base, tuned], env),
+                "(a) rlsparsity diff": (diff("cpu"), env)}
+        if _cuda() and not args.skip_cuda:
+            cmds["(a) rlsparsity diff, GPU kernel"] = (diff("cuda"), {**env, "RLSPARSITY_DIFF_GPU_KERNEL": "1"})
         if not args.skip_paper:
-            paper_cmd = [sys.executable, "-c", PAPER, base, tuned]
-            rows.append(("(b) paper script (HF load + isclose)", measure(paper_cmd, env)))
-        summary = json.loads(rows[1][1][3])
+            cmds["(b) paper script (HF load + isclose)"] = ([sys.executable, "-c", PAPER, base, tuned], env)
+        load0 = os.getloadavg()
+        samples: dict[str, list[dict]] = {k: [] for k in cmds}
+        for _ in range(args.repeat):
+            for name, (cmd, cmd_env) in cmds.items():
+                samples[name].append(measure(cmd, cmd_env))
+        load1 = os.getloadavg()
+        for name, runs in samples.items():
+            bad = [r for r in runs if r["rc"]]
+            if bad:
+                print(f"{name} failed (exit {bad[0]['rc']}):\n{bad[0]['stderr']}", file=sys.stderr)
+                return 1
+        med = {k: {f: _median([r[f] for r in v]) for f in ("wall", "cpu", "rss")} for k, v in samples.items()}
+        summary = json.loads(samples["(a) rlsparsity diff"][0]["stdout"])
+        counts_equal = {k: json.loads(v[0]["stdout"])["changed"] == summary["changed"]
+                        for k, v in samples.items() if k.startswith("(a)")}
         print(f"\nrlsparsity: n_params={summary['n_params']} sparsity={summary['sparsity']}")
         if not args.skip_paper:
-            print(rows[2][1][3])
-        print(f"\n{'what':40s} {'rc':>3s} {'wall s':>8s} {'peak RSS GiB':>13s}")
-        for name, (rc, wall, rss, _) in rows:
-            print(f"{name:40s} {rc:3d} {wall:8.2f} {rss:13.2f}")
-    return 0
+            print(samples["(b) paper script (HF load + isclose)"][0]["stdout"])
+        raw = med["(c) raw read of both"]
+        print(f"\n{os.cpu_count()} cores, threads {args.threads or 'default'}, {args.repeat} runs each (medians), "
+              f"load average {load0[0]:.1f} -> {load1[0]:.1f}")
+        print(f"{'what':40s} {'wall s':>8s} {'CPU s':>8s} {'peak RSS GiB':>13s} {'wall/raw':>9s} {'CPU/raw':>8s}")
+        for name, m in med.items():
+            print(f"{name:40s} {m['wall']:8.2f} {m['cpu']:8.2f} {m['rss']:13.2f} {m['wall'] / raw['wall']:9.2f} "
+                  f"{m['cpu'] / raw['cpu']:8.2f}" + ("" if counts_equal.get(name, True) else "  COUNTS DIFFER"))
+        if args.json_out:
+            rec = {"n_params": summary["n_params"], "changed_fraction": args.changed, "cores": os.cpu_count(),
+                   "threads": args.threads, "repeat": args.repeat, "loadavg_before": load0, "loadavg_after": load1,
+                   "medians": med, "ratios_to_raw": {k: {"wall": m["wall"] / raw["wall"], "cpu": m["cpu"] / raw["cpu"]}
+                                                     for k, m in med.items()},
+                   "counts_equal_to_cpu": counts_equal, "changed": summary["changed"],
+                   "samples": {k: [{f: r[f] for f in ("wall", "cpu", "rss")} for r in v] for k, v in samples.items()}}
+            Path(args.json_out).write_text(json.dumps(rec, indent=1) + "\n")
+    return 0 if all(counts_equal.values()) else 1
 
 
 if __name__ == "__main__":

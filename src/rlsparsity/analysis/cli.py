@@ -210,7 +210,7 @@ def _common(p: argparse.ArgumentParser, tolerances: bool = True, threads: bool =
         p.add_argument("--tolerances", type=tolerance, nargs="+", default=list(DEFAULT_TOLERANCES), metavar="T",
                        help="unchanged iff |Δ| <= T (default: %(default)s)")
     if threads:
-        p.add_argument("--threads", type=positive_int, default=None, help="worker threads (default: cores, at most 8)")
+        p.add_argument("--threads", type=positive_int, default=None, help="worker threads (default: cores, at most 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -238,8 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--margin",
         type=tolerance,
         default=None,
-        help="matrix_rank fallback if any σ lies within this band around τ, relative to τ "
-        "(default: rank.DEFAULT_MARGIN, widened for fp64-Gram rounding)",
+        help="an fp64 SVD decides if any σ lies within this band around τ, relative to τ "
+        "(default: rank.DEFAULT_MARGIN = 1e-4, widened by the fp64 Gram error)",
     )
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--out", help="per-matrix CSV")

@@ -1,34 +1,33 @@
 """Numerical rank of every 2-D update ΔW (SPEC §1 "Update rank").
 
 ΔW = fp32(fp64(θ1) − fp64(θ0)); rank = #{σ_i > τ} with torch.linalg.matrix_rank's default
-τ = σ_max · max(m, n) · eps_fp32, or τ = rtol · σ_max when ``rtol`` is given.
-
-The answer is defined as torch.linalg.matrix_rank's on the fp32 matrix. Its fp32 SVD is
-exact only up to a backward error of order eps_fp32·σ_max·p(m, n), so for a singular value
-close to τ *its* rounding decides; such matrices are handed to matrix_rank itself. The
-fast path only decides matrices whose singular values all sit at least ``margin``·τ away
-from τ (and at least ``noise_factor``·√max(m, n)·eps_fp32·σ_max away, the typical size of
-the fp32 SVD's error, which matters for small matrices), measured on an accurate fp64
-spectrum, so that matrix_rank's own error cannot flip a decision:
+τ = σ_max · max(m, n) · eps_fp32, or τ = rtol · σ_max when ``rtol`` is given, where σ_i are
+the singular values of that fp32 matrix (the definition, computed in fp64: no fp32 SVD
+rounding, no solver's convergence decides it).
 
 1. G = fp64 Gram matrix of the smaller side (ΔWᵀΔW or ΔWΔWᵀ; fp32 products are exact in
-   fp64, so G's only error is the fp64 summation, |δλ| ≤ ``gram_error`` = 4·k·eps64·λ_max
-   with k the inner dimension, taken into account everywhere below).
+   fp64, so G's only error is the fp64 summation; with eigvalsh's own error the eigenvalues
+   are taken to be within ``gram_error`` = 4·(m + n)·eps64·λ_max of the exact σ_i². That is a
+   normwise estimate, not a worst-case bound (which carries ‖ΔW‖_F² instead of λ_max); on the
+   H200 benchmark (26.k) the Gram and fp64-SVD values of the σ's near τ agreed to 10^-5 of τ, and
+   the band below adds 10^-4·τ on top).
 2. *Certificate* (cheap, decides most full-rank rectangular matrices): λ_max ≤ ‖G‖_∞
    bounds τ from above; if a Cholesky factorisation of G − s²·I succeeds for s above that
    bound plus the band, every σ exceeds the band and the rank is min(m, n). Method
    ``certified``; σ_max is then not computed (reported as NaN).
-3. Otherwise the spectrum σ_i = √λ_i(G) from fp64 ``eigvalsh`` (method ``gram``), and if
-   any σ lies inside the band, the fallback torch.linalg.matrix_rank on the same fp32
-   matrix and device (method ``svd``): there the result is matrix_rank's by construction.
+3. Otherwise the spectrum σ_i = √λ_i(G) from fp64 ``eigvalsh`` (method ``gram``). If a σ
+   lies inside the band τ·(1 ± margin) widened by the Gram error, an fp64 SVD of the same
+   matrix decides (method ``svd``; on CUDA with cuSOLVER's QR-based ``gesvd`` driver).
 
-Margin (benchmarks/rank_bench.py on an H100 80GB HBM3, Llama-7B-shaped random sparse
-updates): matrix_rank's fp32 SVD (cuSOLVER) put the singular values near τ of 4096²
-matrices 0.037–0.078% of τ away from the fp64 Gram values (16 matrices measured), i.e.
-≤ 3.2·eps32·σ_max ≈ 0.05·√n·eps32·σ_max. The default band, max(1%·τ, 0.5·√max(m, n)·
-eps32·σ_max), is ≥ 10× that for every shape (1% of τ is 41·eps32·σ_max at n = 4096); a
-wider band only costs time: each fallback is a full fp32 SVD (~1 s for 4096² on an H100,
-where ~15% of square random updates have a σ within 2% of τ).
+Why not torch.linalg.matrix_rank itself (benchmarks/rank_bench.py, H200, torch 2.11,
+Llama-7B-shaped random sparse updates): on CUDA its default SVD driver (cuSOLVER
+``gesvdj``, Jacobi) returned σ_max = 0.0070136 for matrix 26.k where the fp64 SVD, fp64
+Gram, cuSOLVER ``gesvd``/``gesvda`` and the CPU's fp32 LAPACK SVD all give 0.0057303 (22 %
+too large), so its τ was 22 % too high and the singular value at 1.049·τ was dropped: rank
+4093 instead of 4094. The small singular values themselves were right to 0.1 %. An fp32
+SVD is also only accurate to about √max(m, n)·eps32·σ_max, a sizeable fraction of τ for
+small matrices; matrix_rank in fp32 therefore agrees with this definition except when a σ
+lies within its SVD error of τ (or its driver misestimates σ_max).
 """
 
 from __future__ import annotations
@@ -47,8 +46,7 @@ from rlsparsity.analysis.io import Checkpoint, read_bits
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_MARGIN = 0.01  # band half-width relative to τ
-NOISE_FACTOR = 0.5  # band half-width at least this · √max(m, n) · eps32 · σ_max
+DEFAULT_MARGIN = 1e-4  # band half-width relative to τ (plus the Gram error), decided by the fp64 SVD
 EPS32 = 2.0**-23  # torch.finfo(torch.float32).eps
 EPS64 = 2.0**-52
 _ROW_CHUNK_ELEMS = 1 << 22
@@ -70,8 +68,25 @@ def threshold(sigma_max: float, shape: tuple[int, int], rtol: float | None) -> f
     return sigma_max * (rtol if rtol is not None else max(shape) * EPS32)
 
 
+def svd64_singular_values(delta: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending) of the fp32 matrix from an fp64 SVD (cuSOLVER gesvd on CUDA,
+    whose QR iteration is backward stable; the default Jacobi driver is not used, see above)."""
+    import torch
+
+    a = delta.float().double()
+    return torch.linalg.svdvals(a, driver="gesvd" if a.is_cuda else None)
+
+
 def reference_rank(delta: torch.Tensor, rtol: float | None = None) -> int:
-    """torch.linalg.matrix_rank of the fp32 matrix (default tolerance unless rtol)."""
+    """The definition, computed with an fp64 SVD: #{σ_i > τ} of the fp32 matrix (slow; the reference)."""
+    s = svd64_singular_values(delta)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return 0
+    return int((s > threshold(float(s[0]), tuple(delta.shape), rtol)).sum())
+
+
+def matrix_rank32(delta: torch.Tensor, rtol: float | None = None) -> int:
+    """torch.linalg.matrix_rank of the fp32 matrix (default driver; for comparison only)."""
     import torch
 
     return int(torch.linalg.matrix_rank(delta.float(), rtol=rtol))
@@ -90,15 +105,14 @@ def gram_singular_values(delta: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(gram(delta)).clamp_min(0).sqrt()
 
 
-def gram_error(lam_max: float, inner: int) -> float:
-    """Bound on the eigenvalue error of the fp64 Gram matrix (summation over ``inner`` terms)."""
-    return 4.0 * inner * EPS64 * lam_max
+def gram_error(lam_max: float, shape: tuple[int, int]) -> float:
+    """Eigenvalue error of the fp64 Gram spectrum: summation over max(m, n) terms plus eigvalsh."""
+    return 4.0 * (shape[0] + shape[1]) * EPS64 * lam_max
 
 
-def band(tau: float, sigma_max: float, shape: tuple[int, int], margin: float) -> tuple[float, float]:
-    """(lo, hi) around τ inside which matrix_rank's fp32 SVD may decide either way."""
-    half = max(margin * tau, NOISE_FACTOR * math.sqrt(max(shape)) * EPS32 * sigma_max)
-    return max(tau - half, 0.0), tau + half
+def band(tau: float, margin: float) -> tuple[float, float]:
+    """(lo, hi) = τ·(1 ∓ margin): σ's in there are decided by the fp64 SVD, not the Gram spectrum."""
+    return max(tau * (1 - margin), 0.0), tau * (1 + margin)
 
 
 def _certified_full_rank(g: torch.Tensor, shape: tuple[int, int], rtol: float | None, margin: float) -> bool:
@@ -107,8 +121,8 @@ def _certified_full_rank(g: torch.Tensor, shape: tuple[int, int], rtol: float | 
 
     lam_up = float(g.abs().sum(dim=1).max()) * (1 + 1e-9)  # ‖G‖_∞ ≥ λ_max (a valid upper bound)
     s_up = math.sqrt(lam_up)
-    _, hi = band(threshold(s_up, shape, rtol), s_up, shape, margin)
-    err = gram_error(lam_up, max(shape))
+    _, hi = band(threshold(s_up, shape, rtol), margin)
+    err = gram_error(lam_up, shape)
     shift = hi * hi + 2 * err  # success ⇒ λ_min ≥ shift − err > hi²
     if shift >= lam_up:
         return False
@@ -117,7 +131,7 @@ def _certified_full_rank(g: torch.Tensor, shape: tuple[int, int], rtol: float | 
 
 
 def fast_rank(delta: torch.Tensor, rtol: float | None = None, margin: float = DEFAULT_MARGIN) -> RankResult:
-    """Rank of a 2-D fp32 tensor, identical to torch.linalg.matrix_rank's (module docstring)."""
+    """Rank of a 2-D fp32 tensor, identical to :func:`reference_rank` (module docstring)."""
     m, n = delta.shape
     k = min(m, n)
     if k == 0 or not bool(delta.any()):
@@ -131,11 +145,14 @@ def fast_rank(delta: torch.Tensor, rtol: float | None = None, margin: float = DE
     lam_max = float(lam[-1])
     smax = math.sqrt(lam_max)
     tau = threshold(smax, (m, n), rtol)
-    lo, hi = band(tau, smax, (m, n), margin)
-    err = gram_error(lam_max, max(m, n))
+    lo, hi = band(tau, margin)
+    # τ itself comes from λ_max, which is off by at most err: widen by that too (× (1 + rtol-ish factor))
+    err = gram_error(lam_max, (m, n)) * (1 + (tau / smax) ** 2)
     in_band = (lam >= lo * lo - err) & (lam <= hi * hi + err)
     if bool(in_band.any()):
-        return RankResult(reference_rank(delta, rtol), k, "svd", smax, tau)
+        s = svd64_singular_values(delta)
+        tau = threshold(float(s[0]), (m, n), rtol)
+        return RankResult(int((s > tau).sum()), k, "svd", float(s[0]), tau)
     return RankResult(int((lam > hi * hi).sum()), k, "gram", smax, tau)
 
 
