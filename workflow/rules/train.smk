@@ -103,7 +103,9 @@ else:
             key=lambda wildcards: CS.group_key_of(config, wildcards.group),
             files=lambda wildcards: [f for r in group_runs_of(wildcards) for f in run_files(r)],
             device=lambda wildcards, resources: (" --device cuda" if int(resources.gpu or 0) > 0 else ""),
-            env=lambda wildcards, resources: GPU.job_env(config, R, resources.gpu_mem_gb) if int(resources.gpu or 0) > 0 else "",
+            env=lambda wildcards, resources: (
+                GPU.job_env(config, R, resources.gpu_mem_gb) if int(resources.gpu or 0) > 0 else ""
+            ),
         shell:
             "({params.env}OMP_NUM_THREADS={threads} rlsparsity train-group --group {params.key:q} "
             "--samples {input.samples:q} --config {input.config:q}{params.device} && "
@@ -136,7 +138,9 @@ rule preference_samples:
         gpu_mem_gb=lambda wildcards: job_gpu_mem(wildcards.family, None, wildcards.precision),
     params:
         device=lambda wildcards, resources: "cuda" if int(resources.gpu or 0) > 0 else "cpu",
-        env=lambda wildcards, resources: GPU.job_env(config, R, resources.gpu_mem_gb) if int(resources.gpu or 0) > 0 else "",
+        env=lambda wildcards, resources: (
+            GPU.job_env(config, R, resources.gpu_mem_gb) if int(resources.gpu or 0) > 0 else ""
+        ),
     shell:
         "{params.env}OMP_NUM_THREADS={threads} rlsparsity preference-samples --config {input.config:q} "
         "--family {wildcards.family:q} --precision {wildcards.precision:q} --seed {wildcards.seed} "
