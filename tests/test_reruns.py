@@ -167,9 +167,9 @@ def test_job_slices_of_per_run_jobs_and_scheduling_keys() -> None:
             CS.slice_digest(c, "subnetwork_job", job)) == (d_run, d_fam, d_job)
     c["entropy"]["stats_prompts"] = 7  # the family's statistics, not a run
     assert CS.slice_digest(c, "entropy_run", name) == d_run != CS.slice_digest(c, "entropy", "smollm2-135m")
-    c["train"]["hparams_by_precision"] = {"bf16": {"dpo": {"lr": 3e-6}}}  # dpo only: not this grpo job
+    c["train"]["hparams_by_precision"]["bf16"]["dpo"] = {"lr": 7e-6}  # dpo only: not this grpo job
     assert CS.slice_digest(c, "subnetwork_job", job) == d_job
-    c["train"]["hparams_by_precision"] = {"bf16": {"grpo": {"lr": 3e-6}}}
+    c["train"]["hparams_by_precision"]["bf16"]["grpo"] = {"lr": 7e-6}
     assert CS.slice_digest(c, "subnetwork_job", job) != d_job != CS.slice_digest(cfg, "subnetwork_job",
                                                                                    job.replace("random", "subnetwork"))
     assert CS.slice_digest(c, "entropy_run", name) != d_run
