@@ -12,7 +12,8 @@ hyperparameters with only the lr changed — scored on the first ``n_val`` valid
 sweep skips the rows already there). ``choose``: per (precision, algorithm, lr), families and seeds
 pooled, the validation gain over base with a 95 % paired bootstrap interval over problems and runs
 (``rlsparsity.stats.paired_bootstrap``) and the run-mean sparsity; the chosen lr per (precision,
-algorithm) is the one with the highest LOWER interval bound (it learns with the most confidence)."""
+algorithm) is, among the lrs with the most runs (equal evidence: a partial sweep may have fewer seeds
+for some lrs), the one with the highest LOWER interval bound (it learns with the most confidence)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def cmd_choose(a: argparse.Namespace) -> int:
     best: dict[tuple[str, str], dict] = {}
     for t in table:
         k = (t["precision"], t["algorithm"])
-        if k not in best or t["gain_lo"] > best[k]["gain_lo"]:
+        if k not in best or (t["n_runs"], t["gain_lo"]) > (best[k]["n_runs"], best[k]["gain_lo"]):
             best[k] = t
     for t in table:
         t["chosen"] = int(best[(t["precision"], t["algorithm"])] is t)
