@@ -98,7 +98,8 @@ def summarise(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
                     "val_base": round(sum(float(r["val_base"]) for r in rs) / len(rs), 4),
                     "val_trained": round(sum(float(r["val_trained"]) for r in rs) / len(rs), 4),
                     "gain": round(g.estimate, 4), "gain_lo": round(g.low, 4), "gain_hi": round(g.high, 4),
-                    "sparsity": round(sp.estimate, 4), "sparsity_lo": round(sp.low, 4), "sparsity_hi": round(sp.high, 4)})
+                    "sparsity": round(sp.estimate, 4), "sparsity_lo": round(sp.low, 4),
+                    "sparsity_hi": round(sp.high, 4)})
     return out
 
 
