@@ -29,9 +29,9 @@ def test_default_grid_covers_the_paper(cfg):
     for fam in fams:  # all ten families x all seven paper algorithms x >= 2 seeds
         for alg in G.PAPER_ALGORITHMS:
             assert len({r.seed for r in runs if r.family == fam and r.algorithm == alg}) >= 2
-    llama = [r for r in runs if r.family == "llama"]
-    assert {r.precision for r in llama} == set(G.PRECISIONS)
-    assert {r.data for r in llama} == set(G.DATA_SOURCES)
+    axes = [r for r in runs if r.family == cfg["causes"]["family"]]  # the precision x data family
+    assert {r.precision for r in axes} == set(G.PRECISIONS)
+    assert {r.data for r in axes} == set(G.DATA_SOURCES)
     assert not [r for r in runs if r.algorithm in G.ONLINE_ALGORITHMS and r.data == "off_policy"]
     assert len(runs) == len(set(runs))
 
