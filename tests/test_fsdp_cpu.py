@@ -118,3 +118,23 @@ def test_only_rank0_writes_run_files(runs: dict[str, Any]) -> None:
     w0 = runs["second"][0]["writes"]
     assert "two/model.safetensors" in w0 and "two/checkpoints/step-000004/model.safetensors" in w0
     assert "two/resume/checkpoint-4/complete.json" in w0
+
+
+def test_fsdp_reference_model_goes_whole_on_this_ranks_gpu(monkeypatch) -> None:
+    """TRL builds dpo/kto's (and beta > 0 grpo/rloo's) reference with device_map="auto" under FSDP,
+    which spread it over both GPUs of an H200 host and failed; _args pins it to the rank's GPU
+    (model_init_kwargs device_map {"": cuda:<rank>}) under FSDP only, and changes nothing otherwise."""
+    from types import SimpleNamespace
+
+    from trl import DPOConfig, GRPOConfig
+
+    from rlsparsity.algorithms import trl_algos as T
+
+    spec = SimpleNamespace(out_dir="/tmp/x", steps=2, seed=1, checkpoint_every=1, device="cuda:1")
+    hp = {"lr": 1e-5, "batch_size": 4, "weight_decay": 0.0}
+    monkeypatch.setattr(T, "fsdp_enabled", lambda: True)
+    monkeypatch.setattr(T, "per_rank_batch", lambda b: b // 2)
+    assert T._args(DPOConfig, spec, hp).model_init_kwargs == {"device_map": {"": "cuda:1"}}
+    assert T._args(GRPOConfig, spec, hp, num_generations=2).model_init_kwargs == {"device_map": {"": "cuda:1"}}
+    monkeypatch.setattr(T, "fsdp_enabled", lambda: False)
+    assert T._args(DPOConfig, spec, hp).model_init_kwargs is None

@@ -202,6 +202,16 @@ def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
     # DDP and under FSDP alike (fp32-master = fp32 sharded weights, AdamW and compute; bf16 only
     # in the stored model), so sharding changes results only by float reduction order.
     mixed_bf16 = False
+    # Under FSDP, TRL builds the reference model (dpo, kto; grpo/rloo with beta > 0) itself with
+    # device_map="auto" -- it resets device_map only for MULTI_GPU/DEEPSPEED, not FSDP -- so the
+    # reference was spread over both GPUs with dispatch hooks and DPO failed on 2 H200s ("index is
+    # on cuda:0, different from other tensors on cuda:1"). Put it whole on this rank's GPU (the
+    # policy is already there), as on one GPU; TRL then shards it (prepare_fsdp).
+    import dataclasses
+
+    if fsdp_enabled() and str(spec.device).startswith("cuda") and "model_init_kwargs" in {
+            f.name for f in dataclasses.fields(cls)}:
+        extra = {"model_init_kwargs": {"device_map": {"": str(spec.device)}}, **extra}
     return cls(
         output_dir=str(Path(spec.out_dir) / "resume"), max_steps=spec.steps, learning_rate=hp["lr"],
         per_device_train_batch_size=per_rank_batch(hp["batch_size"]), gradient_accumulation_steps=1,
