@@ -60,7 +60,7 @@ def test_dry_run_of_the_full_default_grid(tmp_path):
     groups = group_runs(runs, c["train"]["group_by"])
     assert c["train"]["group_by"] == ["family", "precision", "seed"] and len(groups) == 24
     assert counts["train_group"] == len(groups)
-    assert "wildcards: group=family_llama__precision_fp32-master__seed_1" in r.stdout
+    assert "wildcards: group=family_qwen3__precision_fp32-master__seed_1" in r.stdout  # precision axis: qwen3
 
 
 def test_bad_config_stops_the_dag_naming_the_key(tmp_path):
