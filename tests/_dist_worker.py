@@ -14,35 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-
-
-class DigitTask:
-    """Reward 1 iff the completion contains a digit (as tests/test_own_algorithms.py)."""
-
-    name = "toy_digit"
-
-    def __init__(self, n: int = 64):
-        r = random.Random(0)
-        self.train = [{"question": f"Say {r.randint(0, 99)} {r.choice(['apples', 'pears', 'cats'])}.",
-                       "answer": str(r.randint(0, 9))} for _ in range(n)]
-
-    def prompt(self, entry: dict[str, Any], tokenizer: Any) -> str:
-        return tokenizer.apply_chat_template([{"role": "user", "content": entry["question"]}], tokenize=False,
-                                             add_generation_prompt=True)
-
-    @staticmethod
-    def solution(entry: dict[str, Any]) -> str:
-        return f"Answer: {entry['answer']}"
-
-    def score(self, completion: str, entry: dict[str, Any]) -> float:
-        return 1.0 if any(ch.isdigit() for ch in completion) else 0.0
-
+from test_own_algorithms import DigitTask  # the toy task (reward: a digit in the completion)
 
 # the hand-built batch of the reduction checks: 5 rows, 4 completion tokens, dyadic values
 X = [[1.0, 2.0, 3.0, 4.0], [-2.0, 0.5, 8.0, 0.0], [4.0, 4.0, -1.0, 2.0], [0.25, 6.0, 1.0, -3.0], [2.0, 2.0, 2.0, 7.0]]

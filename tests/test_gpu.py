@@ -168,6 +168,16 @@ rule job:
 '''
 
 
+def _peak_concurrency(jobs: list[dict[str, Any]]) -> int:
+    """Most jobs alive at once, from their recorded start/end times."""
+    events = sorted([(j["start"], 1) for j in jobs] + [(j["end"], -1) for j in jobs])
+    live = peak = 0
+    for _, d in events:
+        live += d
+        peak = max(peak, live)
+    return peak
+
+
 def test_snakemake_packs_four_jobs_on_one_gpu(tmp_path: Path) -> None:
     """8 one-GPU jobs, gpu.slots_per_gpu 4, --resources gpu_slots=4 on 8 cores: exactly 4 at a time,
     all on GPU 0, each in its own slot."""
@@ -179,11 +189,7 @@ def test_snakemake_packs_four_jobs_on_one_gpu(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = [json.loads((tmp_path / "out" / f"job{i}.json").read_text()) for i in range(8)]
     assert {j["cvd"] for j in jobs} == {"0"} and {j["gpu"] for j in jobs} == {0}
-    events = sorted([(j["start"], 1) for j in jobs] + [(j["end"], -1) for j in jobs])
-    live, peak = 0, 0
-    for _, d in events:
-        live += d
-        peak = max(peak, live)
+    peak = _peak_concurrency(jobs)
     assert peak == 4, f"{peak} jobs ran at once (want 4 = gpu_slots)"
     assert sorted(p.name for p in (tmp_path / "out" / ".gpu_locks").iterdir()) == [f"gpu0-slot{s}.lock"
                                                                                       for s in range(4)]
@@ -215,11 +221,7 @@ def test_snakemake_packs_by_gpu_memory(tmp_path: Path) -> None:
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = [json.loads((tmp_path / "out" / f"job{i}.json").read_text()) for i in range(8)]
-    events = sorted([(j["start"], 1) for j in jobs] + [(j["end"], -1) for j in jobs])
-    live, peak = 0, 0
-    for _, d in events:
-        live += d
-        peak = max(peak, live)
+    peak = _peak_concurrency(jobs)
     assert peak == 2, f"{peak} jobs ran at once (want 2 = 100 GB // 40 GB)"
 
 
