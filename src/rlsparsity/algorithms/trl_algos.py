@@ -30,6 +30,7 @@ resume checkpoints are FULL_STATE_DICT (rank 0 writes the model and optimiser; l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -198,17 +199,14 @@ def _save_final(model: Any, tok: Any, spec: TrainSpec, main: bool) -> None:
 def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
     import torch
 
-    # No autocast in any layout: the run's precision is its compute precision, on one GPU, under
-    # DDP and under FSDP alike (fp32-master = fp32 sharded weights, AdamW and compute; bf16 only
-    # in the stored model), so sharding changes results only by float reduction order.
-    mixed_bf16 = False
+    # No autocast in any layout (bf16=False below): the run's precision is its compute precision,
+    # on one GPU, under DDP and under FSDP alike (fp32-master = fp32 sharded weights, AdamW and
+    # compute; bf16 only in the stored model), so sharding changes results only by reduction order.
     # Under FSDP, TRL builds the reference model (dpo, kto; grpo/rloo with beta > 0) itself with
     # device_map="auto" -- it resets device_map only for MULTI_GPU/DEEPSPEED, not FSDP -- so the
     # reference was spread over both GPUs with dispatch hooks and DPO failed on 2 H200s ("index is
     # on cuda:0, different from other tensors on cuda:1"). Put it whole on this rank's GPU (the
     # policy is already there), as on one GPU; TRL then shards it (prepare_fsdp).
-    import dataclasses
-
     if fsdp_enabled() and str(spec.device).startswith("cuda") and "model_init_kwargs" in {
             f.name for f in dataclasses.fields(cls)}:
         extra = {"model_init_kwargs": {"device_map": {"": str(spec.device)}}, **extra}
@@ -219,7 +217,7 @@ def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
         max_grad_norm=hp.get("max_grad_norm", 1.0), seed=spec.seed, data_seed=spec.seed,
         # TRL turns activation checkpointing on by default: pure recompute cost for small models
         gradient_checkpointing=bool(hp.get("gradient_checkpointing", False)),
-        bf16=mixed_bf16, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
+        bf16=False, fp16=False, use_cpu=spec.device == "cpu" or not torch.cuda.is_available(),
         # no save_total_limit: the previous checkpoint is deleted only once the new one is complete
         save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=None,
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
