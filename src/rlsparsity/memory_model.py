@@ -132,7 +132,8 @@ def state_bytes(shape: Shape, algorithm: str, precision: str, beta: float = 0.0)
     return trainable * (w + g + 2 * o) + frozen * shape.params * FROZEN_BYTES[precision]
 
 
-def compute_bytes(precision: str, strategy: str) -> int:
+def compute_bytes(precision: str) -> int:
+    """Bytes of one activation / gathered parameter value: the run's precision in every strategy."""
     return 2 if precision == "bf16" else 4
 
 
@@ -142,7 +143,7 @@ def activation_bytes(shape: Shape, algorithm: str, precision: str, strategy: str
     activation checkpointing each layer keeps only its input (h values per token) and one
     layer's activations exist at a time during the recompute."""
     lms, critics, _ = MODELS[algorithm]
-    cb = compute_bytes(precision, strategy)
+    cb = compute_bytes(precision)
     layer = tokens * (6 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate) * cb
     trunk = tokens * shape.layers * shape.hidden * cb + layer if checkpointing else shape.layers * layer
     logits = tokens * shape.vocab * (cb + 8)
@@ -198,7 +199,7 @@ def per_gpu(shape: Shape, algorithm: str, precision: str, strategy: str, gpus: i
     gathered = 0
     if strategy == "fsdp":
         states = math.ceil(states / gpus)
-        gathered = 2 * shape.layer_params * compute_bytes(precision, strategy)
+        gathered = 2 * shape.layer_params * compute_bytes(precision)
     tokens = math.ceil(rows / gpus) * seq_len
     acts = activation_bytes(shape, algorithm, precision, strategy, tokens, checkpointing)
     return Estimate(states, gathered, acts, OVERHEAD)
