@@ -19,6 +19,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from rlsparsity.families import convert_smollm2
+    from rlsparsity.gpu import device_name
     from rlsparsity.modeling import generate, load_model, load_tokenizer, torch_threads
     from rlsparsity.tasks import get_task
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         trunc = sum(n >= a.max_new_tokens for n in lens) / len(lens)
         row = {"task": name, "prompt": style, "kwargs": kwargs, "n_val": len(items), "greedy_accuracy": acc,
                "median_completion_tokens": statistics.median(lens), "frac_truncated": trunc,
-               "max_new_tokens": a.max_new_tokens, "seconds": round(dt, 1), "device": a.device,
+               "max_new_tokens": a.max_new_tokens, "seconds": round(dt, 1), "device": device_name(a.device),
                "example": comps[0][:300].replace("\n", " | ")}
         rows.append(row)
         print(row, flush=True)
