@@ -493,3 +493,48 @@ def test_cuda_device_initialises_cuda_and_picks_this_ranks_gpu(monkeypatch: pyte
     assert GPU.cuda_device("cuda") == torch.device("cuda", 1)
     monkeypatch.setenv("WORLD_SIZE", "1")  # a 1-process launch: whatever CUDA_VISIBLE_DEVICES left current
     assert GPU.cuda_device("cuda") == torch.device("cuda", 3) and len(calls) == 4
+
+
+def test_partial_summary_tables_from_a_hand_built_results_folder(tmp_path: Path) -> None:
+    """benchmarks/smollm2_gpu/partial_summary.py (docs/smollm2/ is made with it): per-algorithm
+    accuracy change pooled over seeds, sparsity per precision, and the 80/20 comparison, on
+    hand-built run.json files whose outcomes give exact expected values."""
+    import csv
+    import json
+
+    mod = _bench_module("partial_summary")
+    res, out = tmp_path / "res", tmp_path / "out"
+    base_bits = "0000000000"
+    (res / "base" / "smollm2-135m").mkdir(parents=True)
+    (res / "base" / "smollm2-135m" / "metrics.json").write_text(json.dumps({"accuracy": 0.0}))
+
+    def run(folder: Path, trained: str, **extra: Any) -> None:
+        folder.mkdir(parents=True)
+        rec = {"algorithm": "grpo", "data": "on_policy", "precision": "bf16", "seed": 1, "hparams": {"lr": 3e-5},
+               "steps": 100, "acc_base": 0.0, "acc_trained": trained.count("1") / 10, "n_eval": 10,
+               "correct_base": base_bits, "correct_trained": trained, **extra}
+        (folder / "run.json").write_text(json.dumps(rec))
+
+    g = res / "runs" / "smollm2-135m" / "grpo" / "on_policy"
+    for seed, bits, sp in ((1, "1111000000", 0.96), (2, "1111110000", 0.94)):  # +40 and +60 points
+        run(g / "bf16" / f"seed{seed}", bits, seed=seed)
+        (g / "bf16" / f"seed{seed}" / "diff").mkdir()
+        (g / "bf16" / f"seed{seed}" / "diff" / "summary.json").write_text(json.dumps({"sparsity": {"0": sp}}))
+    e = res / "entropy" / "smollm2-135m"
+    for tag, bits in (("rho1-top-kept", "1111100000"), ("rho0.2-top-kept", "1100000000")):
+        for seed in (1, 2):
+            run(e / tag / "bf16" / f"seed{seed}", bits, seed=seed)
+    mod.main(res, out)
+
+    alg = list(csv.DictReader((out / "algorithms.csv").open()))
+    assert [(r["algorithm"], r["seeds"]) for r in alg] == [("grpo", "2")]
+    assert float(alg[0]["delta_pts"]) == 50.0  # (40 + 60) / 2
+    assert float(alg[0]["delta_lo95"]) <= 50.0 <= float(alg[0]["delta_hi95"])
+    prec = list(csv.DictReader((out / "sparsity_by_precision.csv").open()))
+    assert prec[0]["precision"] == "bf16" and float(prec[0]["sparsity_tol0_mean"]) == 0.95
+    ent = {r["variant"]: r for r in csv.DictReader((out / "entropy_8020.csv").open())}
+    assert float(ent["rho0.2-top-kept"]["delta_vs_all_tokens_pts"]) == -30.0  # 2 of 10 vs 5 of 10
+    assert float(ent["rho0.2-top-kept"]["delta_vs_base_pts"]) == 20.0
+    assert float(ent["rho1-top-kept"]["delta_vs_all_tokens_pts"]) == 0.0
+    assert (out / "runs" / "smollm2-135m" / "grpo" / "on_policy" / "bf16" / "seed2" / "run.json").exists()
+    assert (out / "entropy" / "smollm2-135m" / "rho0.2-top-kept" / "bf16" / "seed1" / "run.json").exists()

@@ -53,9 +53,11 @@ case "$cmd" in
     [ -n "${OUT:-}" ] || die "OUT is not set (the device tool sets it)"
     mkdir -p "$OUT/fsdp" && cp -r "$BG"/. "$OUT/fsdp/" 2>/dev/null
     for f in /tmp/fsdp-*.log; do [ -f "$f" ] && tail -c 200000 "$f" > "$OUT/fsdp/$(basename "$f")"; done
-    # the last lines of every run's log (failures are diagnosed from these)
+    # every run's first error lines (a launcher's own traceback comes last and hides the rank's
+    # cause) and its last lines
     for l in /tmp/fsdp-work-*/*/train.log; do [ -f "$l" ] || continue
-      echo "== $l"; grep -v "Loading weights" "$l" | tail -25; done > "$OUT/fsdp/train_logs_tail.txt" 2>/dev/null
+      echo "== $l"; grep -n -m 12 -E -i "error|out of memory|exception" "$l"; echo "-- tail"
+      grep -v "Loading weights" "$l" | tail -25; done > "$OUT/fsdp/train_logs_tail.txt" 2>/dev/null
     ls -laR "$OUT/fsdp" | head -40 ;;
   *) die "usage: run_gpu.sh equiv|big [ARGS] | start PHASE [ARGS] | wait PHASE [WAIT_S] | collect" ;;
 esac

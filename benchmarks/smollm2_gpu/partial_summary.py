@@ -1,12 +1,17 @@
-"""Tables of the (partial) H200 run of config/smollm2-gpu.yaml, from what `tools/gpu/finish.sh`
-collected (run.json files, diff/summary.json, rank.json, seed-pair overlap, subnetwork rows):
+"""Tables of an H200 run of config/smollm2-gpu.yaml from what came back from the GPU machine
+(`tools/gpu/finish.sh` / `remote.sh collect`: run.json files, diff/summary.json, rank.json,
+seed-pair overlap, subnetwork rows, and whatever tables and figures the DAG finished):
 
     python benchmarks/smollm2_gpu/partial_summary.py RESULTS_DIR docs/smollm2
 
 Writes runs.csv (one row per finished run: accuracy before/after with a paired bootstrap 95 %
 interval over the 500 test problems, sparsity at tol 0 and 1e-5, rank, s/step, peak GPU memory,
-device), overlap.csv (seed 1 vs seed 2, with chance) and subnetwork.csv, and copies every
-run.json (config, seed, precision, versions, device) under runs/. Weights are not copied.
+device), algorithms.csv (per algorithm x data x precision: the change in accuracy with the
+two-way bootstrap over seeds and problems, mean sparsity and rank), sparsity_by_precision.csv,
+overlap.csv (seed 1 vs seed 2, with chance), subnetwork.csv, entropy_8020.csv (each token-entropy
+variant against all tokens and against the base, paired over seeds and problems), and copies
+every run.json (config, seed, precision, versions, device) under runs/, entropy/ and subnetwork/,
+and the DAG's tables/ and figures/. Weights are not copied.
 """
 from __future__ import annotations
 
@@ -29,6 +34,71 @@ def _write(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _mean(xs: list) -> float | None:
+    xs = [float(x) for x in xs if x is not None]
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def _write_groups(out: Path, rows: list[dict], res: Path) -> None:
+    """algorithms.csv and sparsity_by_precision.csv from the per-run rows."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["algorithm"], r["data"], r["precision"]), []).append(r)
+    table = []
+    for (alg, data, prec), rs in sorted(groups.items()):
+        iv = paired_bootstrap([r["_bits"] for r in rs])
+        table.append({"algorithm": alg, "data": data, "precision": prec, "seeds": len(rs), "lr": rs[0]["lr"],
+                      "acc_base": rs[0]["acc_base"], "acc_trained_mean": _mean([r["acc_trained"] for r in rs]),
+                      "delta_pts": round(100 * iv.estimate, 2), "delta_lo95": round(100 * iv.low, 2),
+                      "delta_hi95": round(100 * iv.high, 2),
+                      "sparsity_tol0_mean": _mean([r["sparsity_tol0"] for r in rs]),
+                      "sparsity_tol1e-5_mean": _mean([r["sparsity_tol1e-5"] for r in rs]),
+                      "rank_fraction_mean": _mean([r["rank_fraction_mean"] for r in rs]),
+                      "train_s_per_step_mean": _mean([r["train_s_per_step"] for r in rs]),
+                      "peak_gpu_mb_max": max((r["peak_gpu_mb"] or 0) for r in rs)})
+    _write(out / "algorithms.csv", table)
+    by_prec: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["data"] == "on_policy" and r["sparsity_tol0"] is not None:
+            by_prec.setdefault(r["precision"], []).append(r)
+    _write(out / "sparsity_by_precision.csv", [
+        {"precision": p, "runs": len(rs), "algorithms": " ".join(sorted({r["algorithm"] for r in rs})),
+         "sparsity_tol0_mean": _mean([r["sparsity_tol0"] for r in rs]),
+         "sparsity_tol0_min": min(float(r["sparsity_tol0"]) for r in rs),
+         "sparsity_tol0_max": max(float(r["sparsity_tol0"]) for r in rs),
+         "rank_fraction_mean": _mean([r["rank_fraction_mean"] for r in rs])}
+        for p, rs in sorted(by_prec.items())])
+
+
+def _entropy(res: Path, out: Path) -> None:
+    """entropy_8020.csv: each variant vs all tokens (rho 1) and vs the base; run.json copies."""
+    runs: dict[str, dict[int, dict]] = {}
+    for rec_path in sorted(res.glob("entropy/*/*/*/seed*/run.json")):
+        rec = json.loads(rec_path.read_text())
+        tag = rec_path.parents[2].name
+        runs.setdefault(tag, {})[int(rec_path.parent.name.removeprefix("seed"))] = rec
+        dest = out / "entropy" / rec_path.parent.relative_to(res / "entropy")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rec_path, dest / "run.json")
+    full = runs.get("rho1-top-kept", {})
+    rows = []
+    for tag, by_seed in sorted(runs.items()):
+        seeds = sorted(by_seed)
+        vs_base = paired_bootstrap([(by_seed[s]["correct_trained"], by_seed[s]["correct_base"]) for s in seeds])
+        common = [s for s in seeds if s in full]
+        vs_all = paired_bootstrap([(by_seed[s]["correct_trained"], full[s]["correct_trained"]) for s in common])
+        rows.append({"variant": tag, "seeds": len(seeds),
+                     "acc_trained_mean": _mean([by_seed[s]["acc_trained"] for s in seeds]),
+                     "delta_vs_base_pts": round(100 * vs_base.estimate, 2),
+                     "delta_vs_base_lo95": round(100 * vs_base.low, 2),
+                     "delta_vs_base_hi95": round(100 * vs_base.high, 2),
+                     "delta_vs_all_tokens_pts": round(100 * vs_all.estimate, 2),
+                     "delta_vs_all_tokens_lo95": round(100 * vs_all.low, 2),
+                     "delta_vs_all_tokens_hi95": round(100 * vs_all.high, 2)})
+    if rows:
+        _write(out / "entropy_8020.csv", rows)
+
+
 def main(res: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows, over = [], []
@@ -48,7 +118,8 @@ def main(res: Path, out: Path) -> None:
                      "below_bf16_half_ulp": diff.get("below_bf16_half_ulp"),
                      "rank_fraction_mean": rank.get("mean_rank_fraction_no_embed"),
                      "train_s_per_step": rec.get("train_seconds_per_step"),
-                     "peak_gpu_mb": rec.get("peak_gpu_memory_mb"), "device": rec.get("device")})
+                     "peak_gpu_mb": rec.get("peak_gpu_memory_mb"), "device": rec.get("device"),
+                     "_bits": (rec["correct_trained"], rec["correct_base"])})
         dest = out / "runs" / d.relative_to(res / "runs")
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(rec_path, dest / "run.json")
@@ -66,11 +137,17 @@ def main(res: Path, out: Path) -> None:
         dest = out / "subnetwork" / rows_csv.parent.relative_to(res / "subnetwork")
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(rj, dest / "run.json")
-    _write(out / "runs.csv", rows)
+    _write(out / "runs.csv", [{k: v for k, v in r.items() if k != "_bits"} for r in rows])
     if over:
         _write(out / "overlap.csv", over)
     if sub:
         _write(out / "subnetwork.csv", sub)
+    _write_groups(out, rows, res)
+    _entropy(res, out)
+    for sub_dir in ("tables", "figures"):  # what the DAG itself finished
+        for f in sorted((res / sub_dir).glob("*")):
+            (out / sub_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, out / sub_dir / f.name)
     base = json.loads((res / "base" / "smollm2-135m" / "metrics.json").read_text())
     (out / "base_metrics.json").write_text(json.dumps(base, indent=1) + "\n")
     print(f"{len(rows)} runs, {len(over)} seed pairs, {len(sub)} subnetwork rows -> {out}")

@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # ON THE GPU MACHINE, the last call of a lease that the DAG cannot finish in: wait up to WAIT_S
-# for the DAG, stop it, diff (+ rank on the GPU) every finished run against the base, overlap of
-# seed pairs, then `remote.sh collect`. Used for the partial H200 run in docs/smollm2/.
+# for the DAG (and, past that, for a running `analyze` job: the family tables are the DAG's
+# tail and worth ANALYZE_S more seconds), stop it, then diff (+ rank on the GPU) every finished
+# run (grid, token-entropy and subnetwork runs) against the base, overlap of seed pairs, and
+# `remote.sh collect`. Used for the partial H200 runs in docs/smollm2/.
 #   bash tools/gpu/finish.sh 390
 set -u
 WAIT_S=${1:-400}
+ANALYZE_S=${ANALYZE_S:-180}
 R=${RESULTS:-results/smollm2-gpu}
 export PYTHONPATH="/tmp/site:$(pwd)/src" PATH="/tmp/site/bin:$PATH" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=4 PYTHONUNBUFFERED=1
 t0=$SECONDS
-while [ -f /tmp/rls-dag.pid ] && kill -0 "$(cat /tmp/rls-dag.pid)" 2>/dev/null && (( SECONDS - t0 < WAIT_S )); do
-  sleep 30; echo "[$(date +%T)] run.json: $(find "$R/runs" "$R/entropy" "$R/subnetwork" -name run.json 2>/dev/null | wc -l)"
-done
+dag_running() { [ -f /tmp/rls-dag.pid ] && kill -0 "$(cat /tmp/rls-dag.pid)" 2>/dev/null; }
+n_runs() { find "$R/runs" "$R/entropy" "$R/subnetwork" -name run.json 2>/dev/null | wc -l; }
+while dag_running && (( SECONDS - t0 < WAIT_S )); do sleep 30; echo "[$(date +%T)] run.json: $(n_runs)"; done
+t1=$SECONDS
+while dag_running && pgrep -f "rlsparsity analyze-family" > /dev/null && (( SECONDS - t1 < ANALYZE_S )); do
+  sleep 15; echo "[$(date +%T)] waiting for analyze-family"; done
 # stop the DAG and its jobs (patterns that do not match this script's own command line)
-pkill -TERM -f "snakemake --profile"; sleep 2; pkill -TERM -f "rlsparsity.cli"; sleep 3; pkill -KILL -f "rlsparsity.cli"
+pkill -TERM -f "snakemake --profile"; pkill -TERM -f "snakemake .* --profile"; sleep 2
+pkill -TERM -f "rlsparsity.cli"; sleep 3; pkill -KILL -f "rlsparsity.cli"
 B=$R/base/smollm2-135m
 n=0
-for d in $(find "$R/runs" -name run.json -printf '%h\n' | sort); do
-  [ -f "$d/model.safetensors" ] || continue
+for d in $(find "$R/runs" "$R/entropy" "$R/subnetwork" -name run.json -printf '%h\n' 2>/dev/null | sort); do
+  [ -f "$d/model.safetensors" ] && [ ! -f "$d/diff/diff.json" ] || continue
   mkdir -p "$d/diff"
   ( rlsparsity diff "$B" "$d" --out "$d/diff" --json --threads 4 --quiet > "$d/diff/diff.json" 2> "$d/diff/diff.err"
     rlsparsity rank "$B" "$d" --json --quiet --device cuda > "$d/diff/rank.json" 2> "$d/diff/rank.err" ) &
-  n=$((n+1)); (( n % 4 == 0 )) && wait
+  n=$((n+1)); (( n % 8 == 0 )) && wait
 done; wait
-for d1 in $(find "$R/runs" -type d -name seed1); do d2=${d1%seed1}seed2
+for d1 in $(find "$R/runs" "$R/entropy" -type d -name seed1); do d2=${d1%seed1}seed2
   [ -f "$d1/diff/mask.safetensors" ] && [ -f "$d2/diff/mask.safetensors" ] && \
     rlsparsity overlap "$d1/diff" "$d2/diff" --json > "$d1/diff/overlap_seed2.json" 2>&1
 done

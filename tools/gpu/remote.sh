@@ -175,9 +175,11 @@ smk() {  # the DAG's snakemake command line; extra arguments appended (targets, 
   local extra=()
   [ -f "$TASK_CHOSEN" ] && extra+=("$TASK_CHOSEN")
   [ -f "$CHOSEN" ] && extra+=("$CHOSEN")
-  snakemake --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
+  # targets and -P lists first: --set-threads takes every word after it; analyze (one CPU job per
+  # family, the DAG's tail once training ends) gets every core
+  snakemake "$@" --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
       --cores "$CORES" --resources gpu_slots="$SLOTS" gpu_mem_gb="$GPU_MEM" --scheduler greedy --keep-going \
-      --set-threads analyze=8 "$@"
+      --set-threads analyze="$CORES"
 }
 
 dagbase() {  # the DAG's base alone, in the foreground (the same rule, so the full DAG does not redo it)

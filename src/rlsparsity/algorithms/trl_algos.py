@@ -30,7 +30,6 @@ resume checkpoints are FULL_STATE_DICT (rank 0 writes the model and optimiser; l
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -196,6 +195,10 @@ def _save_final(model: Any, tok: Any, spec: TrainSpec, main: bool) -> None:
     tok.save_pretrained(out)
 
 
+# TRL configs whose trainers build the reference model themselves from model_init_kwargs
+_BUILDS_REFERENCE = frozenset({"DPOConfig", "KTOConfig", "GRPOConfig", "RLOOConfig"})
+
+
 def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
     import torch
 
@@ -206,9 +209,11 @@ def _args(cls: Any, spec: TrainSpec, hp: dict[str, Any], **extra: Any) -> Any:
     # device_map="auto" -- it resets device_map only for MULTI_GPU/DEEPSPEED, not FSDP -- so the
     # reference was spread over both GPUs with dispatch hooks and DPO failed on 2 H200s ("index is
     # on cuda:0, different from other tensors on cuda:1"). Put it whole on this rank's GPU (the
-    # policy is already there), as on one GPU; TRL then shards it (prepare_fsdp).
-    if fsdp_enabled() and str(spec.device).startswith("cuda") and "model_init_kwargs" in {
-            f.name for f in dataclasses.fields(cls)}:
+    # policy is already there), as on one GPU; TRL then shards it (prepare_fsdp). Only for the
+    # trainers that build a reference from model_init_kwargs: CPOTrainer (simpo) and ORPOTrainer
+    # raise "model is already instantiated" when model_init_kwargs is set with a model object --
+    # orpo and simpo failed that way on both ranks of 2 H200s when this applied to every config.
+    if fsdp_enabled() and str(spec.device).startswith("cuda") and cls.__name__ in _BUILDS_REFERENCE:
         extra = {"model_init_kwargs": {"device_map": {"": str(spec.device)}}, **extra}
     return cls(
         output_dir=str(Path(spec.out_dir) / "resume"), max_steps=spec.steps, learning_rate=hp["lr"],
