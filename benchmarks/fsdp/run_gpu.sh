@@ -18,14 +18,9 @@ export PYTHONPATH="$SITE:$(pwd)/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOK
        OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
        PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # less fragmentation with many processes per GPU
 die() { echo "run_gpu.sh: $*" >&2; exit 2; }
-install() {
+install() {  # the same wheels and /tmp/site as tools/gpu/remote.sh (its 'wheels' step), once per machine
   python3 -c 'import trl, datasets, reasoning_gym, jsonschema' 2>/dev/null && return 0
-  [ -d .whl ] || die "carry .whl (made here by tools/gpu/prepare.sh)"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl \
-    || die "pip install failed"
-  # reasoning_gym imports pycosat at import time (only its zebra puzzles solve SAT): a stub that refuses
-  python3 -c 'import pycosat' 2>/dev/null || \
-    printf 'def solve(*a, **k):\n    raise RuntimeError("pycosat stub")\n\n\nitersolve = solve\n' > "$SITE/pycosat.py"
+  bash tools/gpu/remote.sh wheels || die "installing .whl failed (carry .whl, made here by tools/gpu/prepare.sh)"
 }
 running() { [ -f "/tmp/fsdp-$1.pid" ] && kill -0 "$(cat "/tmp/fsdp-$1.pid")" 2>/dev/null; }
 cmd=${1:-equiv}

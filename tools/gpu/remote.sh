@@ -13,6 +13,7 @@
 #                                              #   call while the machine stays warm) and wait up to WAIT_S
 #                                              #   (default 540) printing progress; call again to keep waiting
 #   bash tools/gpu/remote.sh status            # progress of the DAG, no waiting
+#   bash tools/gpu/remote.sh wheels            # carry .whl: only the wheels -> /tmp/site (benchmarks/fsdp)
 #   bash tools/gpu/remote.sh collect           # results minus weights -> $OUT (at most 8 files)
 # The machine is given back 30 s after a call ends: make the next call at once. Each call ships
 # the working tree again; /tmp and ignored folders (results/) stay while the machine is warm.
@@ -200,8 +201,7 @@ dag() {
       first+=("$RESULTS/runs/smollm2-135m/$a/on_policy/$p/seed$s/run.json"); done; done; done
     first+=("$RESULTS/runs/smollm2-135m/grpo/on_policy/bf16/seed1/run.json"
             "$RESULTS/runs/smollm2-135m/dpo/on_policy/bf16/seed1/run.json")
-    setsid nohup bash -c "$(declare -f smk); $(declare -p CONFIG CORES SLOTS GPU_MEM TASK_CHOSEN CHOSEN); \
-        smk --prioritize $(printf '%q ' "${first[@]}")" >> "$DAGLOG" 2>&1 < /dev/null &
+    setsid nohup bash "$0" smk --prioritize "${first[@]}" >> "$DAGLOG" 2>&1 < /dev/null &
     echo $! > /tmp/rls-dag.pid
     echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $CORES cores, $SLOTS GPU slots, $GPU_MEM GB)"
   fi
@@ -232,6 +232,8 @@ case "$cmd" in
   stage1) stage1 ;;
   stage2) stage2 ;;
   deps) deps ;;
+  wheels) install_wheels ;;
+  smk) smk "$@" ;;
   model) model ;;
   smoke) smoke "$@" ;;
   base) need_site; base ;;
@@ -244,5 +246,5 @@ case "$cmd" in
   dag) dag "$@" ;;
   status) status ;;
   collect) collect ;;
-  *) die "usage: remote.sh stage1|stage2|deps|model|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|collect" ;;
+  *) die "usage: remote.sh stage1|stage2|deps|model|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|collect" ;;
 esac
