@@ -309,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     r = Runner(a, work)
     meta: dict[str, Any] = {"device": a.device, "shape": shape, "precision": a.precision, "steps": a.steps,
-                            "concurrent": a.concurrent}
+                            "concurrent": a.concurrent, "command": " ".join(["python", *sys.argv])}
+    if a.device == "cuda":  # the cards every number came from
+        import torch
+
+        meta["cards"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     if a.phase in ("equiv", "all"):
         base = work / f"base-{shape}"
         meta["params"] = build_base(base, shape, a.device, a.eval_n)

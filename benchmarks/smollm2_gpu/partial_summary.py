@@ -154,4 +154,10 @@ def main(res: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) != 3:
+        sys.exit("usage: partial_summary.py RESULTS_DIR OUT_DIR")
+    res_dir = Path(sys.argv[1])
+    if not (res_dir / "base" / "smollm2-135m" / "metrics.json").is_file():
+        sys.exit(f"partial_summary.py: {res_dir} is not a results folder of config/smollm2-gpu.yaml "
+                 "(no base/smollm2-135m/metrics.json)")
+    main(res_dir, Path(sys.argv[2]))
