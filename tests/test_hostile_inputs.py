@@ -125,6 +125,10 @@ def _cfg(hp: str = "{}", extra: str = "", replace: tuple[str, str] = ("", "")) -
     return lambda r, t: _config(t, GOOD_CONFIG.replace("HP", hp).replace(*replace) + extra)
 
 
+def _by_precision(block: str) -> Callable[[Path, Path], list[str]]:
+    return _cfg(replace=("  hparams: {}\n", f"  hparams: {{}}\n  hparams_by_precision: {block}\n"))
+
+
 def _csv(text: str) -> Callable[[Path, Path], list[str]]:
     def make(r: Path, t: Path) -> list[str]:
         (t / "t.csv").write_text(text)
@@ -400,6 +404,21 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
     ("hparams lr nan", _cfg("{grpo: {lr: .nan}}"), ("train.hparams.grpo.lr", "finite")),
     ("hparams number as bool", _cfg("{grpo: {gradient_checkpointing: 1}}"), ("gradient_checkpointing", "boolean")),
     ("hparams list length", _cfg("{prime: {accuracy_filter: [0.1]}}"), ("accuracy_filter", "list of 2")),
+    (
+        "hparams value not a choice",
+        _cfg("{ppo: {rollout_gather: all}}"),
+        ("train.hparams.ppo.rollout_gather: 'all' is not one of 'full', 'layer'",),
+    ),
+    (
+        "hparams_by_precision value not a choice",
+        _by_precision("{fp32-master: {prime: {rollout_gather: layers}}}"),
+        ("train.hparams_by_precision.fp32-master.prime.rollout_gather: 'layers' is not one of 'full', 'layer'",),
+    ),
+    (
+        "hparams_by_precision misspelt key",
+        _by_precision("{bf16: {ppo: {rollout_gathr: layer}}}"),
+        ("train.hparams_by_precision.bf16.ppo.rollout_gathr", "did you mean 'rollout_gather'"),
+    ),
     ("hparams unknown algorithm", _cfg("{grpoo: {lr: 1.0e-5}}"), ("train.hparams",)),
     ("hparams block not a mapping", _cfg("{grpo: 5}"), ("train.hparams.grpo",)),
     (

@@ -59,6 +59,50 @@ def test_per_gpu_strategies() -> None:
         M.per_gpu(S, "grpo", "bf16", "none", 2, 1, 1)
 
 
+def test_generation_copy_of_ppo_prime_under_fsdp_full_only() -> None:
+    """ppo/prime under FSDP with rollout_gather "full" gather the whole policy for a rollout:
+    P x compute bytes, in a phase that does not overlap the training step's gathered layers and
+    activations; "layer" (per-layer gathers), grpo, and ddp have no such term."""
+    # ppo bf16 on 2 GPUs, 4 rows x 3 tokens: states (3000 + 2500) x 8 + 3000 x 2 = 50000 -> 25000 per GPU;
+    # gathered 2 layers x 1000 x 2 bytes = 4000; activations of ceil(4/2) x 3 = 6 tokens: policy
+    # 6 x 150 x 2 bytes x 2 layers + 6 x 50 x 10 (logits) = 6600, critic trunk 3600 -> 10200
+    full = M.per_gpu(S, "ppo", "bf16", "fsdp", 2, rows=4, seq_len=3)
+    assert (full.states, full.gathered, full.activations, full.generation) == (25000, 4000, 10200, 3000 * 2)
+    assert full.total == 25000 + max(4000 + 10200, 6000) + M.OVERHEAD  # the step is the larger phase here
+    layer = M.per_gpu(S, "ppo", "bf16", "fsdp", 2, rows=4, seq_len=3, rollout_gather="layer")
+    assert (layer.states, layer.gathered, layer.activations, layer.generation) == (25000, 4000, 10200, 0)
+    assert layer.total == 25000 + 4000 + 10200 + M.OVERHEAD
+    # a shape with a large policy and few activations: the fp32 copy (fp32-master computes in fp32) dominates
+    big = M.Shape(params=100_000, hidden=10, layers=2, intermediate=20, vocab=50, kv_dim=5)  # 49500 per layer
+    e = M.per_gpu(big, "prime", "fp32-master", "fsdp", 4, rows=4, seq_len=1)
+    # prime: 2 x 100000 x 16 + 100000 x 4 = 3_600_000 / 4; gathered 2 x 49500 x 4; acts 1 token x 2 LMs x
+    # (150 x 4 x 2 layers + 50 x 12)
+    assert (e.states, e.gathered, e.activations, e.generation) == (900_000, 396_000, 3600, 400_000)
+    assert e.total == 900_000 + 400_000 + M.OVERHEAD  # max(396000 + 3600, 400000)
+    assert M.per_gpu(big, "prime", "fp32-master", "fsdp", 4, 4, 1, rollout_gather="layer").total == \
+        900_000 + 399_600 + M.OVERHEAD
+    grpo = M.per_gpu(S, "grpo", "bf16", "fsdp", 2, rows=4, seq_len=3)  # TRL: generates through FSDP2's gathers
+    assert grpo.generation == 0 and grpo.total == 12000 + 4000 + 6 * 600 + 6 * 500 + M.OVERHEAD
+    assert M.per_gpu(S, "ppo", "bf16", "ddp", 2, rows=4, seq_len=3).generation == 0  # the policy is whole anyway
+    # Run carries the setting (default "full") into the estimate
+    run = M.Run("ppo", "bf16", rows=4, seq_len=3)
+    assert run.rollout_gather == "full" and run.estimate(S, "fsdp", 2) == full
+    assert M.Run("ppo", "bf16", 4, 3, rollout_gather="layer").estimate(S, "fsdp", 2) == layer
+
+
+def test_config_runs_read_rollout_gather_by_precision() -> None:
+    from rlsparsity.config import load_config
+
+    cfg = load_config(REPO / "config" / "paper.yaml")
+    runs = {(r.algorithm, r.precision): r.rollout_gather for r in M.config_runs(cfg, "gemma2_9b")}
+    assert runs[("ppo", "fp32-master")] == runs[("prime", "fp32-master")] == "layer"
+    assert runs[("ppo", "bf16")] == runs[("prime", "bf16")] == runs[("grpo", "fp32-master")] == "full"
+    del cfg["train"]["hparams_by_precision"]  # every run "full": gemma-2-9b ppo/prime fp32-master no longer fit
+    bad = [(r["algorithm"], r["precision"], r["fsdp@8"]) for r in M.table(cfg)
+           if r["family"] == "gemma2_9b" and not r["fits_configured"]]
+    assert bad == [("ppo", "fp32-master", 82.6), ("prime", "fp32-master", 82.6)]
+
+
 def test_choice_of_strategy_and_gpus() -> None:
     run = M.Run("grpo", "bf16", rows=5, seq_len=3)
     budget = M.OVERHEAD + 30000  # ddp on 2 needs 24000 + 9900; fsdp on 2: 12000 + 4000 + 9900 = 25900

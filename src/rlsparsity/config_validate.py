@@ -10,7 +10,9 @@
   the module's ``DEFAULTS`` (for the algorithm) plus the optional keys it reads with
   ``hp.get("key", default)``. Types follow the defaults: bool, int, float (int accepted,
   numeric strings coerced, non-finite refused), str, list; a ``None`` default accepts any
-  scalar. A misspelt key is an error that suggests the closest accepted one.
+  scalar. A misspelt key is an error that suggests the closest accepted one. A key the
+  module lists in its ``CHOICES`` literal (e.g. ppo's ``rollout_gather``) must be one of the
+  listed values. ``train.hparams_by_precision.<precision>`` blocks are checked the same way.
 * :func:`check_semantics`: unknown task, a grid block that expands to zero runs, stage
   blocks naming families that are not configured, family paths that look local but are
   not usable model folders, a family's ``sharding`` that does not match its ``gpus``.
@@ -163,8 +165,9 @@ def _literal(node: ast.AST, env: dict[str, Any]) -> Any:
 
 
 @functools.cache
-def _module_defaults(module: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(module-level DEFAULTS, optional keys read with ``hp.get(key, default)``) of a module, from its source."""
+def _module_defaults(module: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(module-level DEFAULTS, optional keys read with ``hp.get(key, default)``, module-level
+    CHOICES: key -> allowed values) of a module, from its source."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin:
         raise ImportError(f"cannot find module {module}")
@@ -201,17 +204,24 @@ def _module_defaults(module: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 except ValueError:
                     default = None
             optional.setdefault(node.args[0].value, default)
-    return env.get("DEFAULTS", {}), optional
+    return env.get("DEFAULTS", {}), optional, env.get("CHOICES", {})
 
 
 def accepted_hparams(algorithm: str) -> dict[str, Any]:
     """Accepted hyperparameters of ``algorithm`` -> default (mirrors ``rlsparsity.algorithms.defaults``)."""
     from rlsparsity.algorithms import _ENTRY
 
-    defaults, optional = _module_defaults(_ENTRY[algorithm][0])
+    defaults, optional, _ = _module_defaults(_ENTRY[algorithm][0])
     if isinstance(defaults.get(algorithm), dict):
         defaults = defaults[algorithm]
     return {**optional, **defaults}
+
+
+def hparam_choices(algorithm: str) -> dict[str, list[Any]]:
+    """Hyperparameters of ``algorithm`` with a fixed set of values (its module's ``CHOICES``)."""
+    from rlsparsity.algorithms import _ENTRY
+
+    return {k: list(v) for k, v in _module_defaults(_ENTRY[algorithm][0])[2].items()}
 
 
 def entropy_accepted_hparams() -> dict[str, Any]:
@@ -271,7 +281,8 @@ def _check_value(where: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _check_block(where: str, hp: Any, accepted: dict[str, Any], algorithm: str) -> dict[str, Any]:
+def _check_block(where: str, hp: Any, accepted: dict[str, Any], algorithm: str,
+                 choices: dict[str, list[Any]] | None = None) -> dict[str, Any]:
     if not isinstance(hp, dict):
         raise _error(where, f"expected a mapping of {algorithm} hyperparameters, got {hp!r}")
     out = {}
@@ -284,14 +295,20 @@ def _check_block(where: str, hp: Any, accepted: dict[str, Any], algorithm: str) 
                 f"unknown hyperparameter for {algorithm}; {hint}accepted: {', '.join(sorted(accepted))}",
             )
         out[key] = _check_value(f"{where}.{key}", value, accepted[key])
+        allowed = (choices or {}).get(key)
+        if allowed is not None and out[key] not in allowed:
+            raise _error(f"{where}.{key}", f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
     return out
 
 
 def check_hparams(cfg: dict[str, Any]) -> None:
-    """Validate (and coerce in place) ``train.hparams`` and ``entropy.hparams``."""
-    hps = (cfg.get("train") or {}).get("hparams") or {}
-    for alg, block in hps.items():
-        hps[alg] = _check_block(f"train.hparams.{alg}", block, accepted_hparams(alg), alg)
+    """Validate (and coerce in place) ``train.hparams``, ``train.hparams_by_precision`` and ``entropy.hparams``."""
+    tc = cfg.get("train") or {}
+    blocks = [("train.hparams", tc.get("hparams") or {})]
+    blocks += [(f"train.hparams_by_precision.{p}", b) for p, b in (tc.get("hparams_by_precision") or {}).items() if b]
+    for where, hps in blocks:
+        for alg, block in hps.items():
+            hps[alg] = _check_block(f"{where}.{alg}", block, accepted_hparams(alg), alg, hparam_choices(alg))
     ent = cfg.get("entropy")
     if isinstance(ent, dict) and ent.get("hparams"):
         ent["hparams"] = _check_block(

@@ -25,6 +25,16 @@ Strategy: ``none`` (one GPU) and ``ddp`` keep every model whole on every GPU; ``
 shard) divides all model states by N and adds the unsharded compute copy of the two layers
 that are gathered at a time (current + prefetched), in the compute dtype.
 
+Generation (ppo/prime under ``fsdp`` with hparam ``rollout_gather: full``, their default):
+the policy is all-gathered whole for the rollout (``algorithms.distributed.full_params``: one
+gather, no collective per decoding step), so that phase holds a full compute-dtype copy of the
+policy (P x compute bytes) on every GPU beside the sharded states. The two phases do not
+overlap: per GPU = states + max(gathered layers + activations, generation). With
+``rollout_gather: layer`` they generate through FSDP2's per-layer all-gathers
+(``generate(synced_gpus=True)``), as TRL's grpo/rloo do, and this term is 0 (the gathered
+layers are already counted; the KV cache of generation is counted for no algorithm). ddp and
+none hold the whole policy anyway: no term.
+
 Activations (no activation checkpointing), per trainable LM, for the rows one GPU processes
 in one backward (the global batch split over N GPUs for ddp/fsdp): per token and layer
 ``6h + 2 kv + 4 I`` values in the compute dtype (norm inputs/outputs of both blocks, q, k,
@@ -60,6 +70,8 @@ MODELS = {
     "grpo": (1, 0, 0), "rloo": (1, 0, 0), "dpo": (1, 0, 1), "kto": (1, 0, 1), "orpo": (1, 0, 0),
     "simpo": (1, 0, 0), "sft": (1, 0, 0), "ppo": (1, 1, 1), "prime": (2, 0, 1),
 }
+#: in-project algorithms whose FSDP rollout all-gathers the whole policy with ``rollout_gather: full``
+GATHER_FOR_ROLLOUT = ("ppo", "prime")
 OFFLINE_MAX_LENGTH = 256  # trl_algos: max_length of the preference / SFT rows
 PROMPT_TOKENS = 256  # assumed prompt length of the online algorithms (a gsm-style chat prompt)
 
@@ -170,10 +182,11 @@ class Run:
     seq_len: int
     beta: float = 0.0
     checkpointing: bool = False
+    rollout_gather: str = "full"  # ppo/prime: how the FSDP policy generates (see module doc)
 
     def estimate(self, shape: Shape, strategy: str, gpus: int) -> Estimate:
         return per_gpu(shape, self.algorithm, self.precision, strategy, gpus, self.rows, self.seq_len, self.beta,
-                       self.checkpointing)
+                       self.checkpointing, self.rollout_gather)
 
 
 @dataclass(frozen=True)
@@ -182,27 +195,30 @@ class Estimate:
     gathered: int
     activations: int
     overhead: int
+    generation: int = 0  # the whole policy gathered for a rollout (ppo/prime, fsdp, rollout_gather full)
 
     @property
     def total(self) -> int:
-        return self.states + self.gathered + self.activations + self.overhead
+        return self.states + max(self.gathered + self.activations, self.generation) + self.overhead
 
 
 def per_gpu(shape: Shape, algorithm: str, precision: str, strategy: str, gpus: int, rows: int, seq_len: int,
-            beta: float = 0.0, checkpointing: bool = False) -> Estimate:
+            beta: float = 0.0, checkpointing: bool = False, rollout_gather: str = "full") -> Estimate:
     """Bytes on each GPU of a run on ``gpus`` GPUs with ``strategy``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sharding {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if strategy == "none" and gpus != 1:
         raise ValueError(f"sharding 'none' runs on one GPU, not {gpus}")
     states = state_bytes(shape, algorithm, precision, beta)
-    gathered = 0
+    gathered = generation = 0
     if strategy == "fsdp":
         states = math.ceil(states / gpus)
         gathered = 2 * shape.layer_params * compute_bytes(precision)
+        if algorithm in GATHER_FOR_ROLLOUT and rollout_gather == "full":
+            generation = shape.params * compute_bytes(precision)
     tokens = math.ceil(rows / gpus) * seq_len
     acts = activation_bytes(shape, algorithm, precision, strategy, tokens, checkpointing)
-    return Estimate(states, gathered, acts, OVERHEAD)
+    return Estimate(states, gathered, acts, OVERHEAD, generation)
 
 
 def fits(est: Estimate, gpu_bytes: int = GPU_BYTES) -> bool:
@@ -267,7 +283,7 @@ def config_runs(config: dict[str, Any], family: str) -> list[Run]:
         hp = G.run_hparams(config, r.algorithm, r.precision)
         rows, seq = rows_and_length(r.algorithm, hp, task_new)
         out.add(Run(r.algorithm, r.precision, rows, seq, float(hp.get("beta", 0.0) or 0.0),
-                    bool(hp.get("gradient_checkpointing", False))))
+                    bool(hp.get("gradient_checkpointing", False)), str(hp.get("rollout_gather", "full"))))
     return sorted(out)
 
 

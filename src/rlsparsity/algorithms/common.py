@@ -70,6 +70,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_choices(hp: dict[str, Any], choices: dict[str, tuple[str, ...]], algorithm: str) -> None:
+    """Every hparam of ``choices`` (an algorithm module's ``CHOICES``) has one of its allowed
+    values, else a one-line :class:`~rlsparsity.config.ConfigError` naming the bad value (the
+    config check, :mod:`rlsparsity.config_validate`, reads the same ``CHOICES``)."""
+    from rlsparsity.config import ConfigError
+
+    for key, allowed in choices.items():
+        if hp.get(key) not in allowed:
+            raise ConfigError(f"{algorithm}: {key}={hp.get(key)!r} is not one of "
+                              f"{', '.join(repr(a) for a in allowed)}")
+
+
 def checkpoint_path(out_dir: Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step-{step:06d}" / "model.safetensors"
 

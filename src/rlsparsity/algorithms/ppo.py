@@ -57,10 +57,13 @@ Multi-process
 -------------
 Launched by ``torchrun``/``accelerate launch`` (see :mod:`.distributed`), policy, critic and
 reference are sharded (FSDP2) or replicated (DDP); each rank samples its contiguous share
-of the rollout's prompts with per-row generators (:func:`rollout.sample_share`) and computes
-their log-probs and values; the rows are gathered in global order, so rewards, GAE and the
-whitening statistics are computed on the whole batch, identically on every rank; every
-loss is this rank's token sum over the GLOBAL token count of the minibatch.
+of the rollout's prompts with per-row generators (:func:`rollout.sample_share`; under FSDP
+from the policy all-gathered whole once, or, with ``rollout_gather: layer``, through FSDP2's
+per-layer all-gathers in every decoding step, every rank stepping until all are done: the
+same rollouts without a full copy of the policy per GPU) and computes their log-probs and
+values; the rows are gathered in global order, so rewards, GAE and the whitening statistics
+are computed on the whole batch, identically on every rank; every loss is this rank's token
+sum over the GLOBAL token count of the minibatch.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ import torch
 from torch import Tensor, nn
 
 from rlsparsity.algorithms import distributed as D
-from rlsparsity.algorithms.common import TrainSpec, seed_everything
+from rlsparsity.algorithms.common import TrainSpec, check_choices, seed_everything
 from rlsparsity.algorithms.rollout import (
     gae,
     masked_mean,
@@ -106,9 +109,18 @@ DEFAULTS: dict[str, Any] = {
     # recompute each decoder layer's activations in backward (HF gradient checkpointing) for the
     # trained LMs: memory for time at 7-9B (rlsparsity.memory_model counts it); off by default
     "gradient_checkpointing": False,
+    # how the FSDP-sharded policy generates a rollout (rollout.sample_share): "full" all-gathers it
+    # whole once (fast; a full compute-dtype copy of the policy on every GPU), "layer" keeps FSDP2's
+    # per-layer all-gathers in every decoding step (generate(synced_gpus=True); no such copy, one
+    # all-gather of the policy per generated token). Same rollouts either way; single-process and
+    # DDP runs ignore it. rlsparsity.memory_model counts the copy for "full" only
+    "rollout_gather": "full",
     "temperature": 1.0,
     "max_new_tokens": None,     # None: modeling.max_new_tokens_for(model) (16 for tiny vocabularies)
 }
+#: hparams with a fixed set of values: checked at config load (rlsparsity.config_validate reads
+#: this literal) and again at the start of train (common.check_choices)
+CHOICES: dict[str, tuple[str, ...]] = {"rollout_gather": ("full", "layer")}
 
 
 class ValueModel(nn.Module):
@@ -139,6 +151,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     torch_threads()
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
+    check_choices(hp, CHOICES, "ppo")
     d = D.setup(spec.device)
     D.check_share(d, int(hp["prompts_per_rollout"]), "ppo")
     tok = load_tokenizer(spec.base_dir)
@@ -195,7 +208,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     def make_rollout(rng: Any) -> tuple[dict[str, Any], dict[str, float]]:
         entries = rng.sample(train_set, int(hp["prompts_per_rollout"]))
         if d.active:  # this rank's prompts, then every row of the rollout on every rank
-            ro, scores = sample_share(d, policy, tok, task, entries, K, max_new, T, rng.getrandbits(63))
+            ro, scores = sample_share(d, policy, tok, task, entries, K, max_new, T, rng.getrandbits(63),
+                                      str(hp["rollout_gather"]))
             f = score_and_forward(ro.input_ids, ro.attention_mask, ro.prompt_len)
             g = D.gather_rows(d, {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
                                   "completion_mask": ro.completion_mask, "scores": scores, **f}, len(scores))

@@ -57,9 +57,11 @@ Multi-process
 -------------
 Launched by ``torchrun``/``accelerate launch`` (see :mod:`.distributed`), policy, PRM and
 references are sharded (FSDP2) or replicated (DDP). Each rank samples and scores its share
-of the (oversampled) prompts with per-row generators; the rows are gathered, so the
-accuracy filter and the leave-one-out baselines see whole groups and the whitening sees
-the whole batch, identically on every rank; the log-prob forwards of the kept rows are
+of the (oversampled) prompts with per-row generators (under FSDP from the policy all-gathered
+whole once, or, with ``rollout_gather: layer``, through FSDP2's per-layer all-gathers in every
+decoding step: see :func:`rollout.sample_share`); the rows are gathered, so the accuracy
+filter and the leave-one-out baselines see whole groups and the whitening sees the whole
+batch, identically on every rank; the log-prob forwards of the kept rows are
 split over ranks and gathered; PRM and policy losses are local sums over GLOBAL counts.
 """
 
@@ -72,7 +74,7 @@ import torch.nn.functional as Fnn
 from torch import Tensor
 
 from rlsparsity.algorithms import distributed as D
-from rlsparsity.algorithms.common import TrainSpec, seed_everything
+from rlsparsity.algorithms.common import TrainSpec, check_choices, seed_everything
 from rlsparsity.algorithms.rollout import (
     masked_mean,
     masked_whiten,
@@ -109,9 +111,18 @@ DEFAULTS: dict[str, Any] = {
     # recompute each decoder layer's activations in backward (HF gradient checkpointing) for the
     # trained LMs: memory for time at 7-9B (rlsparsity.memory_model counts it); off by default
     "gradient_checkpointing": False,
+    # how the FSDP-sharded policy generates a rollout (rollout.sample_share): "full" all-gathers it
+    # whole once (fast; a full compute-dtype copy of the policy on every GPU), "layer" keeps FSDP2's
+    # per-layer all-gathers in every decoding step (generate(synced_gpus=True); no such copy, one
+    # all-gather of the policy per generated token). Same rollouts either way; single-process and
+    # DDP runs ignore it. rlsparsity.memory_model counts the copy for "full" only
+    "rollout_gather": "full",
     "temperature": 1.0,
     "max_new_tokens": None,      # None: modeling.max_new_tokens_for(model)
 }
+#: hparams with a fixed set of values: checked at config load (rlsparsity.config_validate reads
+#: this literal) and again at the start of train (common.check_choices)
+CHOICES: dict[str, tuple[str, ...]] = {"rollout_gather": ("full", "layer")}
 
 
 def rloo_stream(rewards: Tensor, mask: Tensor, group: Tensor) -> Tensor:
@@ -154,6 +165,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     torch_threads()
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
+    check_choices(hp, CHOICES, "prime")
     d = D.setup(spec.device)
     D.check_share(d, int(hp["prompts_per_rollout"]), "prime")
     tok = load_tokenizer(spec.base_dir)
@@ -226,7 +238,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         gen = None
         if d.active:  # this rank's prompts, then every row of the rollout on every rank
             ro, sc = sample_share(d, policy, tok, task, entries, K, int(hp["max_new_tokens"]), T,
-                                  rng.getrandbits(63))
+                                  rng.getrandbits(63), str(hp["rollout_gather"]))
             gen = torch.Generator().manual_seed(rng.getrandbits(63))
             g = D.gather_rows(d, {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask,
                                   "completion_mask": ro.completion_mask, "scores": sc}, len(sc))

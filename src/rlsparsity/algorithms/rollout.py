@@ -14,7 +14,9 @@
 * :func:`sample_seeded` — the sampler of multi-process runs: every completion row draws
   from its OWN generator (seeded by the caller from the global row index), by the
   Gumbel-max trick, so the global set of rollouts does not depend on how rows are split
-  over ranks.
+  over ranks; :func:`sample_share` runs it on this rank's share of the prompts, under FSDP
+  either on the policy all-gathered once (``gather="full"``) or through FSDP2's per-layer
+  all-gathers with every rank stepping until all are done (``gather="layer"``).
 
 The step loop both algorithms share is :func:`rlsparsity.algorithms.steps.run_steps`.
 """
@@ -109,14 +111,20 @@ class _GumbelRows:
 
 @torch.no_grad()
 def sample_seeded(model: Any, tokenizer: Any, prompts: list[str], n: int, max_new_tokens: int,
-                  temperature: float, row_seeds: list[int], prompt_len: int) -> Rollout:
+                  temperature: float, row_seeds: list[int], prompt_len: int,
+                  synced_gpus: bool | None = None) -> Rollout:
     """As :func:`sample`, but row ``i`` (prompt ``i // n``) samples from ``torch.Generator``
     seeded with ``row_seeds[i]`` (Gumbel-max over ``logits / temperature``: the same
     distribution as ancestral sampling, not the same stream), prompts are left-padded to
     ``prompt_len`` and completions right-padded to ``max_new_tokens`` columns. A row's tokens
     depend only on its prompt and seed, so ranks that each sample a share of the prompts
     produce, together, the rows one process would (up to last-bit logit differences of a
-    different batch size, which could flip a sample only at a near-tie)."""
+    different batch size, which could flip a sample only at a near-tie). ``synced_gpus`` is
+    passed to HF's ``generate`` unless None (HF's default: True for a module that torch's
+    ``fully_shard`` manages, in a process group of more than one): True for a model whose
+    forward is a collective (FSDP-sharded), where a rank whose rows have all ended keeps
+    running forwards (outputs discarded, no tokens appended, its generators untouched) until
+    every rank's rows have ended; False lets each rank stop on its own."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
@@ -132,7 +140,8 @@ def sample_seeded(model: Any, tokenizer: Any, prompts: list[str], n: int, max_ne
     gc = GenerationConfig(do_sample=False, max_new_tokens=int(max_new_tokens), pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     seq = model.generate(input_ids=ids, attention_mask=att, generation_config=gc,
-                         logits_processor=LogitsProcessorList([_GumbelRows(gens, float(temperature))]))
+                         logits_processor=LogitsProcessorList([_GumbelRows(gens, float(temperature))]),
+                         **({} if synced_gpus is None else {"synced_gpus": bool(synced_gpus)}))
     comp = seq[:, prompt_len:]
     if comp.shape[1] < max_new_tokens:
         comp = torch.cat([comp, comp.new_full((comp.shape[0], max_new_tokens - comp.shape[1]),
@@ -151,10 +160,22 @@ def row_seed(base: int, row: int) -> int:
 
 
 def sample_share(d: Any, model: Any, tokenizer: Any, task: Any, entries: list[Any], n: int, max_new_tokens: int,
-                 temperature: float, base_seed: int) -> tuple[Rollout, Tensor]:
+                 temperature: float, base_seed: int, gather: str = "full") -> tuple[Rollout, Tensor]:
     """This rank's share (:func:`distributed.chunk`) of the global prompts ``entries``, ``n``
     samples each, by :func:`sample_seeded` (row seeds from the GLOBAL row index, prompts padded
-    to the longest GLOBAL prompt), and the task's scores of those rows."""
+    to the longest GLOBAL prompt), and the task's scores of those rows.
+
+    Under FSDP, ``gather`` (the ``rollout_gather`` hparam) picks how the sharded policy
+    generates: ``"full"`` all-gathers the whole policy once (:func:`distributed.full_params`;
+    no collective per decoding step, but a full compute-dtype copy of the policy on every
+    GPU); ``"layer"`` calls ``generate`` on the sharded model, so FSDP2 all-gathers each layer
+    inside every forward (only the layer being computed, and the next, unsharded at a time,
+    besides the root's embeddings and head; the whole policy is all-gathered once per
+    decoding step) and ``synced_gpus`` keeps every rank stepping until all are done. The
+    gathered parameters are the same values either way, so are the rollouts. ``"full"`` passes
+    ``synced_gpus=False`` (HF would otherwise sync an FSDP-managed module: an all-reduce and,
+    on a rank done early, wasted forwards every step, which the gathered model does not need).
+    Without FSDP (one process, DDP) both are the same call on the plain model, HF's default."""
     from rlsparsity.algorithms.distributed import chunk, full_params
 
     prompts = [task.prompt(e, tokenizer) for e in entries]
@@ -163,8 +184,13 @@ def sample_share(d: Any, model: Any, tokenizer: Any, task: Any, entries: list[An
     if hi <= lo:
         raise ValueError(f"{len(prompts)} prompts per rollout cannot be shared by {d.world} processes")
     seeds = [row_seed(base_seed, r) for r in range(lo * n, hi * n)]
-    with full_params(d, model) as gen_model:
-        ro = sample_seeded(gen_model, tokenizer, prompts[lo:hi], n, max_new_tokens, temperature, seeds, P)
+    if gather == "layer" and d.strategy == "fsdp":
+        ro = sample_seeded(model, tokenizer, prompts[lo:hi], n, max_new_tokens, temperature, seeds, P,
+                           synced_gpus=True)
+    else:
+        with full_params(d, model) as gen_model:
+            ro = sample_seeded(gen_model, tokenizer, prompts[lo:hi], n, max_new_tokens, temperature, seeds, P,
+                               synced_gpus=False if d.strategy == "fsdp" else None)
     scores = torch.tensor([float(task.score(c, entries[lo + g])) for c, g in zip(ro.completions, ro.group.tolist(),
                                                                                   strict=True)],
                           device=ro.input_ids.device)
