@@ -3,9 +3,9 @@
 ``python _dist_worker.py BASE RESULTS JOBS_JSON``: runs each job of JOBS_JSON in order in this
 process group — train runs ``{"alg", "out", "precision", "steps", "checkpoint_every",
 "stop_after", "sharding", "mask", "device", "hp"}`` (a run stopped by ``stop_after`` is followed by the
-same run again, which resumes), or
-``{"reduce": true}`` (cross-rank reductions on hand-built tensors) — and writes, per rank,
-RESULTS/rank<r>.json: the reductions' results and every file-system write this rank made
+same run again, which resumes), ``{"reduce": true}`` (cross-rank reductions on hand-built tensors),
+or ``{"gen": true}`` (FSDP generation, whole policy vs per layer) — and writes, per rank,
+RESULTS/rank<r>.json: the reductions' and generations' results and every file-system write this rank made
 under a run folder (recorded by an audit hook: opens for writing, mkdir, rename/replace,
 remove, rmtree), so the test can check that only rank 0 writes.
 """
@@ -50,6 +50,36 @@ def reductions(d: Any) -> dict[str, Any]:
     }
 
 
+def generation(base: Path) -> dict[str, Any]:
+    """This rank's rows (2 prompts x 2 samples, per-row seeds) from an FSDP-sharded fp32 policy,
+    sampled as ``rollout.sample_share`` does: with the policy all-gathered whole (``full_params``,
+    ``synced_gpus=False``) and through FSDP2's per-layer all-gathers (``synced_gpus=True``). Rank
+    0 stops after 3 new tokens and rank 1 after 8: whole, each rank stops on its own; per layer,
+    rank 0 must keep running forwards (each one a collective) until rank 1 is done; ``forwards``
+    counts the root forwards of each mode."""
+    from rlsparsity.algorithms import distributed as D
+    from rlsparsity.algorithms.rollout import row_seed, sample_seeded
+    from rlsparsity.modeling import load_tokenizer
+
+    os.environ["RLSPARSITY_SHARDING"] = "fsdp"
+    d = D.setup("cpu")
+    tok, task = load_tokenizer(base), DigitTask()
+    model = D.wrap(d, D.load_policy_like(d, base, "fp32"))
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    prompts = [task.prompt(e, tok) for e in task.train[:4]]
+    P = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    lo, hi = D.chunk(len(prompts), d.rank, d.world)
+    seeds = [row_seed(7, r) for r in range(2 * lo, 2 * hi)]
+    new = 3 if d.rank == 0 else 8
+    with D.full_params(d, model) as m:
+        full = sample_seeded(m, tok, prompts[lo:hi], 2, new, 1.0, seeds, P, synced_gpus=False)
+    n_full = len(calls)
+    layer = sample_seeded(model, tok, prompts[lo:hi], 2, new, 1.0, seeds, P, synced_gpus=True)
+    return {"full": full.input_ids.tolist(), "layer": layer.input_ids.tolist(), "new_tokens": new,
+            "forwards": [n_full, len(calls) - n_full]}
+
+
 def main() -> int:
     from rlsparsity.algorithms import distributed as D
     from rlsparsity.algorithms import ppo, prime
@@ -82,6 +112,9 @@ def main() -> int:
         if job.get("reduce"):
             out["reduce"] = reductions(D.setup("cpu"))  # gloo: call it before any cuda job
             continue
+        if job.get("gen"):
+            out["gen"] = generation(base)
+            continue
         os.environ["RLSPARSITY_SHARDING"] = job.get("sharding", "fsdp")
         mod = {"ppo": ppo, "prime": prime}[job["alg"]]
         hp = {**mod.DEFAULTS, "max_new_tokens": 8, "lr": 3e-3, "prompts_per_rollout": 4, "minibatch_size": 8,
@@ -100,9 +133,10 @@ def main() -> int:
         except Interrupted:
             spec.stop_after = None
             stats = mod.train(spec)
-        out["runs"].append({"out": job["out"], "resumed_from": stats["resumed_from"],
+        out["runs"].append({"out": job["out"], "resumed_from": stats["resumed_from"], "sharding": stats["sharding"],
                             "loss": [h["loss"] for h in stats["history"]],
-                            "reward_mean": [h["reward_mean"] for h in stats["history"]]})
+                            "reward_mean": [h["reward_mean"] for h in stats["history"]],
+                            "completion_length": [h["completion_length"] for h in stats["history"]]})
     out["writes"] = writes
     sys.addaudithook(lambda *a: None)  # (hooks cannot be removed; the results file is outside the run folders)
     (results / f"rank{rank}.json").write_text(json.dumps(out))

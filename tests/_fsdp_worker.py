@@ -133,6 +133,32 @@ if MODE == "gather":
         result["series_equal"] = sorted(series) == sorted(want) and all(
             torch.equal(series[k].float(), want[k]) for k in want)
 
+    # dpo/kto's reference under FSDP (trl_algos._reference): sharded per decoder layer, frozen, and
+    # the same function as the unsharded model
+    from torch.distributed.fsdp import FSDPModule
+
+    from rlsparsity.algorithms.distributed import sharded_reference
+
+    shref = sharded_reference(BASE, "fp32", "cpu")
+    result["ref_layers_sharded"] = all(isinstance(m, FSDPModule) for m in shref.model.layers)
+    result["ref_root_sharded"] = isinstance(shref, FSDPModule)
+    result["ref_frozen"] = not any(p.requires_grad for p in shref.parameters())
+    w = shref.model.layers[0].mlp.up_proj.weight
+    result["ref_local_rows"], result["ref_full_rows"] = int(w.to_local().shape[0]), int(w.shape[0])
+    ids = torch.arange(1, 13).reshape(2, 6)
+    with torch.no_grad():
+        result["ref_logits_max_diff"] = float((shref(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max())
+    # TRL patches the reference with its fused LM head (add_fused_lm_head) and scores through it
+    from trl.trainer.utils import add_fused_lm_head
+
+    plain = load_model(BASE, "fp32")
+    add_fused_lm_head(shref)
+    add_fused_lm_head(plain)
+    with torch.no_grad():
+        a = shref(input_ids=ids, labels=ids, fused_lm_head=True).log_probs
+        b = plain(input_ids=ids, labels=ids, fused_lm_head=True).log_probs
+    result["ref_fused_logp_max_diff"] = float((a - b).abs().max())
+
 task = get_task("tiny_arith", n_train=600, n_test=64, seed=7)
 hp = {"batch_size": 4, "n_prompts": 32, "k": 2, "lr": 1e-3}
 spec = TrainSpec(run=Run("llama", "dpo", "off_policy", "fp32", 1), base_dir=BASE, out_dir=OUT, task=task,

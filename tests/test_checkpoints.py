@@ -138,6 +138,22 @@ def test_incomplete_trainer_checkpoint_is_ignored(random_base: Path, task: Any, 
     assert _weights_equal(out, tmp_path / "clean")
 
 
+def test_trainer_checkpoints_only_every_checkpoint_every_steps(random_base: Path, task: Any, tmp_path: Path,
+                                                               monkeypatch: Any) -> None:
+    # transformers' DefaultFlowCallback also saves at max_steps; under FSDP that is the full optimiser
+    # state on rank 0's disk (it filled the 2-H200 host at 9B fp32-master). 5 steps, every 2: 2 and 4.
+    from rlsparsity.algorithms import trl_algos
+
+    saved: list[int] = []
+    real = trl_algos.mark_complete
+    monkeypatch.setattr(trl_algos, "mark_complete",
+                        lambda folder, fp, step: (saved.append(step), real(folder, fp, step)))
+    out = tmp_path / "run"
+    get_algorithm("dpo")(_spec("dpo", random_base, out, task, steps=5, checkpoint_every=2))
+    assert saved == [2, 4]
+    assert _series(out) == [2, 4] and (out / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------- planted pickles
 def test_planted_pickle_in_trainer_checkpoint_never_runs(random_base: Path, task: Any, tmp_path: Path) -> None:
     out, pwned = tmp_path / "run", tmp_path / "pwned"

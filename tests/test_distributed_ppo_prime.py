@@ -19,6 +19,15 @@ global count, a doubled gradient — changes the update by O(100 %)). A plain ``
 compared with the other single-process tests, not here.
 
 Resume: the same world size, the same seeds, full state dicts → bit-identical weights.
+
+Rollouts through FSDP2's per-layer all-gathers (``rollout_gather: layer``, ``generate(...,
+synced_gpus=True)``) against the policy all-gathered whole (``full``, the default): the
+all-gathers reassemble the same fp32 values and the forwards run the same ops on the same
+batch, so the logits are expected bit-identical (at worst they differ in reduction order,
+which could flip a per-row Gumbel-max sample only at a near-tie) and so the rollouts:
+checked exactly, rows and per-step rewards. A direct generation in which rank 0 stops after 3
+tokens and rank 1 after 8 checks that per layer rank 0 keeps stepping (each forward a
+collective) and that with the whole policy (``synced_gpus=False``) each rank stops on its own.
 """
 
 from __future__ import annotations
@@ -95,6 +104,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "checkpoint_every": 1},
         {"alg": "prime", "out": str(r2 / "prime_ckpt"), "precision": "fp32", "steps": 4,
          "hp": {"gradient_checkpointing": True}},
+        {"alg": "ppo", "out": str(r2 / "ppo_layer"), "precision": "fp32", "steps": 4,
+         "hp": {"rollout_gather": "layer"}},
+        {"gen": True},
     ])
     for p, res in ((p1, root / "res1"), (p2, root / "res2")):
         rc = p.wait(timeout=600)
@@ -251,3 +263,48 @@ def test_activation_checkpointing_changes_no_weight(runs: dict[str, Path]) -> No
         wa, wb = _weights(a), _weights(b)
         assert sorted(wa) == sorted(wb) and not any("checkpoint" in k for k in wa)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), a
+
+
+def test_per_layer_generation_keeps_finished_ranks_stepping(runs: dict[str, Path]) -> None:
+    """FSDP-sharded policy: the rows sampled through per-layer all-gathers (synced_gpus) equal
+    those of the whole gathered policy, exactly (the same gathered values and ops, see the
+    module doc); rank 0 (3 new tokens) runs as many forwards as rank 1 (8: prefill + 7 steps)."""
+    g0, g1 = (_result(runs, "res2", r)["gen"] for r in (0, 1))
+    for g in (g0, g1):
+        assert g["layer"] == g["full"] and len(g["full"]) == 4
+    assert (len(g0["full"][0]) + 5, g0["new_tokens"], g1["new_tokens"]) == (len(g1["full"][0]), 3, 8)
+    assert g0["forwards"] == [3, 8] and g1["forwards"] == [8, 8]  # full: each rank its own; layer: in step
+
+
+def test_rollout_gather_layer_gives_the_full_rollouts_and_weights(runs: dict[str, Path]) -> None:
+    """ppo on 2 processes under FSDP with rollout_gather: layer vs full (the default): the same
+    rollouts (per-step rewards and completion lengths equal exactly) and weights within the
+    1-vs-2-process tolerance (5e-5 absolute, 1 % of the largest update: it would catch a
+    different rollout, which moves the weights by O(lr) = 3e-3; measured: identical)."""
+    res = _result(runs, "res2", 0)
+    layer, full = _run(res, runs["two"] / "ppo_layer"), _run(res, runs["two"] / "ppo")
+    assert layer["reward_mean"] == full["reward_mean"]
+    assert layer["completion_length"] == full["completion_length"]
+    assert torch.allclose(torch.tensor(layer["loss"]), torch.tensor(full["loss"]), rtol=1e-3, atol=1e-5)
+    _assert_close(runs["two"] / "ppo_layer", runs["two"] / "ppo", runs["base"])
+
+
+def test_rollout_gather_value_is_checked() -> None:
+    from rlsparsity.algorithms import ppo, prime
+    from rlsparsity.algorithms.common import check_choices
+
+    for mod, name in ((ppo, "ppo"), (prime, "prime")):
+        assert mod.DEFAULTS["rollout_gather"] == "full" and mod.CHOICES == {"rollout_gather": ("full", "layer")}
+        check_choices({**mod.DEFAULTS, "rollout_gather": "layer"}, mod.CHOICES, name)
+        with pytest.raises(ConfigError, match=f"^{name}: rollout_gather='all' is not one of 'full', 'layer'$"):
+            check_choices({**mod.DEFAULTS, "rollout_gather": "all"}, mod.CHOICES, name)
+
+
+def test_run_records_the_strategy_it_ran_with(runs: dict[str, Path]) -> None:
+    """run.json's ``sharding`` for ppo/prime is the strategy of the launch (it said "none" for the
+    6B fp32-master ppo that ran sharded on 2 H200s at 119.8 GB per rank)."""
+    for rank in (0, 1):
+        res = _result(runs, "res2", rank)
+        assert _run(res, runs["two"] / "ppo")["sharding"] == "fsdp"
+        assert _run(res, runs["two"] / "prime")["sharding"] == "fsdp"
+        assert _run(res, runs["two"] / "ppo_ddp")["sharding"] == "ddp"

@@ -120,6 +120,19 @@ def test_only_rank0_writes_run_files(runs: dict[str, Any]) -> None:
     assert "two/resume/checkpoint-4/complete.json" in w0
 
 
+def test_dpo_kto_reference_is_sharded_per_layer_under_fsdp(runs: dict[str, Any]) -> None:
+    """On 2 H200s TRL's prepare_fsdp sharded dpo/kto's reference at the root only, so each of its
+    forwards gathered the whole model (memory ratio 0.85 instead of 0.55); under FSDP the
+    trainers now get distributed.sharded_reference: every decoder layer its own FSDP unit,
+    frozen, half of each weight per rank, and the unsharded model's logits (fp32, exact up to
+    the matmul order: 1e-5)."""
+    for r in runs["first"]:
+        assert r["ref_layers_sharded"] and r["ref_root_sharded"] and r["ref_frozen"], r
+        assert r["ref_local_rows"] * 2 == r["ref_full_rows"], r
+        assert r["ref_logits_max_diff"] <= 1e-5, r
+        assert r["ref_fused_logp_max_diff"] <= 1e-5, r  # through TRL's fused LM head, as DPO/KTO score it
+
+
 def test_fsdp_reference_model_goes_whole_on_this_ranks_gpu(monkeypatch) -> None:
     """TRL builds dpo/kto's (and beta > 0 grpo/rloo's) reference with device_map="auto" under FSDP,
     which spread it over both GPUs of an H200 host and failed; _args pins it to the rank's GPU

@@ -148,6 +148,12 @@ def _callback(spec: TrainSpec, model: Any) -> Any:
         def on_step_end(self, args, state, control, **kw):
             if state.global_step % spec.checkpoint_every == 0:
                 _save_series(model, spec, state.global_step, state.is_world_process_zero)
+            # resume checkpoints exactly every checkpoint_every steps: transformers' DefaultFlowCallback
+            # (which runs before this one) also asks for one at max_steps, which only a resume could
+            # use and model.safetensors follows at once. Under FSDP it is the FULL optimiser state on
+            # rank 0's disk (~12 bytes/param: 108 GB for the 9B fp32-master run, whose 128 GB host
+            # disk it filled on 2 H200s)
+            control.should_save = state.global_step % spec.checkpoint_every == 0
 
         def on_save(self, args, state, control, **kw):
             if spec.stop_after is not None and state.global_step >= spec.stop_after:
@@ -297,6 +303,16 @@ def _load(spec: TrainSpec) -> tuple[Any, Any]:
     return model, tok
 
 
+def _reference(spec: TrainSpec) -> Any | None:
+    """dpo/kto's reference: under FSDP sharded per layer by us (``distributed.sharded_reference``;
+    the DPOConfig is built first, so accelerate's process group exists), else None: TRL builds it."""
+    if not fsdp_enabled():
+        return None
+    from rlsparsity.algorithms.distributed import sharded_reference
+
+    return sharded_reference(spec.base_dir, spec.precision, spec.device)
+
+
 def _reward_fn(spec: TrainSpec) -> Callable[..., list[float]]:
     task = spec.task
 
@@ -374,7 +390,7 @@ def train_dpo(spec: TrainSpec) -> dict[str, Any]:
 
     def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
         args = _args(DPOConfig, spec, hp, beta=hp["beta"], max_length=256)
-        return DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+        return DPOTrainer(model=model, ref_model=_reference(spec), args=args, train_dataset=ds, processing_class=tok)
 
     return _offline(spec, "dpo", "pairs", make)
 
@@ -384,7 +400,7 @@ def train_kto(spec: TrainSpec) -> dict[str, Any]:
 
     def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
         args = _args(KTOConfig, spec, hp, beta=hp["beta"], max_length=256)
-        return KTOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+        return KTOTrainer(model=model, ref_model=_reference(spec), args=args, train_dataset=ds, processing_class=tok)
 
     return _offline(spec, "kto", "unpaired", make)
 
