@@ -1,7 +1,9 @@
 """Sharded training, validated: 1 GPU vs FSDP on 2 GPUs, and a 9B-shaped fp32-master run.
 
 Randomly initialised Llama-shaped models built from a transformers ``LlamaConfig`` (nothing is
-downloaded; the tokenizer is the project's character tokenizer of the tiny_arith task).
+downloaded; the tokenizer is the project's character tokenizer of the tiny_arith task, narrowed
+to one-digit sums), whose LM head alone is warm-started (:func:`warm_head`) so that the online
+algorithms see rewards with variance.
 Every run goes through the project's own entry point, ``rlsparsity train`` (single process) or
 ``accelerate launch --config_file config/accelerate/fsdp.yaml --num_processes 2 -m
 rlsparsity.cli train`` (FSDP2, full shard), so what is validated is what the pipeline runs.
@@ -15,8 +17,10 @@ Phases (see README.md here):
          different completions per rank, so their trajectories are reported, not compared),
          sparsity within 1 point, FSDP peak per rank <= 0.55 x the 1-GPU peak.
   big    shape 9b (~8.9B) GRPO in fp32-master with FSDP on 2 GPUs (fp32 sharded master weights
-         + AdamW, fp32 compute: ~16 bytes/param = ~143 GB of state, more than one H200), then
-         ``rlsparsity diff`` on the bf16 model it writes.
+         + AdamW, fp32 compute: ~16 bytes/param = ~143 GB of state, more than one H200), and PPO
+         (policy + critic + reference) in fp32-master at shape 6b (5.67B, the largest the memory
+         model fits on two H200s), each followed by ``rlsparsity diff`` on the bf16 model it
+         writes; the memory model's estimate is recorded beside each peak.
 Every phase stops launching runs once ``--time-cap`` seconds have passed (the remaining time is
 each run's timeout too) and records what it skipped. Results: OUT/validate.json, .csv, .md.
 
@@ -45,9 +49,17 @@ SHAPES = {  # num_key_value_heads x head_dim = kv width; vocab ~40 characters
                  num_key_value_heads=2),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
                num_key_value_heads=8),
+    "6b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8),  # Llama-2-7B's trunk with 8 KV heads: 5.67B with this vocabulary
     "9b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=41, num_attention_heads=32,
                num_key_value_heads=8),
 }
+#: tiny_arith narrowed to one-digit sums (answers 0..18): after :func:`warm_head` a random model
+#: answers in the right format and is right often enough (~1 in 3 on the tiny shape) that every
+#: online algorithm gets groups with reward variance, i.e. a real update to compare; on the full
+#: task a random model earns ~1 % and GRPO/RLOO did not update at all (2nd H200 attempt)
+TASK = {"name": "tiny_arith", "n_train": 600, "seed": 7,
+        "kwargs": {"min_digits": 1, "max_digits": 1, "operators": ["+"]}}
 TRL = ["dpo", "grpo", "kto", "orpo", "simpo", "sft", "rloo"]  # order = priority under a time cap
 OURS = ["ppo", "prime"]  # multi-process through algorithms/distributed.py
 ONLINE = {"grpo", "rloo", "ppo", "prime"}
@@ -75,8 +87,43 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
 
 
+def warm_head(model: Any, tok: Any, task: Any, steps: int = 300, lr: float = 1e-2, n: int = 256) -> float:
+    """Fit the LM head alone (the random trunk frozen) to ``n`` training prompts, each twice: once
+    with its reference answer and once with a wrong one (``Task.corrupted_solution``). Adam on
+    the fixed last hidden states, full batch, fp32; one no-grad forward of the trunk, so it works
+    at 9B on one GPU. The model then answers in the task's format and is right about half the
+    time when sampling, so GRPO groups have reward variance (fitted to the right answers alone,
+    the 1B model was right every time on 2 H200s: no variance, no update). Returns the loss."""
+    import random
+
+    import torch
+
+    from rlsparsity.base import sft_batch, tokenize_sft
+
+    entries = task.train[:n]
+    rng = random.Random(0)
+    comps = [task.solution(e) for e in entries] + [task.corrupted_solution(e, rng) for e in entries]
+    b = sft_batch(tokenize_sft(tok, task, entries + entries, comps), tok.pad_token_id, next(model.parameters()).device)
+    with torch.no_grad():
+        h = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    target = b["labels"][:, 1:]
+    keep = target != -100
+    feats, y = h[:, :-1][keep].float(), target[keep]
+    w = model.lm_head.weight.detach().float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(feats @ w.T, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        model.lm_head.weight.copy_(w.to(model.lm_head.weight.dtype))
+    return float(loss.detach())
+
+
 def build_base(folder: Path, shape: str, device: str, eval_n: int) -> int:
-    """A random Llama of ``shape`` stored like a pipeline base (bf16 + tokenizer + metrics.json)."""
+    """A random Llama of ``shape`` with a warm-started LM head (:func:`warm_head`), stored like a
+    pipeline base (bf16 + tokenizer + metrics.json)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -85,7 +132,7 @@ def build_base(folder: Path, shape: str, device: str, eval_n: int) -> int:
     from rlsparsity.tasks import get_task
     from rlsparsity.tokenizer import build_tokenizer, special_ids, task_corpus
 
-    task = get_task("tiny_arith", n_train=600, n_test=eval_n, seed=7)
+    task = get_task(TASK["name"], n_train=TASK["n_train"], n_test=eval_n, seed=TASK["seed"], kwargs=TASK["kwargs"])
     tok = build_tokenizer(task_corpus(task))
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=512, tie_word_embeddings=False,
                       **special_ids(tok), **SHAPES[shape])
@@ -93,11 +140,12 @@ def build_base(folder: Path, shape: str, device: str, eval_n: int) -> int:
     with torch.device("cuda:0" if device == "cuda" else "cpu"):  # 9B initialises in seconds on a GPU
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
+    head_loss = warm_head(model, tok, task)
     tok.padding_side = "left"
     m = evaluate(model, tok, task, n=eval_n)
     save_model(model, tok, folder, "bf16")
     write_json(folder / "metrics.json", {"accuracy": m["accuracy"], "correct": m["correct"], "n_test": m["n"],
-                                         "task": task.name, "params": n})
+                                         "task": task.name, "params": n, "warm_head_loss": head_loss})
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -105,7 +153,7 @@ def build_base(folder: Path, shape: str, device: str, eval_n: int) -> int:
 
 
 def write_config(path: Path, results: Path, base: Path, gpus: int, steps: int, every: int, eval_n: int,
-                 algorithm: str, precision: str, sharding: str | None) -> Path:
+                 algorithm: str, precision: str, sharding: str | None, extra_hp: dict[str, Any] | None = None) -> Path:
     import yaml
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -113,10 +161,10 @@ def write_config(path: Path, results: Path, base: Path, gpus: int, steps: int, e
     if sharding:
         fam["sharding"] = sharding
     cfg.update(experiment="fsdp-validate", results=str(results),
-               task={"name": "tiny_arith", "n_train": 600, "n_test": eval_n, "seed": 7},
+               task={**TASK, "n_test": eval_n},
                families={"rand": fam})
     cfg["train"].update(steps=steps, checkpoint_every=every, eval_n=eval_n, group_by=[],
-                        hparams={algorithm: HPARAMS[algorithm]})
+                        hparams={algorithm: {**HPARAMS[algorithm], **(extra_hp or {})}})
     cfg["grids"] = [{"families": "all", "algorithms": [algorithm], "seeds": [1], "precisions": [precision],
                      "data": ["on_policy" if algorithm in ONLINE else "off_policy"]}]
     for k in ("subnetwork", "entropy", "causes"):
@@ -183,12 +231,13 @@ def sparsity(base: Path, run: Path) -> dict[str, float]:
 class Runner:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.t0, self.rows, self.work = args, time.time(), [], work
+        self.keep_weights = False  # equiv runs: weights deleted once measured (the host disk is 128 GB)
 
     def left(self) -> float:
         return self.args.time_cap - (time.time() - self.t0)
 
     def start(self, tag: str, alg: str, n: int, base: Path, precision: str, steps: int, every: int,
-              gpu: int | None) -> dict[str, Any]:
+              gpu: int | None, extra_hp: dict[str, Any] | None = None) -> dict[str, Any]:
         a = self.args
         res = self.work / tag
         (res / "base").mkdir(parents=True, exist_ok=True)
@@ -197,7 +246,7 @@ class Runner:
             link.symlink_to(base.resolve(), target_is_directory=True)
         sharding = "fsdp" if n > 1 and a.device == "cuda" else None  # CPU families: gpus 0, no sharding
         cfg = write_config(res / "config.yaml", res, base.resolve(), n if a.device == "cuda" else 0, steps, every,
-                           a.eval_n, alg, precision, sharding)
+                           a.eval_n, alg, precision, sharding, extra_hp)
         data = "on_policy" if alg in ONLINE else "off_policy"
         cmd = launcher(n, a.device, alg) + ["rand", alg, "--data", data, "--precision", precision, "--seed", "1",
                                        "--config", str(cfg), "--device", a.device]
@@ -226,11 +275,21 @@ class Runner:
             tokens = next((h["num_tokens"] for h in reversed(hist) if "num_tokens" in h), None)
             sps = rec.get("seconds_per_step")
             row.update(steps=rec.get("steps"), seconds_per_step=sps, sharding=rec.get("sharding"),
-                       loss=[h.get("loss") for h in hist], reward=[h.get("reward") for h in hist],
+                       loss=[h.get("loss") for h in hist],
+                       reward=[h.get("reward", h.get("reward_mean")) for h in hist],  # TRL / ppo, prime
                        tokens_per_second=round(tokens / (sps * rec["steps"]), 1) if tokens and sps else None,
                        **sparsity(base, run))
+            hp = HPARAMS[job["algorithm"]]
+            if "prompts_per_rollout" in hp and sps:  # ppo/prime: generated tokens (no TRL num_tokens)
+                gen = sum(h.get("completion_length") or 0 for h in hist) * hp["prompts_per_rollout"] * hp[
+                    "samples_per_prompt"]
+                row["completion_tokens_per_second"] = round(gen / (sps * rec["steps"]), 1)
             ranks = sorted((job["res"] / "ranks").glob("rank*.json"))
             row["peak_torch_mb_per_rank"] = [json.loads(p.read_text())["peak_gpu_memory_mb"] for p in ranks]
+        if not self.keep_weights and run.is_dir():  # run.json, logs and rank stats stay
+            for p in run.iterdir():
+                if p.name != "run.json":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         if poll is not None:
             gpus = [job["gpu"]] if job["gpu"] is not None else sorted(poll.peak)
             row["peak_nvsmi_mb_per_gpu"] = [poll.peak.get(g) for g in gpus]
@@ -252,6 +311,21 @@ class Runner:
             self.finish(j, base, poll)["concurrent_runs"] = len(jobs)
         if poll:
             poll.stop.set()
+
+
+def memory_estimate(algorithm: str, shape: str, extra_hp: dict[str, Any]) -> dict[str, float]:
+    """The memory model's GB per GPU for a big run (fp32-master, FSDP on 2), to set beside its peak."""
+    from rlsparsity.memory_model import GB, Run, Shape, llama_params, rows_and_length
+
+    sh = SHAPES[shape]
+    h, heads, kv = sh["hidden_size"], sh["num_attention_heads"], sh["num_key_value_heads"]
+    vocab = 308  # the character tokenizer of TASK (measured)
+    shp = Shape(llama_params(h, sh["num_hidden_layers"], sh["intermediate_size"], vocab, heads, kv), h,
+                sh["num_hidden_layers"], sh["intermediate_size"], vocab, kv * (h // heads))
+    hp = {**HPARAMS[algorithm], **extra_hp}
+    rows, seq = rows_and_length(algorithm, hp, 16)
+    est = Run(algorithm, "fp32-master", rows, seq, 0.0, bool(hp.get("gradient_checkpointing"))).estimate(shp, "fsdp", 2)
+    return {k: round(getattr(est, k) / GB, 1) for k in ("states", "gathered", "activations", "overhead", "total")}
 
 
 def compare(rows: list[dict[str, Any]], rtol: float) -> list[dict[str, Any]]:
@@ -280,7 +354,8 @@ def compare(rows: list[dict[str, Any]], rtol: float) -> list[dict[str, Any]]:
                     "memory_verdict": ("pass" if peak1 and peak2 and peak2 <= 0.55 * peak1 else "FAIL")
                     if peak1 and peak2 else "n/a",
                     "s_per_step_1": one.get("seconds_per_step"), "s_per_step_2": two.get("seconds_per_step"),
-                    "tokens_per_s_1": one.get("tokens_per_second"), "tokens_per_s_2": two.get("tokens_per_second")})
+                    "tokens_per_s_1": one.get("tokens_per_second") or one.get("completion_tokens_per_second"),
+                    "tokens_per_s_2": two.get("tokens_per_second") or two.get("completion_tokens_per_second")})
     return out
 
 
@@ -289,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase", choices=["equiv", "big", "all"], default="all")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--shape", choices=sorted(SHAPES), default=None, help="equiv shape (default: 1b; cpu: tiny)")
-    p.add_argument("--big-shape", choices=sorted(SHAPES), default="9b")
+    p.add_argument("--big-shape", choices=sorted(SHAPES), default="9b", help="shape of the big GRPO run")
+    p.add_argument("--big-ppo-shape", choices=sorted(SHAPES), default="6b",
+                   help="shape of the big PPO run (the largest the memory model fits on two H200s)")
+    p.add_argument("--big-algorithms", default="grpo,ppo", help="which big runs (comma list of grpo, ppo)")
     p.add_argument("--algorithms", default=",".join(OURS + TRL), help="comma list (default: all nine)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32-master", "fp32"])
     p.add_argument("--steps", type=int, default=3)
@@ -318,9 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         base = work / f"base-{shape}"
         meta["params"] = build_base(base, shape, a.device, a.eval_n)
         algs = [x for x in a.algorithms.split(",") if x]
-        singles = [(f"{x}-1", x, 1, base, a.precision, a.steps, a.steps, i % 2 if a.device == "cuda" else None)
+        # checkpoint_every > steps: no resume checkpoints (a FULL_STATE_DICT one is ~12 bytes/param:
+        # 18 of them filled the 128 GB disk of the 2-H200 host and failed ppo-2 there)
+        singles = [(f"{x}-1", x, 1, base, a.precision, a.steps, 1000, i % 2 if a.device == "cuda" else None)
                    for i, x in enumerate(algs)]
-        pairs = [(f"{x}-2", x, 2, base, a.precision, a.steps, a.steps, None) for x in algs]
+        pairs = [(f"{x}-2", x, 2, base, a.precision, a.steps, 1000, None) for x in algs]
         if a.concurrent:  # every 1-GPU run at once (alternating GPUs), then every FSDP run at once
             r.batch(singles, base)
             r.batch(pairs, base)
@@ -331,28 +411,42 @@ def main(argv: list[str] | None = None) -> int:
                 for pair in pairs[i:i + step]:
                     r.batch([pair], base)
     if a.phase in ("big", "all"):
-        big = a.big_shape if a.device == "cuda" else "tiny"
-        base = work / f"base-{big}"
-        if r.left() > 120:
-            meta["big_params"] = build_base(base, big, a.device, 2)
-            # checkpoint_every > steps: no FULL_STATE_DICT Trainer checkpoint (~16 bytes/param to disk)
-            r.batch([(f"grpo-{big}-fp32-master-2", "grpo", 2, base, "fp32-master", 2, 1000, None)], base)
-            run = work / f"grpo-{big}-fp32-master-2" / "runs/rand/grpo/on_policy/fp32-master/seed1"
+        r.keep_weights = True  # `rlsparsity diff` reads them; removed after it
+        # GRPO at 9B and PPO (policy + critic + reference) at the largest shape the memory model
+        # fits on two H200s, both fp32-master with FSDP on 2; each then read by `rlsparsity diff`
+        for alg, shape_name, hp in (("grpo", a.big_shape, {}),
+                                    ("ppo", a.big_ppo_shape, {"gradient_checkpointing": True})):
+            if alg not in a.big_algorithms.split(","):
+                continue
+            big = shape_name if a.device == "cuda" else "tiny"
+            tag = f"{alg}-{big}-fp32-master-2"
+            if r.left() < 120:
+                r.rows.append({"tag": tag, "algorithm": alg, "processes": 2, "rc": "skipped: time cap"})
+                continue
+            base = work / f"base-{big}"
+            if not base.exists():
+                meta[f"params_{big}"] = build_base(base, big, a.device, 2)
+            # checkpoint_every > steps: no resume checkpoint (~16 bytes/param of fp32-master state to disk)
+            r.batch([(tag, alg, 2, base, "fp32-master", 2, 1000, None, hp)], base)
+            meta[f"{tag}_estimate_gb"] = memory_estimate(alg, big, hp)
+            run = work / tag / "runs/rand" / alg / "on_policy/fp32-master/seed1"
             if (run / "model.safetensors").exists() and r.left() > 30:
+                t = time.time()
                 d = subprocess.run([sys.executable, "-m", "rlsparsity.cli", "diff", str(base), str(run), "--json",
                                     "--quiet", "--threads", str(min(16, os.cpu_count() or 1))], cwd=REPO, env=_env(),
                                    capture_output=True, text=True, timeout=max(10, r.left()))
-                meta["big_diff_rc"] = d.returncode
                 ok = d.returncode == 0
-                meta["big_diff"] = json.loads(d.stdout.strip().splitlines()[-1]) if ok else d.stderr[-500:]
-        else:
-            r.rows.append({"tag": f"grpo-{big}-fp32-master-2", "rc": "skipped: time cap"})
+                meta[f"{tag}_diff"] = {"rc": d.returncode, "seconds": round(time.time() - t, 1),
+                                       "result": json.loads(d.stdout.strip().splitlines()[-1]) if ok
+                                       else d.stderr[-500:]}
+            shutil.rmtree(work / tag / "runs", ignore_errors=True)  # free the disk for the next one
     summary = compare(r.rows, a.loss_rtol)
     meta["seconds"] = round(time.time() - r.t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "validate.json").write_text(json.dumps({"meta": meta, "runs": r.rows, "comparison": summary},
                                                   indent=1, default=str))
     keys = ["tag", "algorithm", "processes", "precision", "rc", "steps", "seconds_per_step", "tokens_per_second",
+            "completion_tokens_per_second",
             "unchanged_tol0", "unchanged_tol1e-05", "peak_torch_mb_per_rank", "peak_nvsmi_mb_per_gpu", "wall_seconds",
             "concurrent_runs"]
     with open(out / "validate.csv", "w", newline="") as f:
