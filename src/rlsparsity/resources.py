@@ -87,6 +87,21 @@ def analysis_mem_mb(params: int | None) -> int:
     return max(MIN_MEM_MB, math.ceil(MIN_MEM_MB + stored * ANALYSIS_BYTES_PER_STORED_BYTE / 1e6))
 
 
+#: largest base (parameters) whose runs the analysis job analyses several at a time, each
+#: worker process holding its own tensors (at 8B one run at a time needs ~64 GB already)
+ANALYSIS_PARALLEL_MAX_PARAMS = 2 * 10**9
+ANALYSIS_THREADS_PER_WORKER = 2
+
+
+def analysis_workers(params: int | None, threads: int, n_runs: int) -> int:
+    """Worker processes of one ``analyze`` job (``analyze-family --workers auto``): runs of a
+    base up to 2B parameters are analysed ``threads // 2`` at a time (each worker 2 threads),
+    larger ones one at a time. Scheduling only: every worker count gives the same tables."""
+    if params is not None and params > ANALYSIS_PARALLEL_MAX_PARAMS:
+        return 1
+    return max(1, min(n_runs, threads // ANALYSIS_THREADS_PER_WORKER))
+
+
 def analysis_runtime(params: int | None, n_runs: int) -> int:
     """Minutes to diff ``n_runs`` runs of one family against its base (SVD-bound)."""
     return math.ceil(ANALYSIS_BASE_MINUTES + n_runs * (params or 0) / 1e9 * ANALYSIS_MINUTES_PER_RUN_PER_BPARAM)

@@ -1,7 +1,9 @@
 # Analysis stage: update sparsity, rank, overlap, layer split and dynamics of every run.
-# Rule `analyze`: one job per family diffs all of that family's runs in one process (imports
-# cost ~4 s per process) and writes the per-run diff folders R/diff/<run>/ plus five
-# per-family CSVs; analysis_table stacks the families into results/tables/<table>.csv.
+# Rule `analyze`: one job per family diffs all of that family's runs (imports cost ~4 s per
+# process; `--workers auto`: bases up to 2B parameters are analysed threads // 2 runs at a time
+# in worker processes, the rank pass parallelising across runs far better than inside one) and
+# writes the per-run diff folders R/diff/<run>/ plus five per-family CSVs; analysis_table
+# stacks the families into results/tables/<table>.csv.
 # Logic: rlsparsity.analysis.
 
 ANALYSIS_TABLES = ["sparsity", "rank", "overlap", "layers", "dynamics"]
@@ -35,7 +37,7 @@ rule analyze:
         topk=ANALYSIS_TOPK,
     shell:
         "rlsparsity analyze-family {params.runs:q} --base {params.base:q} --diff-root {params.diff_root:q}"
-        " --out {params.out:q} --topk {params.topk} --threads {threads} --quiet > {log:q} 2>&1"
+        " --out {params.out:q} --topk {params.topk} --threads {threads} --workers auto --quiet > {log:q} 2>&1"
 
 
 rule analysis_table:

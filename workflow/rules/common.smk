@@ -187,8 +187,10 @@ def analyze_threads(wildcards, input):
     return max(RES.threads("analysis", f, _spec(f)) for f in _families_of(wildcards, input))
 
 
-def analyze_mem_mb(wildcards, input):
-    return RES.analysis_mem_mb(_max_params(input))
+def analyze_mem_mb(wildcards, input):  # per worker process (analyze-family --workers auto)
+    n_runs = sum(r.family == wildcards.family for r in RUNS)
+    workers = RES.analysis_workers(_max_params(input), analyze_threads(wildcards, input), n_runs)
+    return RES.analysis_mem_mb(_max_params(input)) * workers
 
 
 def analyze_runtime(wildcards, input):

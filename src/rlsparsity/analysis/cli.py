@@ -170,10 +170,29 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
 
 def cmd_analyze_family(args: argparse.Namespace) -> int:
     from rlsparsity.analysis.tables import analyze_family
+    from rlsparsity.resources import analysis_workers, stored_params
 
+    workers = args.workers
+    if workers == "auto":
+        workers = analysis_workers(stored_params(Path(args.base) / "model.safetensors"), args.threads or 1,
+                                   len(args.runs))
     analyze_family(Path(args.base), [Path(r) for r in args.runs], Path(args.diff_root), Path(args.out),
-                   tuple(args.tolerances), None if args.topk <= 0 else args.topk, args.threads, args.device)
+                   tuple(args.tolerances), None if args.topk <= 0 else args.topk, args.threads, args.device,
+                   workers=int(workers))
     return 0
+
+
+def workers_arg(text: str) -> str | int:
+    """``auto`` or a positive integer (``--workers``)."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return n
 
 
 def cmd_analysis_table(args: argparse.Namespace) -> int:
@@ -275,6 +294,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the family's five CSVs")
     p.add_argument("--topk", type=fraction_or_off, default=0.01, help="top-p magnitude mask for overlap (<= 0: off)")
     p.add_argument("--device", type=device, default="cpu", help="device for rank")
+    p.add_argument("--workers", type=workers_arg, default=1,
+                   help="runs analysed at once in worker processes, THREADS split among them; 'auto': "
+                        "THREADS // 2 for bases up to 2B parameters, else 1 (the tables do not depend on it)")
     _common(p)
     p.set_defaults(func=_guard(cmd_analyze_family))
 
