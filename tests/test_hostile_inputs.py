@@ -311,6 +311,11 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
         lambda r, t: ["analyze-family", "x", "--base", "b", "--diff-root", "d", "--out", "o", "--topk", "3"],
         ("--topk",),
     ),
+    (
+        "analyze-family --workers 0",
+        lambda r, t: ["analyze-family", "x", "--base", "b", "--diff-root", "d", "--out", "o", "--workers", "0"],
+        ("--workers", "auto"),
+    ),
     ("eval --n -1", lambda r, t: ["eval", str(r / "base"), "--task", "tiny_arith", "--n", "-1"], ("--n",)),
     ("unknown subcommand", lambda r, t: ["difff"], ("invalid choice", "difff")),
     # --- wrong file kinds
