@@ -1,7 +1,7 @@
 """Benchmark (not a test): one GRPO configuration through rlsparsity's path and through a plain
 ``trl.GRPOTrainer`` on the same model, batch, data, reward and GPU, one after the other.
-Prints seconds per optimiser step (median over steps after the first, and the mean) for both
-and the ratio; goal: ours within 10 % of stock TRL. ~1.5 min on an H200.
+Prints seconds per optimiser step (the mean and the median over the steps after the first)
+for both and the ratio of the means; goal: ours within 10 % of stock TRL. ~1.5 min on an H200.
 
     python benchmarks/smollm2_gpu/grpo_vs_trl.py --results results/smollm2-gpu [--steps 16]
 
@@ -151,13 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_autocast": bool(args.bf16),
         "loss_type": args.loss_type,
     }
-    ratio = report["rlsparsity"]["median_s_per_step"] / report["trl_stock"]["median_s_per_step"]
+    # the MEAN step after the first: with steps_per_generation > 1 only every k-th step generates,
+    # so the median is a cheap reuse step and its ratio says nothing about throughput
+    ratio = report["rlsparsity"]["mean_s_per_step"] / report["trl_stock"]["mean_s_per_step"]
     report["ratio_ours_over_stock"] = round(ratio, 3)
+    report["ratio_of"] = "mean s/step after the first step"
     report["within_10_percent"] = ratio <= 1.10
     write_json(out / "grpo_vs_trl.json", report)
     print(
-        f"rlsparsity GRPO: {report['rlsparsity']['median_s_per_step']:.3f} s/step (median), "
-        f"stock TRL GRPOTrainer: {report['trl_stock']['median_s_per_step']:.3f} s/step -> ratio {ratio:.3f} "
+        f"rlsparsity GRPO: {report['rlsparsity']['mean_s_per_step']:.3f} s/step (mean after the first), "
+        f"stock TRL GRPOTrainer: {report['trl_stock']['mean_s_per_step']:.3f} s/step -> ratio {ratio:.3f} "
         f"({'within' if ratio <= 1.10 else 'NOT within'} 10 %)"
     )
     print(json.dumps(report))
