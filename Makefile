@@ -25,8 +25,12 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	PATH=$(BIN):$$PATH snakemake --profile workflow/profiles/default --cores $(CORES)
 
+# 2 pytest-xdist workers, one work unit per test file or group (tests/conftest.py: XDIST_GROUPS,
+# the real Slurm cluster in one worker); TEST_WORKERS=0 runs the suite in one process.
+# A single file stays plain: .venv/bin/python -m pytest tests/test_x.py
+TEST_WORKERS ?= 2
 test: venv
-	PATH=$(BIN):$$PATH $(PY) -m pytest -q -rs tests
+	PATH=$(BIN):$$PATH $(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup tests
 
 # The Snakemake report (self-contained HTML: figures with captions, SUMMARY.md, provenance)
 # of the last `make run`; open results/report.html in a browser.

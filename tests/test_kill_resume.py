@@ -47,6 +47,29 @@ def _setup(root: Path, task: Any) -> Path:
     return root / "cfg.yaml"
 
 
+def _fresh_tqdm_lock() -> None:
+    """Give a forked attempt its own tqdm write lock, as a fresh interpreter would have.
+
+    The inherited one holds a multiprocessing RLock: a semaphore shared with the parent and every
+    other attempt. A SIGKILL that lands while the attempt refreshes a progress bar (Trainer steps,
+    "Writing model shards") leaves it held for good, and the next attempt, and then the test
+    process itself, block on it forever (seen: "attempt hung", then the suite hung)."""
+    import multiprocessing
+    import threading
+
+    from tqdm import std
+
+    std.TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    std.TqdmDefaultWriteLock.th_lock = threading.RLock()
+    lock = std.TqdmDefaultWriteLock()
+    classes = [std.tqdm]
+    while classes:  # tqdm.auto/datasets/huggingface_hub subclasses may hold a lock of their own
+        cls = classes.pop()
+        if cls is std.tqdm or "_lock" in vars(cls):
+            cls._lock = lock
+        classes.extend(cls.__subclasses__())
+
+
 def _fork_cli(argv: list[str], log: Path, env: dict[str, str]) -> int:
     """Start ``rlsparsity <argv>`` in a child process (fork); returns its pid."""
     pid = os.fork()
@@ -60,6 +83,7 @@ def _fork_cli(argv: list[str], log: Path, env: dict[str, str]) -> int:
             os.environ.update(env)
             for k in [k for k in os.environ if k.startswith("RLSPARSITY_TEST_") and k not in env]:
                 del os.environ[k]
+            _fresh_tqdm_lock()
             from rlsparsity.cli import main
 
             code = main(argv)
