@@ -315,13 +315,9 @@ class Runner:
 
 def memory_estimate(algorithm: str, shape: str, extra_hp: dict[str, Any]) -> dict[str, float]:
     """The memory model's GB per GPU for a big run (fp32-master, FSDP on 2), to set beside its peak."""
-    from rlsparsity.memory_model import GB, Run, Shape, llama_params, rows_and_length
+    from rlsparsity.memory_model import GB, Run, rows_and_length, shape_from_hf_config
 
-    sh = SHAPES[shape]
-    h, heads, kv = sh["hidden_size"], sh["num_attention_heads"], sh["num_key_value_heads"]
-    vocab = 308  # the character tokenizer of TASK (measured)
-    shp = Shape(llama_params(h, sh["num_hidden_layers"], sh["intermediate_size"], vocab, heads, kv), h,
-                sh["num_hidden_layers"], sh["intermediate_size"], vocab, kv * (h // heads))
+    shp = shape_from_hf_config({**SHAPES[shape], "vocab_size": 308})  # the character tokenizer of TASK
     hp = {**HPARAMS[algorithm], **extra_hp}
     rows, seq = rows_and_length(algorithm, hp, 16)
     est = Run(algorithm, "fp32-master", rows, seq, 0.0, bool(hp.get("gradient_checkpointing"))).estimate(shp, "fsdp", 2)

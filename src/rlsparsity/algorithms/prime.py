@@ -111,12 +111,7 @@ DEFAULTS: dict[str, Any] = {
     # recompute each decoder layer's activations in backward (HF gradient checkpointing) for the
     # trained LMs: memory for time at 7-9B (rlsparsity.memory_model counts it); off by default
     "gradient_checkpointing": False,
-    # how the FSDP-sharded policy generates a rollout (rollout.sample_share): "full" all-gathers it
-    # whole once (fast; a full compute-dtype copy of the policy on every GPU), "layer" keeps FSDP2's
-    # per-layer all-gathers in every decoding step (generate(synced_gpus=True); no such copy, one
-    # all-gather of the policy per generated token). Same rollouts either way; single-process and
-    # DDP runs ignore it. rlsparsity.memory_model counts the copy for "full" only
-    "rollout_gather": "full",
+    "rollout_gather": "full",   # how the FSDP-sharded policy generates: as ppo's (see ppo.DEFAULTS)
     "temperature": 1.0,
     "max_new_tokens": None,      # None: modeling.max_new_tokens_for(model)
 }
