@@ -89,7 +89,9 @@ def slurm_run(cluster, tmp_path_factory):
     cmd = snakemake_cmd(*PROFILES, "--configfile", str(DEMO), "--config", f"results={res}",
                         "--slurm-logdir", str(tmp / "slurm_logs"), "--",
                         f"{res}/figures/sparsity_heatmap.png", f"{res}/tables/accuracy.csv")
-    ckpt = res / "runs" / KILLED / "resume" / "checkpoint-5" / "trainer_state.json"
+    # complete.json is the checkpoint's completeness marker, written last (after every file was
+    # fsynced); a kill before it leaves a checkpoint the retry must NOT resume from
+    ckpt = res / "runs" / KILLED / "resume" / "checkpoint-5" / "complete.json"
     t0 = time.time()
     killed: dict[str, object] = {}
     with open(log_path, "w") as logf:
