@@ -352,6 +352,15 @@ def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_exact_ties() -> 
     assert run_hparams(cfg, "ppo", "bf16") == {"lr": 1e-5, "kl_coef": 0.1}
     assert run_hparams(cfg, "dpo", "bf16") == {}
 
+    # kto swept on its own leaves dpo's family: its own lr; dpo still covers orpo and simpo
+    rows = [{"algorithm": "dpo", "precision": "bf16", "lr": 3e-5, "val_accuracy": 0.40},
+            {"algorithm": "kto", "precision": "bf16", "lr": 3e-6, "val_accuracy": 0.35},
+            {"algorithm": "kto", "precision": "bf16", "lr": 3e-5, "val_accuracy": 0.05}]
+    hp = sweep.choose(rows, n_val=200)["train"]["hparams_by_precision"]
+    assert hp == {"bf16": {"dpo": {"lr": 3e-5}, "orpo": {"lr": 3e-5}, "simpo": {"lr": 3e-5}, "kto": {"lr": 3e-6}}}
+    assert sweep.lr_grid("kto") == sweep.LRS["dpo"] and sweep.members_of("dpo", ["dpo"]) == ["dpo", "kto", "orpo",
+                                                                                            "simpo"]
+
 
 def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -> None:
     from conftest import make_random_base

@@ -425,6 +425,17 @@ ERROR_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
         ("train.hparams_by_precision.bf16.ppo.rollout_gathr", "did you mean 'rollout_gather'"),
     ),
     ("hparams unknown algorithm", _cfg("{grpoo: {lr: 1.0e-5}}"), ("train.hparams",)),
+    ("hparams zero sample_temperature", _cfg("{dpo: {sample_temperature: 0}}"),
+     ("train.hparams.dpo.sample_temperature: 0 is not a positive number",)),
+    ("hparams negative lr", _cfg("{grpo: {lr: -1.0e-5}}"), ("train.hparams.grpo.lr", "not a positive number")),
+    ("hparams class_balance not a choice", _cfg("{kto: {class_balance: even}}"),
+     ("train.hparams.kto.class_balance: 'even' is not one of 'balanced', 'none'",)),
+    (
+        "preference-samples --temperature 0",
+        lambda r, t: ["preference-samples", "--config", "c.yaml", "--family", "llama", "--precision", "bf16",
+                      "--seed", "1", "--n-prompts", "4", "--k", "2", "--temperature", "0", "--out", str(t / "o.json")],
+        ("--temperature 0.0", "not a positive number"),
+    ),
     ("hparams block not a mapping", _cfg("{grpo: 5}"), ("train.hparams.grpo",)),
     (
         "entropy hparams misspelt",

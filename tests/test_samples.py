@@ -32,9 +32,10 @@ def drawn(trained_base, tmp_path_factory):
     shutil.copytree(trained_base, tmp / "results" / "base" / "llama")
     cfg = _config(tmp / "results")
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
-    out = tmp / "results" / "samples" / "llama" / "fp32" / "seed1" / "n48_k4.json"
+    out = tmp / "results" / "samples" / "llama" / "fp32" / "seed1" / "n48_k4_t1.json"
     r = subprocess.run([str(BIN / "rlsparsity"), "preference-samples", "--config", str(tmp / "config.yaml"),
                         "--family", "llama", "--precision", "fp32", "--seed", "1", "--n-prompts", "48", "--k", "4",
+                        "--temperature", "1.0",
                         "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp, cfg, out
@@ -59,10 +60,15 @@ def test_samples_file_gives_the_same_rows_as_drawing_in_process(drawn):
         model = load_model(base, "fp32", "cpu")
         here, st_here = build_dataset(kind, "on_policy", model, load_tokenizer(base), task, 48, 4, 1)
         rows, st = build_dataset(kind, "on_policy", model, load_tokenizer(base), task, 48, 4, 1,
-                                 drawn=S.find([out], "llama", "fp32", 1, 48, 4, task.name))
+                                 drawn=S.find([out], "llama", "fp32", 1, 48, 4, task.name, temperature=1.0))
         assert rows == here and st == st_here and len(rows) > 0
     with pytest.raises(ValueError, match="no preference samples file"):
-        S.find([out], "llama", "fp32", 2, 48, 4, task.name)  # another seed
+        S.find([out], "llama", "fp32", 2, 48, 4, task.name, temperature=1.0)  # another seed
+    with pytest.raises(ValueError, match="no preference samples file"):
+        S.find([out], "llama", "fp32", 1, 48, 4, task.name, temperature=0.7)  # another temperature
+    assert doc["temperature"] == 1.0 and S.temperature_tag(0.7) == "0.7" and S.temperature_tag(1e-5) == "0.00001"
+    with pytest.raises(ValueError, match="temperature=0.7"):  # a file drawn at 1.0 is refused at 0.7
+        build_dataset("pairs", "on_policy", model, load_tokenizer(base), task, 48, 4, 1, drawn=doc, temperature=0.7)
     bad = tmp / "bad.json"
     bad.write_text('{"format": "x"}')
     with pytest.raises(ValueError, match="is not a preference samples file"):

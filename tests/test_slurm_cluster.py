@@ -192,7 +192,7 @@ def test_every_cluster_job_completes_and_collectors_stay_local(slurm_run):
     rules = {rule for _, rule in jobs}
     trains = {"rule_train/" + r.replace("/", "_").replace("seed", "") for r in RUNS}
     # one wildcard rule per stage: analyze/<family>; the dpo runs' on-policy samples, one job per family
-    samples = {r for r in rules if re.fullmatch(r"rule_preference_samples/(llama|gpt2)_bf16_1_\d+_\d+", r)}
+    samples = {r for r in rules if re.fullmatch(r"rule_preference_samples/(llama|gpt2)_bf16_1_\d+_\d+_1", r)}
     analyses = {"rule_analyze/llama", "rule_analyze/gpt2"}
     assert rules == {"rule_base/llama", "rule_base/gpt2"} | trains | samples | analyses and len(samples) == 2, rules
     killed = slurm_run["killed"]["job"]

@@ -191,3 +191,41 @@ def test_bf16_run_on_cpu_computes_in_fp32_but_stays_on_the_bf16_grid(trained_bas
     n = sum(t.numel() for t in base.values())
     unchanged = {k: 1 - n_changed(base, weights(tmp_path / k)) / n for k in ("emu", "nat")}
     assert 0.05 < unchanged["emu"] < 0.95 and abs(unchanged["emu"] - unchanged["nat"]) < 0.05, unchanged
+
+
+def test_kto_class_weights_balance_the_classes_exactly():
+    from rlsparsity.algorithms.trl_algos import CHOICES
+    from rlsparsity.preference import CLASS_BALANCE, kto_class_weights
+
+    assert tuple(CHOICES["class_balance"]) == CLASS_BALANCE  # config_validate reads trl_algos' literal
+    # the DAG's SmolLM2 kto data at temperature 1: 34 correct of 2048 completions
+    wd, wu = kto_class_weights(34, 2014, "balanced")
+    assert wd == pytest.approx(2048 / 68) and wu == pytest.approx(2048 / 4028)
+    assert wd * 34 / (wu * 2014) == pytest.approx(1.0)  # KTO Eq. 8's ratio, inside [1, 4/3]
+    assert (wd * 34 + wu * 2014) / 2048 == pytest.approx(1.0)  # mean weight per row stays 1
+    assert kto_class_weights(5, 5, "balanced") == (1.0, 1.0)
+    assert kto_class_weights(34, 2014, "none") == (1.0, 1.0)
+    assert kto_class_weights(7, 0, "balanced") == (1.0, 1.0)  # one class only: nothing to balance
+    with pytest.raises(RuntimeError, match="none of the 12 training completions is correct"):
+        kto_class_weights(0, 12, "balanced")
+    with pytest.raises(ValueError, match="class_balance 'even'"):
+        kto_class_weights(3, 4, "even")
+
+
+def test_kto_trains_with_the_balanced_class_weights(trained_base, task, tmp_path):
+    """On-policy kto records its class counts and the weights it trained with, and TRL's loss
+    really uses them: the same seed with TRL's (1, 1) ends at other weights."""
+    hp = {"n_prompts": 96}
+    bal = get_algorithm("kto")(spec_for("kto", trained_base, tmp_path / "b", task, data="on_policy", steps=2,
+                                        hparams=hp))
+    ds, got = bal["data_stats"], bal["hparams"]
+    n_d, n_u = ds["n_desirable"], ds["n_undesirable"]
+    assert n_d + n_u == ds["n_rows"] == 96 * 4 and 0 < n_u < n_d, ds  # the trained tiny base is mostly right
+    assert got["class_balance"] == "balanced"
+    assert got["desirable_weight"] == pytest.approx(ds["n_rows"] / (2 * n_d))
+    assert got["undesirable_weight"] == pytest.approx(ds["n_rows"] / (2 * n_u))
+    assert got["desirable_weight"] < 1 < got["undesirable_weight"]  # the minority class weighs more
+    plain = get_algorithm("kto")(spec_for("kto", trained_base, tmp_path / "p", task, data="on_policy", steps=2,
+                                          hparams={**hp, "class_balance": "none"}))
+    assert plain["hparams"]["desirable_weight"] == plain["hparams"]["undesirable_weight"] == 1.0
+    assert n_changed(weights(tmp_path / "b"), weights(tmp_path / "p")) > 100

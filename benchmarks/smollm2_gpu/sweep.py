@@ -2,7 +2,9 @@
 
 One representative algorithm per family (grpo for the online RL family grpo/ppo/prime, dpo for
 the preference family dpo/kto/orpo/simpo, sft alone) x precision (bf16, fp32-master) x 3 learning
-rates, 1 seed, ``--steps`` optimiser steps, every job its own process, all at once (GPU slots
+rates, 1 seed. Any other algorithm named in ``--representatives`` (e.g. kto, whose loss has
+another scale than dpo's) is swept on its own and leaves its family: it gets its own lr.
+Each job trains ``--steps`` optimiser steps, every job its own process, all at once (GPU slots
 claimed as in the DAG). Each job is scored by greedy accuracy on the task's VALIDATION split
 (``task.val``: disjoint from the test problems every table reports). Writes
 
@@ -34,10 +36,28 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = {"grpo": ["grpo", "ppo", "prime"], "dpo": ["dpo", "kto", "orpo", "simpo"], "sft": ["sft"]}
+ALGORITHMS = [a for members in FAMILIES.values() for a in members]
 # Grids (2nd H200 sweep): the 1st sweep's best online lr was its largest (3e-5, sweep.csv of
 # 2026-11-30) and the offline runs at 1e-6 left bf16 weights ~99.6 % bit-identical with no
 # accuracy change (a step far below half a bf16 ulp), so every grid reaches one step higher.
 LRS = {"grpo": [1e-5, 3e-5, 1e-4], "dpo": [3e-6, 1e-5, 3e-5], "sft": [3e-6, 1e-5, 3e-5]}
+
+
+def family_of(alg: str) -> str:
+    return next(rep for rep, members in FAMILIES.items() if alg in members)
+
+
+def members_of(rep: str, reps: list[str]) -> list[str]:
+    """The algorithms that take ``rep``'s choice: itself, and its family's members that are not
+    swept themselves (a family's representative also covers the members nobody swept)."""
+    own = [rep]
+    if rep in FAMILIES:
+        own += [m for m in FAMILIES[rep] if m != rep and m not in reps]
+    return own
+
+
+def lr_grid(rep: str) -> list[float]:
+    return LRS[family_of(rep)]
 PRECISIONS = ["bf16", "fp32-master"]
 
 
@@ -133,13 +153,15 @@ def base_val(cfg: dict[str, Any], device: str, n: int) -> float:
 
 
 def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
-    """Per (representative, precision): the one-standard-error rule on validation accuracy --
+    """Per (swept algorithm, precision): the one-standard-error rule on validation accuracy --
     the SMALLEST lr whose accuracy is within one binomial standard error of the best one,
     sqrt(p(1-p)/n_val) at the best p. With 200 problems one SE is ~3.4 points, so a slightly
     higher score at a larger lr (one seed, 30-40 steps) does not buy a step that may not stay
     stable over the run's 100 steps. (The first sweep took the plain maximum.)"""
     by_prec: dict[str, dict[str, Any]] = {}
-    for rep, members in FAMILIES.items():
+    reps = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]
+    for rep in reps:
+        members = members_of(rep, reps)
         for prec in PRECISIONS:
             cand = [
                 r
@@ -180,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--val-n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--representatives", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--representatives", nargs="+", default=list(FAMILIES), choices=ALGORITHMS,
+                    help="algorithms to sweep; one of a family's members covers only itself")
     ap.add_argument("--lrs", nargs="*", default=None, help="override every family's lr grid")
     ap.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
     ap.add_argument("--slots", type=int, default=16, help="jobs at once")
@@ -247,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             print(r.stderr[-3000:], file=sys.stderr)
             return 1
     print(f"[sweep] base ready ({time.time() - t0:.0f} s)", flush=True)
-    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions for lr in (a.lrs or LRS[rep])]
+    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions for lr in (a.lrs or lr_grid(rep))]
     procs: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
     pending = list(jobs)
     running: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []

@@ -18,7 +18,7 @@ Scopes (``stage/name``):
 
     base/<family>         task, the family's entry, base (its per_family entry of this family only),
                           train.eval_n (the base's test accuracy)
-    samples/<setting>     task, the family's entry (setting: family, precision, seed, n_prompts, k)
+    samples/<setting>     task, the family's entry (setting: family, precision, seed, n_prompts, k, temperature)
     train/<group>         task, the runs of the group and their families' entries, train.steps,
                           checkpoint_every, eval_n, the hparams of the group's algorithms and
                           hparams_by_precision of its (precision, algorithm) pairs
@@ -219,12 +219,8 @@ def causes_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def samples_name(family: str, precision: str, seed: int, n_prompts: int, k: int) -> str:
-    return f"{family}__{precision}__seed{seed}__n{n_prompts}_k{k}"
-
-
 def samples_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The on-policy preference samples of one (family, precision, seed, n_prompts, k): the
+    """The on-policy preference samples of one (family, precision, seed, n_prompts, k, temperature): the
     setting is the name; the family's entry (its gpus pick the device) and the task."""
     family = name.rsplit("__", 3)[0]
     if family not in config["families"]:

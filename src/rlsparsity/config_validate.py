@@ -298,7 +298,15 @@ def _check_block(where: str, hp: Any, accepted: dict[str, Any], algorithm: str,
         allowed = (choices or {}).get(key)
         if allowed is not None and out[key] not in allowed:
             raise _error(f"{where}.{key}", f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+        if key in POSITIVE and isinstance(out[key], (int, float)) and not out[key] > 0:
+            raise _error(f"{where}.{key}", f"{value!r} is not a positive number")
     return out
+
+
+#: hyperparameters that must be > 0 wherever they appear (a zero lr trains nothing; a zero
+#: temperature or batch is not a distribution or a batch)
+POSITIVE = frozenset({"lr", "batch_size", "temperature", "sample_temperature", "n_prompts", "k",
+                      "num_generations"})
 
 
 def check_hparams(cfg: dict[str, Any]) -> None:

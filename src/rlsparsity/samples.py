@@ -2,11 +2,12 @@
 
 The offline algorithms on ``on_policy`` data label completions sampled from the base model
 (rlsparsity.preference). Those samples depend on the base, the run's precision (the model
-is loaded as the run loads it), the device, the seed, the task and two hyperparameters
-(``n_prompts``, ``k``): not on the algorithm. Rule ``preference_samples`` draws them once per
-(family, precision, seed, n_prompts, k) into
+is loaded as the run loads it), the device, the seed, the task and three hyperparameters
+(``n_prompts``, ``k``, ``sample_temperature``): not on the algorithm. Rule
+``preference_samples`` draws them once per (family, precision, seed, n_prompts, k,
+temperature) into
 
-    results/samples/<family>/<precision>/seed<seed>/n<n_prompts>_k<k>.json
+    results/samples/<family>/<precision>/seed<seed>/n<n_prompts>_k<k>_t<temperature>.json
 
 (JSON, no pickle), and the training jobs pass the files on (``rlsparsity train --samples``).
 The draw is exactly the one the training run would make itself (same seeds, same model
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +29,28 @@ OFFLINE_ALGORITHMS: tuple[str, ...] = ("dpo", "kto", "orpo", "simpo", "sft")
 FORMAT = "rlsparsity.preference_samples/1"
 
 
-def sample_params(config: dict[str, Any], algorithm: str) -> tuple[int, int]:
-    """(n_prompts, k) of ``algorithm``: its defaults under config ``train.hparams``."""
+def sample_params(config: dict[str, Any], algorithm: str) -> tuple[int, int, float]:
+    """(n_prompts, k, sample_temperature) of ``algorithm``: its defaults under config ``train.hparams``."""
     from rlsparsity.algorithms.trl_algos import DEFAULTS
 
     hp = {**DEFAULTS[algorithm], **((config["train"].get("hparams") or {}).get(algorithm) or {})}
-    return int(hp["n_prompts"]), int(hp["k"])
+    return int(hp["n_prompts"]), int(hp["k"]), float(hp["sample_temperature"])
+
+
+def temperature_tag(temperature: float) -> str:
+    """The temperature as it appears in file names: 1.0 -> ``1``, 0.7 -> ``0.7`` (never an exponent)."""
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"sample_temperature {temperature!r} is not a positive number")
+    return f"{t:.6f}".rstrip("0").rstrip(".")
 
 
 def needs_samples(run: G.Run) -> bool:
     return run.data == "on_policy" and run.algorithm in OFFLINE_ALGORITHMS
 
 
-def samples_rel(family: str, precision: str, seed: int, n_prompts: int, k: int) -> str:
-    return f"samples/{family}/{precision}/seed{seed}/n{n_prompts}_k{k}.json"
+def samples_rel(family: str, precision: str, seed: int, n_prompts: int, k: int, temperature: float) -> str:
+    return f"samples/{family}/{precision}/seed{seed}/n{n_prompts}_k{k}_t{temperature_tag(temperature)}.json"
 
 
 def samples_files(config: dict[str, Any], runs: list[G.Run], results: str | Path) -> list[str]:
@@ -48,18 +58,20 @@ def samples_files(config: dict[str, Any], runs: list[G.Run], results: str | Path
     out: dict[str, None] = {}
     for r in runs:
         if needs_samples(r):
-            n, k = sample_params(config, r.algorithm)
-            out[str(Path(results) / samples_rel(r.family, r.precision, r.seed, n, k))] = None
+            n, k, t = sample_params(config, r.algorithm)
+            out[str(Path(results) / samples_rel(r.family, r.precision, r.seed, n, k, t))] = None
     return list(out)
 
 
-def header(family: str, precision: str, seed: int, n_prompts: int, k: int, task: str, device: str) -> dict[str, Any]:
+def header(family: str, precision: str, seed: int, n_prompts: int, k: int, temperature: float, task: str,
+           device: str) -> dict[str, Any]:
     return {"format": FORMAT, "family": family, "precision": precision, "seed": int(seed),
-            "n_prompts": int(n_prompts), "k": int(k), "task": task, "device": device}
+            "n_prompts": int(n_prompts), "k": int(k), "temperature": float(temperature), "task": task,
+            "device": device}
 
 
 def draw(config: dict[str, Any], family: str, precision: str, seed: int, n_prompts: int, k: int,
-         device: str = "cpu") -> dict[str, Any]:
+         temperature: float, device: str = "cpu") -> dict[str, Any]:
     """Load the base as a ``precision`` run does and draw its labelled samples."""
     import random
 
@@ -80,8 +92,8 @@ def draw(config: dict[str, Any], family: str, precision: str, seed: int, n_promp
     tok = load_tokenizer(base)
     entries = random.Random(seed).sample(task.train, min(n_prompts, len(task.train)))
     torch.manual_seed(seed)  # as preference.build_dataset before sampling
-    samples = sample_labelled(model, tok, task, entries, k)
-    return {**header(family, precision, seed, n_prompts, k, task.name, device),
+    samples = sample_labelled(model, tok, task, entries, k, temperature=temperature)
+    return {**header(family, precision, seed, n_prompts, k, temperature, task.name, device),
             "samples": [{"question": e["question"], "prompt": p, "completions": cs, "rewards": rs}
                         for e, p, cs, rs in samples]}
 
@@ -99,10 +111,10 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def find(files: list[str | Path], family: str, precision: str, seed: int, n_prompts: int, k: int,
-         task: str) -> dict[str, Any]:
+         task: str, temperature: float) -> dict[str, Any]:
     """The file among ``files`` drawn for exactly this setting (ValueError if none)."""
     want = {"family": family, "precision": precision, "seed": int(seed), "n_prompts": int(n_prompts), "k": int(k),
-            "task": task}
+            "temperature": float(temperature), "task": task}
     for f in files:
         doc = load(f)
         if all(doc.get(key) == v for key, v in want.items()):
@@ -111,13 +123,16 @@ def find(files: list[str | Path], family: str, precision: str, seed: int, n_prom
 
 
 def _cmd_samples(args: argparse.Namespace) -> int:
+    from rlsparsity.cli import CLIError
     from rlsparsity.config import load_config
     from rlsparsity.config_slices import write_json_atomic
 
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise CLIError(f"--temperature {args.temperature} is not a positive number")
     cfg = load_config(args.config)
     if args.family not in cfg["families"]:
-        raise ValueError(f"family {args.family!r} is not in {args.config}")
-    doc = draw(cfg, args.family, args.precision, args.seed, args.n_prompts, args.k, args.device)
+        raise CLIError(f"family {args.family!r} is not in {args.config}")
+    doc = draw(cfg, args.family, args.precision, args.seed, args.n_prompts, args.k, args.temperature, args.device)
     write_json_atomic(args.out, doc)
     n = sum(len(s["rewards"]) for s in doc["samples"])
     print(json.dumps({"out": str(args.out), "prompts": len(doc["samples"]), "samples": n,
@@ -133,6 +148,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--n-prompts", type=int, required=True)
     p.add_argument("--k", type=int, required=True)
+    p.add_argument("--temperature", type=float, required=True, help="sampling temperature (hparam sample_temperature)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_samples)

@@ -112,21 +112,22 @@ else:
             "rlsparsity manifest {output.manifest:q} {params.files:q}) > {log:q} 2>&1"
 
 
-# On-policy samples of the base, drawn once per (family, precision, seed, n_prompts, k) and
+# On-policy samples of the base, drawn once per (family, precision, seed, n_prompts, k, temperature) and
 # shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples).
 rule preference_samples:
     input:
         base=f"{R}/base/{{family}}/metrics.json",
-        config=f"{R}/config/samples/{{family}}__{{precision}}__seed{{seed}}__n{{n_prompts}}_k{{k}}.json",
+        config=f"{R}/config/samples/{{family}}__{{precision}}__seed{{seed}}__n{{n_prompts}}_k{{k}}_t{{temperature}}.json",
     output:
-        samples=f"{R}/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.json",
+        samples=f"{R}/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}_t{{temperature}}.json",
     log:
-        f"{R}/logs/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.log",
+        f"{R}/logs/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}_t{{temperature}}.log",
     benchmark:
-        f"{R}/benchmarks/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}.tsv"
+        f"{R}/benchmarks/samples/{{family}}/{{precision}}/seed{{seed}}/n{{n_prompts}}_k{{k}}_t{{temperature}}.tsv"
     wildcard_constraints:
         n_prompts=r"\d+",
         k=r"\d+",
+        temperature=r"\d+(\.\d+)?",
     conda:
         f"{ENVS}/train.yaml"
     threads: 1
@@ -144,7 +145,8 @@ rule preference_samples:
     shell:
         "{params.env}OMP_NUM_THREADS={threads} rlsparsity preference-samples --config {input.config:q} "
         "--family {wildcards.family:q} --precision {wildcards.precision:q} --seed {wildcards.seed} "
-        "--n-prompts {wildcards.n_prompts} --k {wildcards.k} --device {params.device} "
+        "--n-prompts {wildcards.n_prompts} --k {wildcards.k} --temperature {wildcards.temperature} "
+        "--device {params.device} "
         "--out {output.samples:q} > {log:q} 2>&1"
 
 

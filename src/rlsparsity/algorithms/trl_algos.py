@@ -62,13 +62,16 @@ from rlsparsity.modeling import load_model, load_tokenizer, max_new_tokens_for, 
 # samples); the offline algorithms at lr 5e-5 (at 1e-4 dpo/kto lose accuracy once the
 # updates are not rounded away, i.e. in fp32/fp32-master). Override per run in train.hparams.
 _TINY_RL = dict(lr=1e-4, batch_size=64, num_generations=8, temperature=1.0, beta=0.0, weight_decay=0.0)
-_TINY_PREF = dict(lr=5e-5, batch_size=64, beta=0.1, weight_decay=0.0, n_prompts=640, k=4)
+_TINY_PREF = dict(lr=5e-5, batch_size=64, beta=0.1, weight_decay=0.0, n_prompts=640, k=4, sample_temperature=1.0)
+
+#: hyperparameters with a fixed set of values (config_validate reads this literal)
+CHOICES: dict[str, tuple[str, ...]] = {"class_balance": ("balanced", "none")}
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "grpo": dict(_TINY_RL, epsilon=0.2, epsilon_high=0.2, loss_type="dapo", top_entropy_quantile=1.0),
     "rloo": dict(_TINY_RL, beta=0.0),
     "dpo": dict(_TINY_PREF),
-    "kto": dict(_TINY_PREF),
+    "kto": dict(_TINY_PREF, class_balance="balanced"),  # preference.kto_class_weights
     "orpo": dict(_TINY_PREF, beta=0.1),
     "simpo": dict(_TINY_PREF, beta=2.0, simpo_gamma=0.5),
     "sft": dict(_TINY_PREF),
@@ -377,9 +380,14 @@ def _offline(spec: TrainSpec, name: str, kind: str,
         from rlsparsity.samples import find
 
         drawn = find(list(spec.samples), spec.run.family, spec.precision, spec.seed, hp["n_prompts"], hp["k"],
-                     spec.task.name)
+                     spec.task.name, temperature=hp["sample_temperature"])
     rows, stats = build_dataset(kind, spec.run.data, model, tok, spec.task, hp["n_prompts"], hp["k"], spec.seed,
-                                drawn=drawn)
+                                drawn=drawn, temperature=hp["sample_temperature"])
+    if kind == "unpaired":  # kto: class weights from the data's counts (recorded with the hparams)
+        from rlsparsity.preference import kto_class_weights
+
+        w = kto_class_weights(stats["n_desirable"], stats["n_undesirable"], hp["class_balance"])
+        hp = {**hp, "desirable_weight": w[0], "undesirable_weight": w[1]}
     seed_everything(spec.seed)
     trainer = make(model, tok, Dataset.from_list(rows), hp)
     return {**_run_trainer(spec, trainer, model, tok), "hparams": hp, "data_stats": stats}
@@ -399,7 +407,8 @@ def train_kto(spec: TrainSpec) -> dict[str, Any]:
     from trl import KTOConfig, KTOTrainer
 
     def make(model: Any, tok: Any, ds: Any, hp: dict[str, Any]) -> Any:
-        args = _args(KTOConfig, spec, hp, beta=hp["beta"], max_length=256)
+        args = _args(KTOConfig, spec, hp, beta=hp["beta"], max_length=256,
+                     desirable_weight=hp["desirable_weight"], undesirable_weight=hp["undesirable_weight"])
         return KTOTrainer(model=model, ref_model=_reference(spec), args=args, train_dataset=ds, processing_class=tok)
 
     return _offline(spec, "kto", "unpaired", make)
