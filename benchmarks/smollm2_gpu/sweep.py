@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             print(r.stderr[-3000:], file=sys.stderr)
             return 1
     print(f"[sweep] base ready ({time.time() - t0:.0f} s)", flush=True)
-    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions for lr in (a.lrs or lr_grid(rep))]
+    jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions
+            for lr in (a.lrs or lr_grid(rep))]
     procs: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
     pending = list(jobs)
     running: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
