@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlsparsity.families import convert_smollm2
     from rlsparsity.gpu import device_name
-    from rlsparsity.modeling import load_model, load_tokenizer, torch_threads
+    from rlsparsity.modeling import generate, load_model, load_tokenizer, max_new_tokens_for, torch_threads
     from rlsparsity.preference import sample_labelled
     from rlsparsity.tasks import task_from_config
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--n", type=int, default=64, help="training prompts (a seeded sample of task.train)")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7, 0.5, 0.3])
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7, 0.5, 0.3],
+                    help="0 = greedy, one completion per prompt (the evaluation's decoding)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
@@ -73,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     for t in a.temperatures:
         torch.manual_seed(a.seed)
         t0 = time.time()
-        drawn = sample_labelled(model, tok, task, entries, a.k, temperature=t)
-        row = {"temperature": t, "k": a.k, "prompts": len(entries), **yields([rs for *_, rs in drawn]),
+        if t == 0:  # greedy: the evaluation's decoding, one completion per prompt (the reference point)
+            comps = generate(model, tok, [task.prompt(e, tok) for e in entries], max_new_tokens_for(model, task),
+                             do_sample=False, batch_size=64)
+            rewards = [[r] for r in task.rewards(comps, entries)]
+        else:
+            rewards = [rs for *_, rs in sample_labelled(model, tok, task, entries, a.k, temperature=t)]
+        row = {"temperature": t, "k": a.k if t else 1, "prompts": len(entries), **yields(rewards),
                "precision": a.precision, "seconds": round(time.time() - t0, 1), "device": device_name(a.device),
                "task": task.name, "config": a.config}
         rows.append(row)
