@@ -104,6 +104,26 @@ def test_splits_are_deterministic_and_disjoint():
     assert not set(qa) & {e["question"] for e in a.val}
 
 
+def test_splits_have_the_same_difficulty():
+    """chain_sum over 1-2 digit operands repeats its ~200 one-digit pairs (a quarter of all
+    draws). Test, validation and train must hold them in the same share: the old split (test
+    first, validation next, train from the rest) gave 33.2 / 6.4 / 1.2 % at SmolLM2's sizes."""
+    import re
+
+    t = get_task("chain_sum", n_train=4000, n_test=500, seed=1234)
+
+    def easy(items):
+        ops = [[int(x) for x in re.findall(r"\d+", e["question"].split(":")[-1])] for e in items]
+        return sum(all(x < 10 for x in o) for o in ops) / len(items)
+
+    shares = {name: easy(getattr(t, name)) for name in ("train", "val", "test")}
+    assert len(t.train) == 4000 and len(t.val) == len(t.test) == 500
+    assert len({e["question"] for e in t.train + t.val + t.test}) == 5000  # distinct, so disjoint
+    # binomial sd of a 500-problem share at p ~ 0.04 is ~0.9 points
+    assert abs(shares["test"] - shares["train"]) < 0.03 and abs(shares["val"] - shares["train"]) < 0.03, shares
+    assert 0.01 < shares["train"] < 0.10, shares
+
+
 def test_unknown_task_and_too_small_generator():
     with pytest.raises(TaskError, match="unknown task"):
         get_task("nope")

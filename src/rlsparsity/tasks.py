@@ -145,38 +145,47 @@ class Task:
 
     @cached_property
     def _splits(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Test = the first ``n_test`` distinct questions; validation (early stopping of
-        base training) = the next ``n_test`` distinct ones; train = later items whose
-        question is in neither (duplicates allowed: train is a sampling stream).
+        """The first ``n_train + 2 n_test`` DISTINCT questions of the generator's stream, shuffled
+        (seeded) and cut into test (``n_test``), validation (``n_test``: hyperparameters and
+        early stopping) and train (``n_train``): disjoint, and drawn from one distribution.
+
+        Why shuffled: a generator over a small problem space repeats its common problems
+        (chain_sum's 1-digit pairs: about 200 questions, a quarter of all draws). Taking test
+        first, validation next and train from what was left gave test 33 %, validation 6.4 %
+        and train 1.2 % of those easy pairs (SmolLM2's 4000/500/500): a test split much easier
+        than the problems trained on and the one hyperparameters were chosen on.
 
         reasoning-gym item i depends only on (seed, i), so a longer stream has the same
-        prefix: the stream is doubled until the splits fill, and splits that fit the first
-        size are unchanged by the retries."""
-        size = 2 * (self.n_train + 2 * self.n_test) + 100
+        prefix: the stream is doubled until enough distinct questions are found, and the
+        splits do not depend on how long it had to be."""
+        need = self.n_train + 2 * self.n_test
+        size = 2 * need + 100
         for _ in range(5):
             try:
-                return self._split(self._dataset(size))
+                return self._split(self._dataset(size), need)
             except TaskError:
                 size *= 2
-        return self._split(self._dataset(size))
+        return self._split(self._dataset(size), need)
 
-    def _split(self, ds: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        held: list[list[dict[str, Any]]] = [[], []]
+    def _split(self, ds: Any, need: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        import random
+
+        distinct: list[dict[str, Any]] = []
         seen: set[str] = set()
-        i = 0
-        for part in held:
-            while len(part) < self.n_test and i < len(ds):
-                e = ds[i]
-                if e["question"] not in seen:
-                    seen.add(e["question"])
-                    part.append(e)
-                i += 1
-        test, val = held
-        train = [ds[j] for j in range(i, len(ds)) if ds[j]["question"] not in seen][: self.n_train]
-        if len(val) < self.n_test or len(train) < self.n_train:
-            raise TaskError(f"task {self.name}: generator gave only {len(test)} test / {len(val)} val / "
-                            f"{len(train)} train problems; lower n_train/n_test or widen the task")
-        return train, val, test
+        for i in range(len(ds)):
+            if len(distinct) == need:
+                break
+            e = ds[i]
+            if e["question"] not in seen:
+                seen.add(e["question"])
+                distinct.append(e)
+        if len(distinct) < need:
+            raise TaskError(f"task {self.name}: generator gave only {len(distinct)} distinct problems of the "
+                            f"{need} needed ({self.n_train} train + 2 x {self.n_test} test/validation); lower "
+                            f"n_train/n_test or widen the task")
+        random.Random(f"{self.seed}:splits").shuffle(distinct)
+        n = self.n_test
+        return distinct[2 * n:], distinct[n : 2 * n], distinct[:n]
 
     @property
     def train(self) -> list[dict[str, Any]]:
