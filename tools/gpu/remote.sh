@@ -30,8 +30,9 @@ GPU_MEM=${GPU_MEM:-120}   # GB of the card the packed jobs may use (config gpu.j
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
 TASK_CHOSEN=$RESULTS/chosen_task.yaml   # written by 'taskcheck' (validation problems only)
-TASK_CASES=(chain_sum:cot chain_sum:cot_shot 'chain_sum:cot:min_terms=3;max_terms=3;max_digits=1'
+TASK_CASES=(chain_sum:cot chain_sum:cot_shot 'arith2d:cot_shot:operators=["+"]' 'arith2d:cot:operators=["+"]'
             arith2d:cot_shot arith2d:cot)   # in order of preference: benchmarks/smollm2_gpu/choose_task.py
+# (chain_sum with 3 one-digit terms is gone: 4,000 distinct problems cannot fill 4,000 + 2 x 500 shuffled splits)
 export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
        OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
        PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # less fragmentation with many processes per GPU
