@@ -220,11 +220,12 @@ def test_kto_trains_with_the_balanced_class_weights(trained_base, task, tmp_path
                                         hparams=hp))
     ds, got = bal["data_stats"], bal["hparams"]
     n_d, n_u = ds["n_desirable"], ds["n_undesirable"]
-    assert n_d + n_u == ds["n_rows"] == 96 * 4 and 0 < n_u < n_d, ds  # the trained tiny base is mostly right
+    assert n_d + n_u == ds["n_rows"] == 96 * 4 and n_d > 0 and n_u > 0 and n_d != n_u, ds
     assert got["class_balance"] == "balanced"
     assert got["desirable_weight"] == pytest.approx(ds["n_rows"] / (2 * n_d))
     assert got["undesirable_weight"] == pytest.approx(ds["n_rows"] / (2 * n_u))
-    assert got["desirable_weight"] < 1 < got["undesirable_weight"]  # the minority class weighs more
+    minority, majority = ("desirable", "undesirable") if n_d < n_u else ("undesirable", "desirable")
+    assert got[f"{minority}_weight"] > 1 > got[f"{majority}_weight"]  # the minority class weighs more
     plain = get_algorithm("kto")(spec_for("kto", trained_base, tmp_path / "p", task, data="on_policy", steps=2,
                                           hparams={**hp, "class_balance": "none"}))
     assert plain["hparams"]["desirable_weight"] == plain["hparams"]["undesirable_weight"] == 1.0
