@@ -41,6 +41,7 @@ ALGORITHMS = [a for members in FAMILIES.values() for a in members]
 # 2026-11-30) and the offline runs at 1e-6 left bf16 weights ~99.6 % bit-identical with no
 # accuracy change (a step far below half a bf16 ulp), so every grid reaches one step higher.
 LRS = {"grpo": [1e-5, 3e-5, 1e-4], "dpo": [3e-6, 1e-5, 3e-5], "sft": [3e-6, 1e-5, 3e-5]}
+PRECISIONS = ["bf16", "fp32-master"]
 
 
 def family_of(alg: str) -> str:
@@ -58,7 +59,6 @@ def members_of(rep: str, reps: list[str]) -> list[str]:
 
 def lr_grid(rep: str) -> list[float]:
     return LRS[family_of(rep)]
-PRECISIONS = ["bf16", "fp32-master"]
 
 
 def load_cfg(path: Path, results: Path, overrides: list[str]) -> dict[str, Any]:

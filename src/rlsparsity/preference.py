@@ -56,8 +56,6 @@ def build_dataset(kind: str, data: str, model: Any, tokenizer: Any, task: Task, 
     entries = rng.sample(task.train, min(n_prompts, len(task.train)))
     rows: list[dict[str, Any]] = []
     stats: dict[str, Any] = {"data": data, "n_prompts": len(entries)}
-    if data == "on_policy":
-        stats["sample_temperature"] = float(temperature)
     if data == "off_policy":
         for e in entries:
             p = task.prompt(e, tokenizer)

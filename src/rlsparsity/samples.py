@@ -37,12 +37,17 @@ def sample_params(config: dict[str, Any], algorithm: str) -> tuple[int, int, flo
     return int(hp["n_prompts"]), int(hp["k"]), float(hp["sample_temperature"])
 
 
-def temperature_tag(temperature: float) -> str:
-    """The temperature as it appears in file names: 1.0 -> ``1``, 0.7 -> ``0.7`` (never an exponent)."""
+def positive_temperature(temperature: float, what: str = "sample_temperature") -> float:
+    """``temperature`` as a float; ValueError naming ``what`` unless it is finite and > 0."""
     t = float(temperature)
     if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"sample_temperature {temperature!r} is not a positive number")
-    return f"{t:.6f}".rstrip("0").rstrip(".")
+        raise ValueError(f"{what} {temperature!r} is not a positive number")
+    return t
+
+
+def temperature_tag(temperature: float) -> str:
+    """The temperature as it appears in file names: 1.0 -> ``1``, 0.7 -> ``0.7`` (never an exponent)."""
+    return f"{positive_temperature(temperature):.6f}".rstrip("0").rstrip(".")
 
 
 def needs_samples(run: G.Run) -> bool:
@@ -127,8 +132,10 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     from rlsparsity.config import load_config
     from rlsparsity.config_slices import write_json_atomic
 
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise CLIError(f"--temperature {args.temperature} is not a positive number")
+    try:
+        positive_temperature(args.temperature, "--temperature")
+    except ValueError as e:
+        raise CLIError(str(e)) from e
     cfg = load_config(args.config)
     if args.family not in cfg["families"]:
         raise CLIError(f"family {args.family!r} is not in {args.config}")
