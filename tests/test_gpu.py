@@ -547,3 +547,12 @@ def test_partial_summary_tables_from_a_hand_built_results_folder(tmp_path: Path)
     assert float(ent["rho1-top-kept"]["delta_vs_all_tokens_pts"]) == 0.0
     assert (out / "runs" / "smollm2-135m" / "grpo" / "on_policy" / "bf16" / "seed2" / "run.json").exists()
     assert (out / "entropy" / "smollm2-135m" / "rho0.2-top-kept" / "bf16" / "seed1" / "run.json").exists()
+
+
+def test_sample_yield_counts_rows_as_the_offline_data_builds_them() -> None:
+    y = _bench_module("sample_yield").yields([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.0, 0.0], [1.0]])
+    # pairs = sum of min(#right, #wrong) per prompt (preference._on_policy_rows zips them)
+    assert (y["samples"], y["prompts_with_pair"], y["pairs"], y["kto_desirable"], y["kto_undesirable"]) == (11, 2, 2,
+                                                                                                            5, 6)
+    assert y["sample_accuracy"] == round(5 / 11, 4)
+    assert y["accuracy_95_half_width"] == round(1.959964 * (5 / 11 * 6 / 11 / 11) ** 0.5, 4)

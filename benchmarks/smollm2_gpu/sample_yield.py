@@ -26,12 +26,18 @@ from pathlib import Path
 def yields(rewards: list[list[float]]) -> dict[str, float]:
     """Rows per algorithm kind from per-prompt reward lists (1.0 = correct), as
     ``preference._on_policy_rows`` builds them (pairs: min(#correct, #wrong) per prompt)."""
+    from rlsparsity.stats import binomial_half_width
+
     n = sum(len(r) for r in rewards)
     good = [sum(x >= 1.0 for x in r) for r in rewards]
     bad = [len(r) - g for r, g in zip(rewards, good, strict=True)]
+    acc = sum(good) / max(1, n)
     return {
         "samples": n,
-        "sample_accuracy": round(sum(good) / max(1, n), 4),
+        "sample_accuracy": round(acc, 4),
+        # normal-approximation 95 % half-width over samples; samples of one prompt are correlated,
+        # so it is a lower bound on the real uncertainty
+        "accuracy_95_half_width": round(binomial_half_width(acc, max(1, n)), 4),
         "prompts_with_pair": sum(g > 0 and b > 0 for g, b in zip(good, bad, strict=True)),
         "pairs": sum(min(g, b) for g, b in zip(good, bad, strict=True)),
         "kto_desirable": sum(good),
