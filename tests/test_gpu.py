@@ -362,28 +362,35 @@ def test_sweep_choice_is_per_family_and_precision_smaller_lr_on_exact_ties() -> 
                                                                                             "simpo"]
 
 
-def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, task) -> None:
-    from conftest import make_random_base
+def test_sweep_runs_packed_jobs_and_scores_on_validation(tmp_path: Path, trained_base: Path) -> None:
+    """grpo and dpo, 2 steps each, scored on validation; dpo trains on samples drawn once before
+    the jobs (the trained tiny base: its samples are partly right, so there are pairs)."""
+    import shutil
 
-    from rlsparsity.modeling import write_json
-
-    base_dir = make_random_base(tmp_path / "res" / "base" / "llama", task)
-    write_json(base_dir / "metrics.json", {"accuracy": 0.0, "n_test": 0, "task": "tiny_arith"})
+    shutil.copytree(trained_base, tmp_path / "res" / "base" / "llama")
     fam = json.dumps({"llama": {}})
     tsk = json.dumps({"name": "tiny_arith", "prompt": "answer", "max_new_tokens": 8, "n_train": 200, "n_test": 16})
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "smollm2_gpu" / "sweep.py"), "--device", "cpu",
                         "--results", str(tmp_path / "res"), "--set", f"families={fam}", f"task={tsk}",
-                        "--representatives", "grpo", "--precisions", "bf16", "--lrs", "1e-3",
+                        "train.hparams={\"dpo\": {\"n_prompts\": 16, \"k\": 4, \"sample_temperature\": 0.7}}",
+                        "--representatives", "grpo", "dpo", "--precisions", "bf16", "--lrs", "1e-3",
                         "--steps", "2", "--val-n", "8", "--slots", "2"],
                        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "res" / "sweep" / "sweep.csv")))
-    assert [float(x["lr"]) for x in rows] == [1e-3] and 0.0 <= float(rows[0]["val_accuracy"]) <= 1.0
+    assert [(x["algorithm"], float(x["lr"])) for x in rows] == [("grpo", 1e-3), ("dpo", 1e-3)]
+    assert all(0.0 <= float(x["val_accuracy"]) <= 1.0 for x in rows)
     assert all(x["n_val"] == "8" and x["steps"] == "2" and x["device"] == "cpu" for x in rows)
+    # dpo's on-policy samples: drawn once, before the jobs, where the DAG's rule would put them
+    doc = json.loads((tmp_path / "res" / "sweep" / "samples" / "llama" / "bf16" / "seed1" / "n16_k4_t0.7.json")
+                     .read_text())
+    assert (doc["precision"], doc["seed"], doc["k"], doc["temperature"]) == ("bf16", 1, 4, 0.7)
+    assert len(doc["samples"]) == 16 and all(len(x["completions"]) == 4 for x in doc["samples"])
     chosen = yaml.safe_load((tmp_path / "res" / "sweep" / "chosen_hparams.yaml").read_text())
-    assert chosen["train"]["hparams_by_precision"]["bf16"] == {a: {"lr": 1e-3} for a in ("grpo", "ppo", "prime")}
+    assert chosen["train"]["hparams_by_precision"]["bf16"] == {a: {"lr": 1e-3} for a in
+                                                               ("grpo", "ppo", "prime", "dpo", "kto", "orpo", "simpo")}
     assert not list((tmp_path / "res" / "sweep").rglob("*.safetensors"))  # weights are not kept
 
 

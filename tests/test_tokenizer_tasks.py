@@ -136,3 +136,20 @@ def test_prompt_uses_chat_template_and_instruction(task):
     p = task.prompt({"question": "Calculate 1 + 2."}, tok)
     assert p == "user: Calculate 1 + 2. Give the final answer as 'Answer: <number>'.\nassistant:\n"
     assert isinstance(task, Task)
+
+
+def test_worked_examples_come_as_earlier_chat_turns_in_order(task):
+    """cot_shot2: the addition example, then the negative subtraction, then the question, each
+    example as a user turn and its solution as an assistant turn."""
+    from rlsparsity.tasks import SHOTS
+
+    tok = build_tokenizer(task_corpus(task))
+    t = get_task("tiny_arith", n_train=20, n_test=5, prompt="cot_shot2")
+    p = t.prompt({"question": "Calculate 1 + 2."}, tok)
+    (add_q, add_a), (sub_q, sub_a) = SHOTS["cot_shot2"]
+    assert "Answer: -35" in sub_a and "23 - 58" in sub_q
+    cot = "Think step by step, then give the final answer as 'Answer: <number>'."
+    assert p == (f"user: {add_q}\nassistant: {add_a}\nuser: {sub_q}\nassistant: {sub_a}\n"
+                 f"user: Calculate 1 + 2. {cot}\nassistant:\n")
+    one = get_task("tiny_arith", n_train=20, n_test=5, prompt="cot_shot").prompt({"question": "Calculate 1 + 2."}, tok)
+    assert one == f"user: {add_q}\nassistant: {add_a}\nuser: Calculate 1 + 2. {cot}\nassistant:\n"

@@ -15,6 +15,13 @@ claimed as in the DAG). Each job is scored by greedy accuracy on the task's VALI
                                  second ``--configfile`` for the DAG (tools/gpu/remote.sh dag
                                  passes it when present); commit it next to the CSV.
 
+The offline algorithms (dpo, kto, orpo, simpo, sft) label on-policy samples of the base: they
+are drawn ONCE per precision before the jobs start (``rlsparsity preference-samples``, seed
+``--seed``, the config's n_prompts / k / sample_temperature, into ``<out>/samples/``), exactly
+the files the DAG's ``preference_samples`` rule makes, and every job trains on them (the draw a
+job would make itself, so its data is unchanged: rlsparsity.samples). Without it 30 offline jobs
+each sampled the same 4,096 completions.
+
 Exact ties go to the smaller lr. On an H200: ~3-4 min.
 
     python benchmarks/smollm2_gpu/sweep.py --results results/smollm2-gpu --out results/smollm2-gpu/sweep
@@ -111,6 +118,7 @@ def run_job(a: argparse.Namespace) -> int:
         checkpoint_every=10**6,
         hparams=hp,
         device=a.device,
+        samples=tuple(Path(f) for f in a.samples),
     )
     reset_peak(a.device)
     t0 = time.time()
@@ -192,6 +200,38 @@ def write_choice(out: Path, rows: list[dict[str, Any]], steps: Any, n_val: int, 
     return chosen
 
 
+def draw_samples(cfg: dict[str, Any], cfg_json: Path, out: Path, jobs: list[tuple[str, str, float]],
+                 a: argparse.Namespace, env: dict[str, str]) -> list[Path] | None:
+    """The preference-samples files the offline jobs train on, each drawn once, all in parallel
+    (None, after printing why, if a draw failed)."""
+    from rlsparsity.grid import Run
+    from rlsparsity.samples import needs_samples, sample_params, samples_rel
+
+    fam = next(iter(cfg["families"]))
+    want: dict[Path, tuple[str, int, int, float]] = {}
+    for alg, prec, _ in jobs:
+        if needs_samples(Run(fam, alg, "on_policy", prec, a.seed)):
+            n, k, t = sample_params(cfg, alg)
+            want[out / samples_rel(fam, prec, a.seed, n, k, t)] = (prec, n, k, t)
+    procs = []
+    for f, (prec, n, k, t) in want.items():
+        if f.exists():
+            continue
+        f.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "rlsparsity.cli", "preference-samples", "--config", str(cfg_json),
+               "--family", fam, "--precision", prec, "--seed", str(a.seed), "--n-prompts", str(n), "--k", str(k),
+               "--temperature", repr(t), "--device", "cuda" if a.device.startswith("cuda") else a.device,
+               "--out", str(f)]
+        procs.append((f, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for f, p in procs:
+        so, se = p.communicate()
+        if p.returncode:
+            print(f"[sweep] drawing {f} failed (rc {p.returncode}):\n{se[-3000:]}", file=sys.stderr, flush=True)
+            return None
+        print(f"[sweep] samples {f.relative_to(out)}: {so.strip()}", flush=True)
+    return list(want)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO / "config" / "smollm2-gpu.yaml")
@@ -206,11 +246,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="algorithms to sweep; one of a family's members covers only itself")
     ap.add_argument("--lrs", nargs="*", default=None, help="override every family's lr grid")
     ap.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
-    ap.add_argument("--slots", type=int, default=16, help="jobs at once")
+    ap.add_argument("--slots", type=int, default=16, help="jobs at once (over all GPUs)")
+    ap.add_argument("--gpu-mem", type=int, default=0,
+                    help="GB the running jobs may declare in all (config gpu.job_memory_gb; 0: no limit)")
     ap.add_argument("--timeout", type=float, default=290.0, help="seconds for all jobs; late ones are killed")
     ap.add_argument(
         "--choose-from", nargs="+", default=None, help="apply the choice rule to these sweep CSVs, run nothing"
     )
+    ap.add_argument("--samples", nargs="*", default=[], help=argparse.SUPPRESS)  # a job's samples files
     ap.add_argument("--job", nargs=5, metavar=("ALG", "PREC", "LR", "CONFIG_JSON", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.choose_from:  # re-apply the rule to measured CSVs (e.g. a sweep rerun in parts)
@@ -272,21 +315,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[sweep] base ready ({time.time() - t0:.0f} s)", flush=True)
     jobs = [(rep, prec, float(lr)) for rep in a.representatives for prec in a.precisions
             for lr in (a.lrs or lr_grid(rep))]
+    from rlsparsity.gpu import gpu_mem_gb
+
+    def mem_of(rep: str, prec: str) -> int:  # the job's declared GPU memory (config gpu.job_memory_gb)
+        return gpu_mem_gb(cfg, fam, rep, prec) if a.device.startswith("cuda") else 0
+
+    def fits(job: tuple[str, str, float], running: list[Any]) -> bool:
+        """--gpu-mem: start a job only while the running jobs' declared memory leaves room for it
+        (the first job always starts); each job claims the GPU with the least declared memory."""
+        used = sum(mem_of(r[0][0], r[0][1]) for r in running)
+        return not a.gpu_mem or not running or used + mem_of(job[0], job[1]) <= a.gpu_mem
+
+    samples = draw_samples(cfg, cfg_json, out, jobs, a, env)
+    if samples is None:
+        return 1
+    print(f"[sweep] {len(samples)} samples file(s) ready ({time.time() - t0:.0f} s)", flush=True)
     procs: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
     pending = list(jobs)
     running: list[tuple[tuple[str, str, float], subprocess.Popen, Path]] = []
     t1 = time.time()
     bval = None
     while pending or running:
-        while pending and len(running) < a.slots:
+        while pending and len(running) < a.slots and fits(pending[0], running):
             rep, prec, lr = pending.pop(0)
             jdir = out / f"{rep}_{prec}_lr{lr:g}"
             jdir.mkdir(parents=True, exist_ok=True)
             log = open(jdir / "log.txt", "w")
             p = subprocess.Popen(
                 [sys.executable, __file__, "--job", rep, prec, repr(lr), str(cfg_json), str(jdir)]
-                + ["--steps", str(a.steps), "--val-n", str(a.val_n), "--device", a.device, "--seed", str(a.seed)],
-                env=env,
+                + ["--steps", str(a.steps), "--val-n", str(a.val_n), "--device", a.device, "--seed", str(a.seed)]
+                + ["--samples", *map(str, samples)],
+                env={**env, "RLSPARSITY_GPU_MEM_GB": str(mem_of(rep, prec))},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

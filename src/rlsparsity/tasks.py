@@ -26,12 +26,17 @@ PROMPT_STYLES = {"answer": INSTRUCTION,
                  "cot": "Think step by step, then give the final answer as 'Answer: <number>'.",
                  "explain": "Explain your calculation in one or two sentences, then give the final answer as "
                             "'Answer: <number>'.",
-                 "cot_shot": "Think step by step, then give the final answer as 'Answer: <number>'."}
-#: Styles that show one worked example as an earlier chat turn (user question, assistant
-#: solution) before the real question: small pretrained models copy an example written into
-#: the instruction itself, but follow one given as a previous exchange.
-SHOTS = {"cot_shot": ("Calculate 47 + 38. Think step by step, then give the final answer as 'Answer: <number>'.",
-                      "First the tens: 47 + 30 = 77. Then the ones: 77 + 8 = 85.\nAnswer: 85")}
+                 "cot_shot": "Think step by step, then give the final answer as 'Answer: <number>'.",
+                 "cot_shot2": "Think step by step, then give the final answer as 'Answer: <number>'."}
+_SHOT_ADD = ("Calculate 47 + 38. Think step by step, then give the final answer as 'Answer: <number>'.",
+             "First the tens: 47 + 30 = 77. Then the ones: 77 + 8 = 85.\nAnswer: 85")
+_SHOT_SUB = ("Calculate 23 - 58. Think step by step, then give the final answer as 'Answer: <number>'.",
+             "58 is larger than 23, so the result is negative: 58 - 23 = 35, so 23 - 58 = -35.\nAnswer: -35")
+#: Styles that show worked examples as earlier chat turns (user question, assistant solution)
+#: before the real question: small pretrained models copy an example written into the
+#: instruction itself, but follow one given as a previous exchange. ``cot_shot2`` adds a
+#: subtraction whose result is negative (chain_sum's a - b with b > a, where SmolLM2 drops the sign).
+SHOTS: dict[str, tuple[tuple[str, str], ...]] = {"cot_shot": (_SHOT_ADD,), "cot_shot2": (_SHOT_ADD, _SHOT_SUB)}
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _AFTER_ANSWER = re.compile(r"answer[\s:=*]*(?:is[\s:=*]*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -204,8 +209,8 @@ class Task:
 
     def prompt(self, entry: dict[str, Any], tokenizer: Any) -> str:
         """The single prompt format: the user message in the model's chat template."""
-        shot = SHOTS.get(self.prompt_style)
-        msgs = ([{"role": "user", "content": shot[0]}, {"role": "assistant", "content": shot[1]}] if shot else [])
+        msgs = [{"role": role, "content": text} for shot in SHOTS.get(self.prompt_style, ())
+                for role, text in zip(("user", "assistant"), shot, strict=False)]
         msgs.append({"role": "user", "content": self.user_message(entry)})
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

@@ -5,7 +5,7 @@
 #                                              #   wheels into /tmp/site, check imports, print versions
 #   bash tools/gpu/remote.sh smoke [STEPS]     # builds the DAG's base once (GGUF -> bf16, test accuracy on
 #                                              #   the GPU), then every algorithm STEPS (3) steps, all in parallel
-#   bash tools/gpu/remote.sh taskcheck         # base accuracy on 200 validation problems per candidate task,
+#   bash tools/gpu/remote.sh taskcheck         # base accuracy on the 500 validation problems per candidate task,
 #                                              #   writes the chosen task overlay (choose_task.py's rule)
 #   bash tools/gpu/remote.sh sweep [ARGS]      # benchmarks/smollm2_gpu/sweep.py (validation lr sweep, <= 5 min)
 #   bash tools/gpu/remote.sh bench [ARGS]      # benchmarks/smollm2_gpu/grpo_vs_trl.py (<= 2 min)
@@ -13,6 +13,9 @@
 #                                              #   call while the machine stays warm) and wait up to WAIT_S
 #                                              #   (default 540) printing progress; call again to keep waiting
 #   bash tools/gpu/remote.sh status            # progress of the DAG, no waiting
+#   bash tools/gpu/remote.sh bg NAME CMD [ARGS] # 'remote.sh CMD ARGS' in the background (setsid), log
+#                                              #   /tmp/rls-NAME.log, e.g. bg sweep sweep --slots 12
+#   bash tools/gpu/remote.sh wait NAME [WAIT_S] # wait for it (default 540 s), print its log tail
 #   bash tools/gpu/remote.sh wheels            # carry .whl: only the wheels -> /tmp/site (benchmarks/fsdp)
 #   bash tools/gpu/remote.sh collect           # results minus weights -> $OUT (at most 8 files)
 # The machine is given back 30 s after a call ends: make the next call at once. Each call ships
@@ -30,7 +33,7 @@ GPU_MEM=${GPU_MEM:-120}   # GB of the card the packed jobs may use (config gpu.j
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
 TASK_CHOSEN=$RESULTS/chosen_task.yaml   # written by 'taskcheck' (validation problems only)
-TASK_CASES=(chain_sum:cot chain_sum:cot_shot 'arith2d:cot_shot:operators=["+"]' 'arith2d:cot:operators=["+"]'
+TASK_CASES=(chain_sum:cot chain_sum:cot_shot chain_sum:cot_shot2 'arith2d:cot_shot:operators=["+"]' 'arith2d:cot:operators=["+"]'
             arith2d:cot_shot arith2d:cot)   # in order of preference: benchmarks/smollm2_gpu/choose_task.py
 # (chain_sum with 3 one-digit terms is gone: 4,000 distinct problems cannot fill 4,000 + 2 x 500 shuffled splits)
 export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
@@ -150,11 +153,11 @@ smoke() {
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 }
 
-taskcheck() {  # base greedy accuracy + completion length per candidate task on 200 VALIDATION problems
+taskcheck() {  # base greedy accuracy + completion length per candidate task on the 500 VALIDATION problems
   need_site
   local d=$RESULTS/taskcheck
   mkdir -p "$d" && rm -f "$d/base_check_gpu.csv"
-  python3 benchmarks/smollm2_gpu/measure_base.py --device cuda --n 200 --max-new-tokens 128 --batch-size 200 \
+  python3 benchmarks/smollm2_gpu/measure_base.py --device cuda --n "${TASK_N:-500}" --max-new-tokens 128 --batch-size 250 \
       --config "$CONFIG" --base /tmp/smollm2-base --out "$d/base_check_gpu.csv" --cases "${TASK_CASES[@]}" \
       > "$d/measure.log" 2>&1 || { tail -20 "$d/measure.log"; die "measure_base failed"; }
   grep -v "Loading weights" "$d/measure.log" | tail -8
@@ -214,14 +217,39 @@ dag() {
     echo "DAG finished"; tail -5 "$DAGLOG"; grep -c "^Error in rule" "$DAGLOG" | sed 's/^/failed jobs: /'; fi
 }
 
+bg_running() { [ -f "/tmp/rls-$1.pid" ] && kill -0 "$(cat "/tmp/rls-$1.pid")" 2>/dev/null; }
+
+bg() {  # bg NAME CMD [ARGS]: 'remote.sh CMD ARGS' in the background; it survives the call while the machine is warm
+  local name=${1:?bg NAME CMD}; shift
+  [ $# -gt 0 ] || die "bg $name: which remote.sh command?"
+  bg_running "$name" && die "$name is already running"
+  setsid nohup bash "$0" "$@" > "/tmp/rls-$name.log" 2>&1 < /dev/null &
+  echo $! > "/tmp/rls-$name.pid"
+  echo "started $name: remote.sh $* (pid $(cat "/tmp/rls-$name.pid"), log /tmp/rls-$name.log)"
+}
+
+bgwait() {  # wait NAME [WAIT_S]
+  local name=${1:?wait NAME} wait_s=${2:-540} t0=$SECONDS
+  [ -f "/tmp/rls-$name.pid" ] || die "$name was never started here (machine restarted?)"
+  while bg_running "$name" && (( SECONDS - t0 < wait_s )); do sleep 10; done
+  bg_running "$name" && echo "$name still running: call 'wait $name' again within 30 s" || echo "$name finished"
+  grep -v "Loading weights" "/tmp/rls-$name.log" | tail -40
+}
+
 status() { progress; dag_running && echo running || { echo "not running"; tail -3 "$DAGLOG" 2>/dev/null; }; }
 
 collect() {
   [ -n "${OUT:-}" ] || die "OUT is not set (the device tool sets it)"
   [ -d "$RESULTS" ] || die "$RESULTS missing"
-  # everything but weights, checkpoints, resume states and masks (the docs/ copy keeps run.json files)
+  # everything but weights, checkpoints, resume states and masks (the docs/ copy keeps run.json files);
+  # benchmarks/fsdp's results too when it ran on this machine, and the logs of 'bg' commands
+  local extra=()
+  if [ -d /tmp/fsdp-out ]; then
+    rm -rf /tmp/rls-fsdp && OUT=/tmp/rls-fsdp bash benchmarks/fsdp/run_gpu.sh collect > /dev/null && extra+=(/tmp/rls-fsdp)
+  fi
   tar czf /tmp/rls-results.tgz --exclude='*.safetensors' --exclude='*/resume' --exclude='*/checkpoints' \
-      --exclude='*.pt' --exclude='.gpu_locks' "$RESULTS" "$DAGLOG" /tmp/rls-smoke/logs 2>/dev/null
+      --exclude='*.pt' --exclude='.gpu_locks' "$RESULTS" "$DAGLOG" /tmp/rls-smoke/logs /tmp/rls-*.log \
+      "${extra[@]}" 2>/dev/null
   split -b 15m -d -a 1 /tmp/rls-results.tgz "$OUT/results.tgz.part"
   [ "$(ls "$OUT" | wc -l)" -le 7 ] || die "results too large for 8 files of 15 MiB"
   (cd "$OUT" && sha256sum results.tgz.part* > SHA256SUMS)
@@ -246,6 +274,8 @@ case "$cmd" in
   dagbase) dagbase ;;
   dag) dag "$@" ;;
   status) status ;;
+  bg) bg "$@" ;;
+  wait) bgwait "$@" ;;
   collect) collect ;;
-  *) die "usage: remote.sh stage1|stage2|deps|model|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|collect" ;;
+  *) die "usage: remote.sh stage1|stage2|deps|model|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect" ;;
 esac
