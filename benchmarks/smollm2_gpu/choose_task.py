@@ -1,16 +1,21 @@
 """Choose the GPU config's task from base-model measurements on VALIDATION problems only.
 
-Input: the CSV of ``measure_base.py`` (one row per task/prompt case, measured in the order the
-cases were listed = the order of preference). Rule (issue 12: the base's greedy accuracy must
-lie in 15-60 % and its completions must reason, median >= 20 tokens): the FIRST case whose
-validation accuracy is in [0.20, 0.50] (a margin inside 15-60 %, so that the test accuracy,
-measured later on other problems, lands inside too), median completion >= 20 tokens and at most
-10 % of completions cut at the token budget (the first H200 check used 5 %; no case passed and
-the one-shot prompt had 20.5 % accuracy with 6.5 % cut, so the limit was relaxed to 10 % after
-seeing that measurement -- a cut completion scores 0, so accuracy already pays for it).
-If none qualifies: exit 1 and say why (no silent
-fallback). Writes a configfile overlay with the chosen ``task`` block (the config's own block
-with name/prompt/kwargs replaced), and prints the decision.
+Input: the CSV of ``measure_base.py`` (one row per task/prompt case). Rule (issue 12: the base's
+greedy accuracy must lie in 15-60 % and its completions must reason, median >= 20 tokens): among
+the cases with validation accuracy in [0.15, 0.60], median completion >= 20 tokens and at most
+10 % of completions cut at the token budget, the MOST ACCURATE one (ties: the one listed first).
+If none qualifies: exit 1 and say why (no silent fallback). Writes a configfile overlay with the
+chosen ``task`` block (the config's own block with name/prompt/kwargs replaced), and prints the
+decision.
+
+History, because every change came after a measurement: the first rule took the first case in
+the order listed inside [0.20, 0.50] (a margin inside 15-60 %), with at most 5 % cut; the 1st H200
+check relaxed the cut to 10 % (the one-shot prompt had 20.5 % accuracy with 6.5 % cut; a cut
+completion scores 0, so accuracy already pays for it). On the shuffled splits of 2026-11-30 no
+case reached 20 % on the 500 validation problems (H200: 8.8, 15.6 and 17.2 % for chain_sum with
+cot, cot_shot and cot_shot2; <= 10.4 % for arith2d): SmolLM2-135M is that weak at two-digit
+arithmetic. The band is now the issue's own, and the most accurate case is taken, since the
+test accuracy (other problems) must land in the band too and all candidates sit near its floor.
 
     python benchmarks/smollm2_gpu/choose_task.py base_check_gpu.csv --config config/smollm2-gpu.yaml \
         --out results/smollm2-gpu/chosen_task.yaml
@@ -26,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LOW, HIGH, MIN_MEDIAN, MAX_TRUNC = 0.20, 0.50, 20.0, 0.10
+LOW, HIGH, MIN_MEDIAN, MAX_TRUNC = 0.15, 0.60, 20.0, 0.10
 
 
 def qualifies(row: dict[str, str]) -> tuple[bool, str]:
@@ -46,27 +51,30 @@ def qualifies(row: dict[str, str]) -> tuple[bool, str]:
 
 
 def choose(rows: list[dict[str, str]], task_block: dict[str, Any]) -> dict[str, Any] | None:
+    best = None
     for row in rows:
         ok, why = qualifies(row)
         print(
             f"{row['task']}:{row['prompt']} {row['kwargs']} n={row['n_val']} acc={float(row['greedy_accuracy']):.3f} "
             f"median={row['median_completion_tokens']} -> {why}"
         )
-        if ok:
-            kwargs = ast.literal_eval(row["kwargs"]) if row["kwargs"] else {}  # measure_base writes a dict repr
-            block = {k: v for k, v in task_block.items() if k not in ("kwargs",)}
-            block.update(name=row["task"], prompt=row["prompt"])
-            if kwargs:
-                block["kwargs"] = kwargs
-            return {
-                "task": block,
-                "_evidence": {
-                    "val_accuracy": float(row["greedy_accuracy"]),
-                    "n_val": int(row["n_val"]),
-                    "median_completion_tokens": float(row["median_completion_tokens"]),
-                },
-            }
-    return None
+        if ok and (best is None or float(row["greedy_accuracy"]) > float(best["greedy_accuracy"])):
+            best = row
+    if best is None:
+        return None
+    kwargs = ast.literal_eval(best["kwargs"]) if best["kwargs"] else {}  # measure_base writes a dict repr
+    block = {k: v for k, v in task_block.items() if k not in ("kwargs",)}
+    block.update(name=best["task"], prompt=best["prompt"])
+    if kwargs:
+        block["kwargs"] = kwargs
+    return {
+        "task": block,
+        "_evidence": {
+            "val_accuracy": float(best["greedy_accuracy"]),
+            "n_val": int(best["n_val"]),
+            "median_completion_tokens": float(best["median_completion_tokens"]),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
