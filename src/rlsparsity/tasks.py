@@ -22,15 +22,15 @@ from typing import Any
 INSTRUCTION = "Give the final answer as 'Answer: <number>'."
 #: Instruction per prompt style (config ``task.prompt``): ``cot`` asks for reasoning first, so
 #: that completions have forking tokens before the answer (pretrained models only).
+_COT = "Think step by step, then give the final answer as 'Answer: <number>'."
 PROMPT_STYLES = {"answer": INSTRUCTION,
-                 "cot": "Think step by step, then give the final answer as 'Answer: <number>'.",
+                 "cot": _COT,
                  "explain": "Explain your calculation in one or two sentences, then give the final answer as "
                             "'Answer: <number>'.",
-                 "cot_shot": "Think step by step, then give the final answer as 'Answer: <number>'.",
-                 "cot_shot2": "Think step by step, then give the final answer as 'Answer: <number>'."}
-_SHOT_ADD = ("Calculate 47 + 38. Think step by step, then give the final answer as 'Answer: <number>'.",
-             "First the tens: 47 + 30 = 77. Then the ones: 77 + 8 = 85.\nAnswer: 85")
-_SHOT_SUB = ("Calculate 23 - 58. Think step by step, then give the final answer as 'Answer: <number>'.",
+                 "cot_shot": _COT,
+                 "cot_shot2": _COT}
+_SHOT_ADD = (f"Calculate 47 + 38. {_COT}", "First the tens: 47 + 30 = 77. Then the ones: 77 + 8 = 85.\nAnswer: 85")
+_SHOT_SUB = (f"Calculate 23 - 58. {_COT}",
              "58 is larger than 23, so the result is negative: 58 - 23 = 35, so 23 - 58 = -35.\nAnswer: -35")
 #: Styles that show worked examples as earlier chat turns (user question, assistant solution)
 #: before the real question: small pretrained models copy an example written into the

@@ -165,9 +165,11 @@ taskcheck() {  # base greedy accuracy + completion length per candidate task on 
       || die "no candidate task qualifies"
 }
 
+bg_running() { [ -f "/tmp/rls-$1.pid" ] && kill -0 "$(cat "/tmp/rls-$1.pid")" 2>/dev/null; }  # 'dag' and every 'bg' NAME
+
 task_overlay() { [ -f "$TASK_CHOSEN" ] && echo "$TASK_CHOSEN"; }
 
-dag_running() { [ -f /tmp/rls-dag.pid ] && kill -0 "$(cat /tmp/rls-dag.pid)" 2>/dev/null; }
+dag_running() { bg_running dag; }
 
 progress() {
   local n_runs n_done
@@ -217,8 +219,6 @@ dag() {
     echo "DAG finished"; tail -5 "$DAGLOG"; grep -c "^Error in rule" "$DAGLOG" | sed 's/^/failed jobs: /'; fi
 }
 
-bg_running() { [ -f "/tmp/rls-$1.pid" ] && kill -0 "$(cat "/tmp/rls-$1.pid")" 2>/dev/null; }
-
 bg() {  # bg NAME CMD [ARGS]: 'remote.sh CMD ARGS' in the background; it survives the call while the machine is warm
   local name=${1:?bg NAME CMD}; shift
   [ $# -gt 0 ] || die "bg $name: which remote.sh command?"
@@ -242,13 +242,13 @@ collect() {
   [ -n "${OUT:-}" ] || die "OUT is not set (the device tool sets it)"
   [ -d "$RESULTS" ] || die "$RESULTS missing"
   # everything but weights, checkpoints, resume states and masks (the docs/ copy keeps run.json files);
-  # benchmarks/fsdp's results too when it ran on this machine, and the logs of 'bg' commands
+  # benchmarks/fsdp's results too when it ran on this machine, and every /tmp/rls-*.log (the DAG's, 'bg' ones)
   local extra=()
   if [ -d /tmp/fsdp-out ]; then
     rm -rf /tmp/rls-fsdp && OUT=/tmp/rls-fsdp bash benchmarks/fsdp/run_gpu.sh collect > /dev/null && extra+=(/tmp/rls-fsdp)
   fi
   tar czf /tmp/rls-results.tgz --exclude='*.safetensors' --exclude='*/resume' --exclude='*/checkpoints' \
-      --exclude='*.pt' --exclude='.gpu_locks' "$RESULTS" "$DAGLOG" /tmp/rls-smoke/logs /tmp/rls-*.log \
+      --exclude='*.pt' --exclude='.gpu_locks' "$RESULTS" /tmp/rls-smoke/logs /tmp/rls-*.log \
       "${extra[@]}" 2>/dev/null
   split -b 15m -d -a 1 /tmp/rls-results.tgz "$OUT/results.tgz.part"
   [ "$(ls "$OUT" | wc -l)" -le 7 ] || die "results too large for 8 files of 15 MiB"
