@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(text)
     tmp.replace(a.out)
-    (a.out.with_suffix(".json")).write_text(json.dumps(got["task"]))
+    tmp_json = a.out.with_suffix(".json.tmp")  # the sweep reads this one (remote.sh sweep --set task=...)
+    tmp_json.write_text(json.dumps(got["task"]))
+    tmp_json.replace(a.out.with_suffix(".json"))
     print(f"chosen: {got['task']} -> {a.out}")
     return 0
 

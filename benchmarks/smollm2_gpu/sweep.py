@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", nargs="*", default=[], help=argparse.SUPPRESS)  # a job's samples files
     ap.add_argument("--job", nargs=5, metavar=("ALG", "PREC", "LR", "CONFIG_JSON", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    command = " ".join(["benchmarks/smollm2_gpu/sweep.py", *(sys.argv[1:] if argv is None else argv)])
     if a.choose_from:  # re-apply the rule to measured CSVs (e.g. a sweep rerun in parts)
         rows = [dict(r) for f in a.choose_from for r in csv.DictReader(open(f))]
         n_val = {int(r["n_val"]) for r in rows if r.get("n_val")}
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 running.remove(item)
         if late:
             pending.clear()
+    from rlsparsity.stats import binomial_half_width
+
     rows = []
     for (rep, prec, lr), p, jdir in procs:
         res = jdir / "result.json"
@@ -371,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             else {"algorithm": rep, "precision": prec, "lr": lr, "val_accuracy": None, "error": f"rc {p.returncode}"}
         )
         row["base_val_accuracy"] = bval
+        if row.get("val_accuracy") is not None:  # normal-approximation 95 % half-width over the problems
+            row["val_accuracy_95_half_width"] = round(binomial_half_width(row["val_accuracy"], row["n_val"]), 4)
+        row["command"] = command
         rows.append(row)
         if not res.exists():  # say why here: the job folders may not come back from the machine
             tail = (
@@ -389,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed",
         "steps",
         "val_accuracy",
+        "val_accuracy_95_half_width",
         "base_val_accuracy",
         "n_val",
         "seconds_per_step",
@@ -397,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "device",
         "peak_gpu_memory_mb",
         "error",
+        "command",
     ]
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
