@@ -26,6 +26,25 @@ X = [[1.0, 2.0, 3.0, 4.0], [-2.0, 0.5, 8.0, 0.0], [4.0, 4.0, -1.0, 2.0], [0.25, 
 M = [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
 
 
+def _count_units() -> list[int]:
+    """FSDP units of every model the next run wraps (distributed.wrap, counted as it returns)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from rlsparsity.algorithms import distributed as D
+
+    made: list[int] = []
+    wrap = getattr(D.wrap, "__wrapped__", D.wrap)
+
+    def counting(d: Any, model: Any, trainable: bool = True) -> Any:
+        out = wrap(d, model, trainable)
+        made.append(sum(isinstance(m, FSDPModule) for m in out.modules()))
+        return out
+
+    counting.__wrapped__ = wrap
+    D.wrap = counting
+    return made
+
+
 def reductions(d: Any) -> dict[str, Any]:
     from rlsparsity.algorithms import distributed as D
     from rlsparsity.algorithms.rollout import masked_whiten, token_mean
@@ -123,7 +142,9 @@ def main() -> int:
                          out_dir=Path(job["out"]), task=DigitTask(), steps=job["steps"],
                          checkpoint_every=job.get("checkpoint_every", 3),
                          hparams=hp, stop_after=job.get("stop_after"),
-                         device=job.get("device", "cpu").replace("cuda", f"cuda:{os.environ['LOCAL_RANK']}"))
+                         device=job.get("device", "cpu").replace("cuda", f"cuda:{os.environ['LOCAL_RANK']}"),
+                         fsdp_units=job.get("units", "block"))
+        made = _count_units()
         if job.get("mask"):  # subnetwork finetuning: only True entries may move
             from safetensors.torch import load_file
 
@@ -134,6 +155,7 @@ def main() -> int:
             spec.stop_after = None
             stats = mod.train(spec)
         out["runs"].append({"out": job["out"], "resumed_from": stats["resumed_from"], "sharding": stats["sharding"],
+                            "fsdp_units": stats["fsdp_units"], "units_made": list(made),
                             "loss": [h["loss"] for h in stats["history"]],
                             "reward_mean": [h["reward_mean"] for h in stats["history"]],
                             "completion_length": [h["completion_length"] for h in stats["history"]]})

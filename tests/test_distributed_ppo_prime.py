@@ -106,6 +106,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "hp": {"gradient_checkpointing": True}},
         {"alg": "ppo", "out": str(r2 / "ppo_layer"), "precision": "fp32", "steps": 4,
          "hp": {"rollout_gather": "layer"}},
+        {"alg": "ppo", "out": str(r2 / "ppo_sublayer"), "precision": "fp32", "steps": 4, "units": "sublayer"},
         {"gen": True},
     ])
     for p, res in ((p1, root / "res1"), (p2, root / "res2")):
@@ -204,6 +205,22 @@ def test_two_processes_give_the_one_process_weights(runs: dict[str, Path], alg: 
     assert one["reward_mean"] == two["reward_mean"]  # the same global rollouts, exactly
     assert torch.allclose(torch.tensor(one["loss"]), torch.tensor(two["loss"]), rtol=1e-3, atol=1e-5)
     _assert_close(runs["one"] / alg, runs["two"] / alg, runs["base"])
+
+
+def test_sublayer_units_give_the_one_process_weights(runs: dict[str, Path]) -> None:
+    """fsdp_units sublayer: attention and MLP are FSDP units of their own (3 per decoder layer + the
+    root, for the policy, the reference and the critic alike), and the run is still the
+    1-process one (same rollouts; weights as in test_two_processes_give_the_one_process_weights)."""
+    one = _run(_result(runs, "res1", 0), runs["one"] / "ppo")
+    block = _run(_result(runs, "res2", 0), runs["two"] / "ppo")
+    sub = _run(_result(runs, "res2", 0), runs["two"] / "ppo_sublayer")
+    layers = json.loads((runs["base"] / "config.json").read_text())["num_hidden_layers"]
+    assert (block["fsdp_units"], block["units_made"]) == ("block", [layers + 1] * 3)
+    assert (sub["fsdp_units"], sub["units_made"]) == ("sublayer", [3 * layers + 1] * 3)
+    assert one["units_made"] == [layers + 1] * 3  # one process under torchrun: FSDP2 on one rank, block units
+    assert one["reward_mean"] == sub["reward_mean"]
+    assert torch.allclose(torch.tensor(one["loss"]), torch.tensor(sub["loss"]), rtol=1e-3, atol=1e-5)
+    _assert_close(runs["one"] / "ppo", runs["two"] / "ppo_sublayer", runs["base"])
 
 
 def test_sharded_subnetwork_finetuning_moves_only_the_mask(runs: dict[str, Path]) -> None:

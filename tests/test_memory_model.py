@@ -49,10 +49,14 @@ def test_per_gpu_strategies() -> None:
     assert one.total == 24000 + 9000 + 7500 + M.OVERHEAD
     ddp = M.per_gpu(S, "grpo", "bf16", "ddp", 2, rows=5, seq_len=3)  # replicated states, ceil(5/2) = 3 rows
     assert (ddp.states, ddp.gathered, ddp.activations) == (24000, 0, 9 * 600 + 9 * 500)
-    fsdp = M.per_gpu(S, "grpo", "bf16", "fsdp", 2, rows=5, seq_len=3)  # states / 2 + two gathered bf16 layers
-    assert (fsdp.states, fsdp.gathered, fsdp.activations) == (12000, 2 * 1000 * 2, 9900)
+    fsdp = M.per_gpu(S, "grpo", "bf16", "fsdp", 2, rows=5, seq_len=3)  # states / 2 + four bf16 layers in flight
+    assert (fsdp.states, fsdp.gathered, fsdp.activations) == (12000, 4 * 1000 * 2, 9900)
+    sub = M.per_gpu(S, "grpo", "bf16", "fsdp", 2, rows=5, seq_len=3, units="sublayer")  # attention/MLP units: two
+    assert (sub.states, sub.gathered, sub.activations) == (12000, 2 * 1000 * 2, 9900)
     f3 = M.per_gpu(S, "dpo", "fp32-master", "fsdp", 3, rows=4, seq_len=1)
-    assert (f3.states, f3.gathered) == (20000, 8000)  # 60000 / 3; two layers gathered in fp32 (its compute dtype)
+    assert (f3.states, f3.gathered) == (20000, 16000)  # 60000 / 3; four layers in flight in fp32 (its compute dtype)
+    with pytest.raises(KeyError):
+        M.per_gpu(S, "grpo", "bf16", "fsdp", 2, 1, 1, units="layer")
     with pytest.raises(ValueError, match="unknown sharding"):
         M.per_gpu(S, "grpo", "bf16", "zero3", 2, 1, 1)
     with pytest.raises(ValueError, match="one GPU"):
@@ -62,32 +66,35 @@ def test_per_gpu_strategies() -> None:
 def test_generation_copy_of_ppo_prime_under_fsdp_full_only() -> None:
     """ppo/prime under FSDP with rollout_gather "full" gather the whole policy for a rollout:
     P x compute bytes, in a phase that does not overlap the training step's gathered layers and
-    activations; "layer" (per-layer gathers), grpo, and ddp have no such term."""
+    activations; "layer" (per-layer gathers), grpo, and ddp have no such term. fsdp_units sublayer here:
+    two layers in flight."""
     # ppo bf16 on 2 GPUs, 4 rows x 3 tokens: states (3000 + 2500) x 8 + 3000 x 2 = 50000 -> 25000 per GPU;
     # gathered 2 layers x 1000 x 2 bytes = 4000; activations of ceil(4/2) x 3 = 6 tokens: policy
     # 6 x 150 x 2 bytes x 2 layers + 6 x 50 x 10 (logits) = 6600, critic trunk 3600 -> 10200
-    full = M.per_gpu(S, "ppo", "bf16", "fsdp", 2, rows=4, seq_len=3)
+    full = M.per_gpu(S, "ppo", "bf16", "fsdp", 2, rows=4, seq_len=3, units="sublayer")
     assert (full.states, full.gathered, full.activations, full.generation) == (25000, 4000, 10200, 3000 * 2)
     assert full.total == 25000 + max(4000 + 10200, 6000) + M.OVERHEAD  # the step is the larger phase here
-    layer = M.per_gpu(S, "ppo", "bf16", "fsdp", 2, rows=4, seq_len=3, rollout_gather="layer")
+    layer = M.per_gpu(S, "ppo", "bf16", "fsdp", 2, rows=4, seq_len=3, rollout_gather="layer", units="sublayer")
     assert (layer.states, layer.gathered, layer.activations, layer.generation) == (25000, 4000, 10200, 0)
     assert layer.total == 25000 + 4000 + 10200 + M.OVERHEAD
     # a shape with a large policy and few activations: the fp32 copy (fp32-master computes in fp32) dominates
     big = M.Shape(params=100_000, hidden=10, layers=2, intermediate=20, vocab=50, kv_dim=5)  # 49500 per layer
-    e = M.per_gpu(big, "prime", "fp32-master", "fsdp", 4, rows=4, seq_len=1)
+    e = M.per_gpu(big, "prime", "fp32-master", "fsdp", 4, rows=4, seq_len=1, units="sublayer")
     # prime: 2 x 100000 x 16 + 100000 x 4 = 3_600_000 / 4; gathered 2 x 49500 x 4; acts 1 token x 2 LMs x
     # (150 x 4 x 2 layers + 50 x 12)
     assert (e.states, e.gathered, e.activations, e.generation) == (900_000, 396_000, 3600, 400_000)
     assert e.total == 900_000 + 400_000 + M.OVERHEAD  # max(396000 + 3600, 400000)
-    assert M.per_gpu(big, "prime", "fp32-master", "fsdp", 4, 4, 1, rollout_gather="layer").total == \
+    assert M.per_gpu(big, "prime", "fp32-master", "fsdp", 4, 4, 1, rollout_gather="layer", units="sublayer").total == \
         900_000 + 399_600 + M.OVERHEAD
-    grpo = M.per_gpu(S, "grpo", "bf16", "fsdp", 2, rows=4, seq_len=3)  # TRL: generates through FSDP2's gathers
+    # TRL: generates through FSDP2's gathers
+    grpo = M.per_gpu(S, "grpo", "bf16", "fsdp", 2, rows=4, seq_len=3, units="sublayer")
     assert grpo.generation == 0 and grpo.total == 12000 + 4000 + 6 * 600 + 6 * 500 + M.OVERHEAD
-    assert M.per_gpu(S, "ppo", "bf16", "ddp", 2, rows=4, seq_len=3).generation == 0  # the policy is whole anyway
+    # ddp: the policy is whole anyway
+    assert M.per_gpu(S, "ppo", "bf16", "ddp", 2, rows=4, seq_len=3, units="sublayer").generation == 0
     # Run carries the setting (default "full") into the estimate
-    run = M.Run("ppo", "bf16", rows=4, seq_len=3)
+    run = M.Run("ppo", "bf16", rows=4, seq_len=3, units="sublayer")
     assert run.rollout_gather == "full" and run.estimate(S, "fsdp", 2) == full
-    assert M.Run("ppo", "bf16", 4, 3, rollout_gather="layer").estimate(S, "fsdp", 2) == layer
+    assert M.Run("ppo", "bf16", 4, 3, rollout_gather="layer", units="sublayer").estimate(S, "fsdp", 2) == layer
 
 
 def test_config_runs_read_rollout_gather_by_precision() -> None:
@@ -148,6 +155,9 @@ def test_paper_config_fits_and_cli_table() -> None:
     ({"gpus": 2, "sharding": "none"}, "families.llama.sharding: 'none' runs on one GPU but gpus is 2"),
     ({"gpus": 1, "sharding": "fsdp"}, "families.llama.sharding: 'fsdp' needs gpus >= 2 (gpus is 1)"),
     ({"gpus": 2, "sharding": "zero3"}, "families.llama.sharding"),
+    ({"gpus": 2, "sharding": "ddp", "fsdp_units": "sublayer"},
+     "families.llama.fsdp_units: applies to sharding fsdp, not 'ddp'"),
+    ({"gpus": 2, "sharding": "fsdp", "fsdp_units": "layer"}, "families.llama.fsdp_units"),
     ({"gpus": 8, "hparams": {"dpo": {"batch_size": 12}}},
      "train.hparams.dpo.batch_size: 12 (the global batch) is not divisible by the 8 processes"),
 ])

@@ -153,13 +153,16 @@ def build_base(folder: Path, shape: str, device: str, eval_n: int) -> int:
 
 
 def write_config(path: Path, results: Path, base: Path, gpus: int, steps: int, every: int, eval_n: int,
-                 algorithm: str, precision: str, sharding: str | None, extra_hp: dict[str, Any] | None = None) -> Path:
+                 algorithm: str, precision: str, sharding: str | None, extra_hp: dict[str, Any] | None = None,
+                 units: str | None = None) -> Path:
     import yaml
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     fam = {"path": str(base), "gpus": gpus, "eval_batch_size": 8}
     if sharding:
         fam["sharding"] = sharding
+    if sharding == "fsdp" and units:
+        fam["fsdp_units"] = units
     cfg.update(experiment="fsdp-validate", results=str(results),
                task={**TASK, "n_test": eval_n},
                families={"rand": fam})
@@ -246,7 +249,7 @@ class Runner:
             link.symlink_to(base.resolve(), target_is_directory=True)
         sharding = "fsdp" if n > 1 and a.device == "cuda" else None  # CPU families: gpus 0, no sharding
         cfg = write_config(res / "config.yaml", res, base.resolve(), n if a.device == "cuda" else 0, steps, every,
-                           a.eval_n, alg, precision, sharding, extra_hp)
+                           a.eval_n, alg, precision, sharding, extra_hp, a.fsdp_units)
         data = "on_policy" if alg in ONLINE else "off_policy"
         cmd = launcher(n, a.device, alg) + ["rand", alg, "--data", data, "--precision", precision, "--seed", "1",
                                        "--config", str(cfg), "--device", a.device]
@@ -367,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algorithms", default=",".join(OURS + TRL), help="comma list (default: all nine)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32-master", "fp32"])
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--fsdp-units", choices=["block", "sublayer"], default="block",
+                   help="the FSDP runs' family fsdp_units (sublayer: attention and MLP units too; mem_sim.py)")
     p.add_argument("--eval-n", type=int, default=4)
     p.add_argument("--concurrent", action="store_true",
                    help="start all 1-GPU runs together, then all FSDP runs together (fast; s/step then "

@@ -376,6 +376,8 @@ def _check_sharding(cfg: dict[str, Any]) -> None:
             raise _error(f"families.{name}.sharding", f"'none' runs on one GPU but gpus is {gpus}: use ddp or fsdp")
         if sharding in ("ddp", "fsdp") and gpus < 2:
             raise _error(f"families.{name}.sharding", f"{sharding!r} needs gpus >= 2 (gpus is {gpus})")
+        if spec.get("fsdp_units") and sharding in ("none", "ddp"):
+            raise _error(f"families.{name}.fsdp_units", f"applies to sharding fsdp, not {sharding!r}")
     # the configured batch_size is the global batch, split evenly over a multi-GPU job's processes
     most = max((int((spec or {}).get("gpus", 0) or 0) for spec in cfg["families"].values()), default=0)
     tc = cfg.get("train") or {}

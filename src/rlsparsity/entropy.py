@@ -244,7 +244,8 @@ def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: st
                      base_dir=entropy_base_dir({**config, "results": str(results)}, run.family),
                      out_dir=run.dir(results), task=task_from_config(entropy_config(config)),
                      steps=blk["steps"] or tc["steps"],
-                     checkpoint_every=blk["checkpoint_every"] or tc["checkpoint_every"], hparams=hp, device=device)
+                     checkpoint_every=blk["checkpoint_every"] or tc["checkpoint_every"], hparams=hp, device=device,
+                     fsdp_units=str((config["families"].get(run.family) or {}).get("fsdp_units", "block")))
 
 
 def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, device: str = "cpu") -> dict[str, Any]:

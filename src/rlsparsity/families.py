@@ -143,7 +143,7 @@ def tiny_size(name: str, overrides: dict[str, Any] | None = None) -> dict[str, A
     size = dict(TINY_DEFAULTS)
     size.update(FAMILIES[name].extra_defaults)
     size.update({k: v for k, v in (overrides or {}).items()
-                 if k not in ("path", "eval_batch_size", "dtype", "gpus", "sharding")})
+                 if k not in ("path", "eval_batch_size", "dtype", "gpus", "sharding", "fsdp_units")})
     return size
 
 

@@ -22,8 +22,13 @@ with a scalar head: P - vocab x hidden parameters when the LM head is untied) + 
 prime policy + implicit PRM (a full LM) + reference.
 
 Strategy: ``none`` (one GPU) and ``ddp`` keep every model whole on every GPU; ``fsdp`` (full
-shard) divides all model states by N and adds the unsharded compute copy of the two layers
-that are gathered at a time (current + prefetched), in the compute dtype.
+shard) divides all model states by N and adds what is unsharded in flight at the backward
+peak, in the compute dtype (:data:`GATHERED_LAYERS`): with the family's ``fsdp_units: block``
+four layers' worth (the layer being differentiated: its gathered parameters and its full
+gradients; the next layer prefetched; the previous layer's reduce-scatter input), with
+``sublayer`` (attention and MLP units) about two. Measured by torch's FSDP2 memory tracker
+on the 1B shape of benchmarks/fsdp (``mem_sim.py``: 0.48 and 0.22 GiB of unsharded values,
+a layer being 0.117 GiB), where the two-layer term of earlier versions undercounted blocks.
 
 Generation (ppo/prime under ``fsdp`` with hparam ``rollout_gather: full``, their default):
 the policy is all-gathered whole for the rollout (``algorithms.distributed.full_params``: one
@@ -72,6 +77,8 @@ MODELS = {
 }
 #: in-project algorithms whose FSDP rollout all-gathers the whole policy with ``rollout_gather: full``
 GATHER_FOR_ROLLOUT = ("ppo", "prime")
+#: fsdp_units -> layers' worth of unsharded parameters + gradients in flight at the backward peak
+GATHERED_LAYERS = {"block": 4, "sublayer": 2}
 OFFLINE_MAX_LENGTH = 256  # trl_algos: max_length of the preference / SFT rows
 PROMPT_TOKENS = 256  # assumed prompt length of the online algorithms (a gsm-style chat prompt)
 
@@ -183,10 +190,11 @@ class Run:
     beta: float = 0.0
     checkpointing: bool = False
     rollout_gather: str = "full"  # ppo/prime: how the FSDP policy generates (see module doc)
+    units: str = "block"  # the family's fsdp_units
 
     def estimate(self, shape: Shape, strategy: str, gpus: int) -> Estimate:
         return per_gpu(shape, self.algorithm, self.precision, strategy, gpus, self.rows, self.seq_len, self.beta,
-                       self.checkpointing, self.rollout_gather)
+                       self.checkpointing, self.rollout_gather, self.units)
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,8 @@ class Estimate:
 
 
 def per_gpu(shape: Shape, algorithm: str, precision: str, strategy: str, gpus: int, rows: int, seq_len: int,
-            beta: float = 0.0, checkpointing: bool = False, rollout_gather: str = "full") -> Estimate:
+            beta: float = 0.0, checkpointing: bool = False, rollout_gather: str = "full",
+            units: str = "block") -> Estimate:
     """Bytes on each GPU of a run on ``gpus`` GPUs with ``strategy``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sharding {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -213,7 +222,7 @@ def per_gpu(shape: Shape, algorithm: str, precision: str, strategy: str, gpus: i
     gathered = generation = 0
     if strategy == "fsdp":
         states = math.ceil(states / gpus)
-        gathered = 2 * shape.layer_params * compute_bytes(precision)
+        gathered = GATHERED_LAYERS[units] * shape.layer_params * compute_bytes(precision)
         if algorithm in GATHER_FOR_ROLLOUT and rollout_gather == "full":
             generation = shape.params * compute_bytes(precision)
     tokens = math.ceil(rows / gpus) * seq_len
@@ -277,13 +286,14 @@ def config_runs(config: dict[str, Any], family: str) -> list[Run]:
 
     out = set()
     task_new = int((config.get("task") or {}).get("max_new_tokens") or 64)
+    units = str((config["families"].get(family) or {}).get("fsdp_units") or "block")
     for r in G.expand_runs(config):
         if r.family != family:
             continue
         hp = G.run_hparams(config, r.algorithm, r.precision)
         rows, seq = rows_and_length(r.algorithm, hp, task_new)
         out.add(Run(r.algorithm, r.precision, rows, seq, float(hp.get("beta", 0.0) or 0.0),
-                    bool(hp.get("gradient_checkpointing", False)), str(hp.get("rollout_gather", "full"))))
+                    bool(hp.get("gradient_checkpointing", False)), str(hp.get("rollout_gather", "full")), units))
     return sorted(out)
 
 

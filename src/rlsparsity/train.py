@@ -61,7 +61,8 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
     spec = TrainSpec(run=run, base_dir=base, out_dir=out, task=task, steps=tc["steps"],
                      checkpoint_every=tc["checkpoint_every"],
                      hparams=G.run_hparams(config, run.algorithm, run.precision), device=device,
-                     stop_after=stop_after, samples=tuple(Path(p) for p in samples))
+                     stop_after=stop_after, samples=tuple(Path(p) for p in samples),
+                     fsdp_units=str((config["families"].get(run.family) or {}).get("fsdp_units", "block")))
     from rlsparsity.gpu import device_record, reset_peak
 
     reset_peak(device)
@@ -99,6 +100,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
         "seconds_per_step": stats.get("seconds_per_step"),
         "processes": stats.get("processes", 1),
         "sharding": stats.get("sharding", "none"),
+        "fsdp_units": stats.get("fsdp_units"),
         "compute_dtype": stats.get("compute_dtype"),
         "wall_seconds": round(wall, 3),
         "resumed_from": stats.get("resumed_from"),

@@ -48,6 +48,7 @@ class TrainSpec:
     device: str = "cpu"
     stop_after: int | None = None  # testing hook: stop (as if killed) after this many steps
     samples: tuple[Path, ...] = ()  # on-policy preference sample files (rlsparsity.samples); () = draw here
+    fsdp_units: str = "block"  # the family's FSDP2 units under FSDP: block | sublayer (distributed.unit_classes)
 
     @property
     def precision(self) -> str:

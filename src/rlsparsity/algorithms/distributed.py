@@ -11,8 +11,9 @@ This module only decides which one, wraps the models and moves tensors between r
   when the accelerate config asks for it (``ACCELERATE_USE_FSDP=true``) and DDP otherwise;
   else (torchrun) FSDP. A plain ``python`` run is not distributed and every helper here is
   the identity, so the single-process path is exactly the code it was before.
-* :func:`wrap` — FSDP: ``fully_shard`` on every transformer block (the classes HF lists in
-  ``_no_split_modules``; resharded after each forward), then on the root. Gradients are
+* :func:`wrap` — FSDP: ``fully_shard`` on every FSDP unit (:func:`unit_classes`: the
+  transformer blocks HF lists in ``_no_split_modules``, and with the family's ``fsdp_units:
+  sublayer`` also each block's attention and MLP; resharded after each forward), then on the root. Gradients are
   reduce-scattered as plain SUMs (divide factor 1 plus ``set_force_sum_reduction_for_comms``;
   a divide factor alone makes FSDP2 reduce with PREMUL_SUM, which gloo lacks), so every loss
   is written as (local sum) / (GLOBAL count) and the summed gradient is the gradient of the
@@ -43,6 +44,10 @@ import torch
 from torch import Tensor, nn
 
 STRATEGIES = ("fsdp", "ddp")
+#: the family's ``fsdp_units``: one FSDP2 unit per decoder block, or also one per large child of it
+UNITS = ("block", "sublayer")
+#: a child of a block with at least this share of the block's parameters is its own unit (sublayer)
+SUBLAYER_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Dist:
     world: int = 1
     strategy: str = "none"
     device: str = "cpu"
+    units: str = "block"  # FSDP units (:data:`UNITS`), the family's ``fsdp_units``
 
     @property
     def active(self) -> bool:
@@ -89,11 +95,15 @@ def choose_strategy() -> str:
     return "fsdp"
 
 
-def setup(device: str) -> Dist:
+def setup(device: str, units: str = "block") -> Dist:
     """Join the process group of a ``torchrun``/``accelerate launch`` run (once per process)."""
     global _MESH
+    if units not in UNITS:
+        from rlsparsity.config import ConfigError
+
+        raise ConfigError(f"fsdp_units {units!r}: expected one of {', '.join(UNITS)}")
     if not launched():
-        return Dist(device=device)
+        return Dist(device=device, units=units)
     import torch.distributed as dist
 
     if str(device).startswith("cuda"):
@@ -106,7 +116,7 @@ def setup(device: str) -> Dist:
         from torch.distributed.device_mesh import init_device_mesh
 
         _MESH = init_device_mesh(torch.device(device).type, (world,))
-    return Dist(dist.get_rank(), world, strategy, device)
+    return Dist(dist.get_rank(), world, strategy, device, units)
 
 
 def check_share(d: Dist, n_prompts: int, algorithm: str) -> None:
@@ -135,14 +145,14 @@ def load_policy_like(d: Dist, folder: Any, precision: str) -> Any:
     return model
 
 
-def sharded_reference(folder: Any, precision: str, device: str) -> Any:
+def sharded_reference(folder: Any, precision: str, device: str, units: str = "block") -> Any:
     """The frozen reference model of a TRL trainer (dpo, kto) under ``accelerate launch`` with
     FSDP: loaded as the policy is, then sharded per decoder layer by :func:`wrap`, so that a
     reference forward holds about two layers unsharded at a time. TRL's own ``prepare_fsdp``
     shards only the root under FSDP2, so each reference forward all-gathers the WHOLE model
     (on 2 H200s, 1B bf16: dpo's peak per rank 8.2 GB against sft's 4.3 GB, a memory ratio of
     0.85 to one GPU instead of 0.55). TRL leaves a model that is already an FSDP module as it is."""
-    d = setup(device)
+    d = setup(device, units)
     ref = load_policy_like(d, folder, precision).eval().requires_grad_(False)
     return wrap(d, ref, trainable=False)
 
@@ -154,15 +164,46 @@ def _block_classes(model: nn.Module) -> set[str]:
     return names
 
 
+def _numel(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def unit_classes(model: nn.Module, units: str = "block") -> list[str]:
+    """Class names of the modules that become FSDP2 units (before the root).
+
+    ``block``: the decoder blocks (``_no_split_modules``), accelerate's default. Backward then
+    holds about four blocks' worth of unsharded values at its peak: the block being
+    differentiated (its gathered parameters and its full gradients), the next one prefetched,
+    and the previous block's reduce-scatter input (benchmarks/fsdp/mem_sim.py).
+    ``sublayer``: also every child of a block that holds at least :data:`SUBLAYER_SHARE` of its
+    parameters, i.e. attention and MLP in HF's decoders (the norms stay in the block's unit).
+    The same four buffers are then attention- or MLP-sized, about half as much in all, for one
+    more all-gather and reduce-scatter per block. Only model classes qualify, never a plain
+    ``torch.nn`` class (naming ``Linear`` would make every linear layer, lm_head too, a unit)."""
+    blocks = _block_classes(model)
+    names = set(blocks)
+    if units == "sublayer":
+        for m in model.modules():
+            if type(m).__name__ not in blocks:
+                continue
+            total = _numel(m)
+            for c in m.children():
+                if not type(c).__module__.startswith("torch.nn") and _numel(c) >= SUBLAYER_SHARE * total:
+                    names.add(type(c).__name__)
+    elif units != "block":
+        raise ValueError(f"unknown fsdp_units {units!r}: use one of {', '.join(UNITS)}")
+    return sorted(names)
+
+
 def wrap(d: Dist, model: nn.Module, trainable: bool = True) -> Any:
     """Shard (FSDP2) or replicate (DDP, trainable models only) ``model``; identity when not
     distributed. Build optimisers AFTER this call (FSDP replaces parameters by DTensors)."""
     if d.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        blocks = _block_classes(model)
-        for m in model.modules():
-            if type(m).__name__ in blocks:
+        units = set(unit_classes(model, d.units))
+        for m in reversed(list(model.modules())):  # children (attention, MLP) before their block
+            if type(m).__name__ in units:
                 fully_shard(m, mesh=_MESH, reshard_after_forward=True)
         # the root of a trained model stays gathered from forward to backward (FSDP2's default);
         # a frozen model's root reshards after its forward (there is no backward to free it)

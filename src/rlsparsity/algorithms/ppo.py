@@ -152,7 +152,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
     check_choices(hp, CHOICES, "ppo")
-    d = D.setup(spec.device)
+    d = D.setup(spec.device, spec.fsdp_units)
     D.check_share(d, int(hp["prompts_per_rollout"]), "ppo")
     tok = load_tokenizer(spec.base_dir)
     ckpt = bool(hp["gradient_checkpointing"])

@@ -161,7 +161,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     hp = {**DEFAULTS, **spec.hparams}
     seed_everything(spec.seed)
     check_choices(hp, CHOICES, "prime")
-    d = D.setup(spec.device)
+    d = D.setup(spec.device, spec.fsdp_units)
     D.check_share(d, int(hp["prompts_per_rollout"]), "prime")
     tok = load_tokenizer(spec.base_dir)
 

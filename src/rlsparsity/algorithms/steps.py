@@ -307,4 +307,5 @@ def run_steps(spec: TrainSpec, hp: dict[str, Any], policy: Any, optimizer: Any,
     spent = time.perf_counter() - t0
     return {"steps": step, "seconds_per_step": spent / done if done else float("nan"), "history": history,
             "hparams": dict(hp), "resumed_from": resumed_from,
-            "sharding": d.strategy if d is not None else "none"}  # run.json: fsdp | ddp | none
+            "sharding": d.strategy if d is not None else "none",  # run.json: fsdp | ddp | none
+            "fsdp_units": d.units if d is not None and d.strategy == "fsdp" else None}

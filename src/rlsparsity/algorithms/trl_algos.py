@@ -296,6 +296,7 @@ def _run_trainer(spec: TrainSpec, trainer: Any, model: Any, tok: Any) -> dict[st
     return {"steps": trainer.state.global_step, "seconds_per_step": dt / max(1, spec.steps),
             "resumed_from": last, "history": history, "processes": world_size(),
             "sharding": "fsdp" if fsdp_enabled() else ("ddp" if world_size() > 1 else "none"),
+            "fsdp_units": spec.fsdp_units if fsdp_enabled() else None,
             "compute_dtype": "bfloat16" if getattr(trainer.args, "bf16", False) else None}
 
 
@@ -303,7 +304,22 @@ def _load(spec: TrainSpec) -> tuple[Any, Any]:
     seed_everything(spec.seed)
     model = load_model(spec.base_dir, spec.precision, spec.device)
     tok = load_tokenizer(spec.base_dir)
+    _fsdp_units(spec, model)
     return model, tok
+
+
+def _fsdp_units(spec: TrainSpec, model: Any) -> None:
+    """Under FSDP with the family's ``fsdp_units: sublayer``: tell accelerate (which wraps the
+    policy when the trainer prepares it) to make attention and MLP units too, through its own
+    setting ``FSDP_TRANSFORMER_CLS_TO_WRAP`` (= ``fsdp_transformer_layer_cls_to_wrap``), read
+    when the trainer builds its Accelerator. ``block`` leaves accelerate's default, the
+    ``_no_split_modules`` blocks, or what the accelerate config names."""
+    from rlsparsity.algorithms.distributed import UNITS, unit_classes
+
+    if spec.fsdp_units not in UNITS:
+        raise ValueError(f"fsdp_units {spec.fsdp_units!r}: expected one of {', '.join(UNITS)}")
+    if fsdp_enabled() and spec.fsdp_units == "sublayer":
+        os.environ["FSDP_TRANSFORMER_CLS_TO_WRAP"] = ",".join(unit_classes(model, "sublayer"))
 
 
 def _reference(spec: TrainSpec) -> Any | None:
@@ -313,7 +329,7 @@ def _reference(spec: TrainSpec) -> Any | None:
         return None
     from rlsparsity.algorithms.distributed import sharded_reference
 
-    return sharded_reference(spec.base_dir, spec.precision, spec.device)
+    return sharded_reference(spec.base_dir, spec.precision, spec.device, spec.fsdp_units)
 
 
 def _reward_fn(spec: TrainSpec) -> Callable[..., list[float]]:
