@@ -11,11 +11,11 @@ tracker attributes every live tensor to parameters, gradients, optimiser state, 
 all-gather and reduce-scatter buffers and temporaries, and keeps the peak.
 
 What it is not: a GPU measurement. CUDA's caching allocator, streams (FSDP2 frees some
-buffers only when a stream event passes) and TRL's own temporaries are absent. On the 1b
-shape in bf16 the H200 runs of ``validate.py`` (sft, grpo) peaked at 7.77 GB on one GPU and
-4.29 GB per rank with FSDP on two (torch ``max_memory_allocated``, GiB): each about 0.16 GiB
-above what this script gives, the same on both sides, so what it predicts is the difference
-between unit choices, which it measures exactly. README.md here has the numbers.
+buffers only when a stream event passes) and TRL's own temporaries are absent. Yet on the 1b
+shape in bf16 the H200 runs of ``validate.py`` (sft, grpo) peaked at 7,765 MiB on one GPU and
+4,287 MiB per rank with FSDP on two (torch ``max_memory_allocated``), against 7,786 and 4,227
+here, and the 9B fp32-master GRPO at 70,900 MiB per rank against 70,870. README.md here has the
+numbers.
 
     python benchmarks/fsdp/mem_sim.py --shape 1b --precision bf16 --out mem_sim_1b.json
 """
