@@ -237,7 +237,7 @@ def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: st
 
     blk = entropy_block(config)
     tc = config["train"]
-    from rlsparsity.grid import run_hparams
+    from rlsparsity.grid import fsdp_units, run_hparams
 
     hp = {**run_hparams(config, "grpo", run.precision), **blk.get("hparams", {})}
     return TrainSpec(run=Run(run.family, "grpo", "on_policy", run.precision, run.seed),
@@ -245,7 +245,7 @@ def _spec_for(run: EntropyRun, config: dict[str, Any], results: Path, device: st
                      out_dir=run.dir(results), task=task_from_config(entropy_config(config)),
                      steps=blk["steps"] or tc["steps"],
                      checkpoint_every=blk["checkpoint_every"] or tc["checkpoint_every"], hparams=hp, device=device,
-                     fsdp_units=str((config["families"].get(run.family) or {}).get("fsdp_units", "block")))
+                     fsdp_units=fsdp_units(config, run.family))
 
 
 def train_entropy_run(run: EntropyRun, config: dict[str, Any], results: Path, device: str = "cpu") -> dict[str, Any]:

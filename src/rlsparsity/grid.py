@@ -72,6 +72,11 @@ def run_hparams(config: dict[str, Any], algorithm: str, precision: str) -> dict[
     return {**dict((tc.get("hparams") or {}).get(algorithm, {}) or {}), **dict(by_prec)}
 
 
+def fsdp_units(config: dict[str, Any], family: str) -> str:
+    """The family's FSDP2 units under ``sharding: fsdp`` (``block`` when not set)."""
+    return str((config["families"].get(family) or {}).get("fsdp_units") or "block")
+
+
 def base_dir(family: str, results: str | Path = "results") -> Path:
     return Path(results) / "base" / family
 

@@ -286,7 +286,7 @@ def config_runs(config: dict[str, Any], family: str) -> list[Run]:
 
     out = set()
     task_new = int((config.get("task") or {}).get("max_new_tokens") or 64)
-    units = str((config["families"].get(family) or {}).get("fsdp_units") or "block")
+    units = G.fsdp_units(config, family)
     for r in G.expand_runs(config):
         if r.family != family:
             continue

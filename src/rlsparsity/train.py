@@ -62,7 +62,7 @@ def train_run(run: G.Run, config: dict[str, Any], results: str | Path | None = N
                      checkpoint_every=tc["checkpoint_every"],
                      hparams=G.run_hparams(config, run.algorithm, run.precision), device=device,
                      stop_after=stop_after, samples=tuple(Path(p) for p in samples),
-                     fsdp_units=str((config["families"].get(run.family) or {}).get("fsdp_units", "block")))
+                     fsdp_units=G.fsdp_units(config, run.family))
     from rlsparsity.gpu import device_record, reset_peak
 
     reset_peak(device)
