@@ -18,6 +18,8 @@
 #   bash tools/gpu/remote.sh wait NAME [WAIT_S] # wait for it (default 540 s), print its log tail
 #   bash tools/gpu/remote.sh wheels            # carry .whl: only the wheels -> /tmp/site (benchmarks/fsdp)
 #   bash tools/gpu/remote.sh collect           # results minus weights -> $OUT (at most 8 files)
+#   bash tools/gpu/remote.sh mps               # start CUDA MPS (packed processes' kernels run side by side
+#                                              #   instead of time-slicing the GPU); stopped again if a test fails
 # The machine is given back 30 s after a call ends: make the next call at once. Each call ships
 # the working tree again; /tmp and ignored folders (results/) stay while the machine is warm.
 # Procedure, carry lists and timings: benchmarks/smollm2_gpu/README.md.
@@ -38,7 +40,10 @@ TASK_CASES=(chain_sum:cot chain_sum:cot_shot chain_sum:cot_shot2 'arith2d:cot_sh
 # (chain_sum with 3 one-digit terms is gone: 4,000 distinct problems cannot fill 4,000 + 2 x 500 shuffled splits)
 export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
        OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # less fragmentation with many processes per GPU
+       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+       CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps CUDA_MPS_LOG_DIRECTORY=/tmp/nvidia-mps-log
+# (expandable segments: less fragmentation with many processes per GPU; the MPS folders are the
+# ones 'mps' starts its daemon with: a CUDA process connects to it when it runs, else runs alone)
 
 die() { echo "remote.sh: $*" >&2; exit 1; }
 need_site() { [ -x "$SITE/bin/rlsparsity" ] || die "dependencies not installed: run 'stage1' then 'stage2' first (machine restarted?)"; }
@@ -134,6 +139,19 @@ model() {  # 2-GPU order, call 2 (carry .gpu/c1): parts 1-2 -> $STAGE, join, ins
   [ -f "$STAGE/part2" ] || die "part 3 missing in $STAGE: run 'deps' first (the machine went cold?)"
   cp .gpu/c1/part0 .gpu/c1/part1 "$STAGE/" || die "copy to $STAGE failed"
   join_model; check_site
+}
+
+mps() {  # CUDA Multi-Process Service: one shared GPU context, so the kernels of the packed training
+  # processes (a 135M model's are small and launch-bound) run concurrently instead of taking turns.
+  # It changes no setting of the card (compute mode stays Default) and ends with the machine.
+  command -v nvidia-cuda-mps-control > /dev/null || die "nvidia-cuda-mps-control not on this image: run without MPS"
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  pgrep -x nvidia-cuda-mps-control > /dev/null || nvidia-cuda-mps-control -d || die "MPS daemon did not start"
+  if ! timeout 90 python3 -c 'import torch; x = torch.ones(2048, 2048, device="cuda"); print("MPS client ok:", (x @ x)[0, 0].item())'; then
+    echo quit | nvidia-cuda-mps-control; tail -5 "$CUDA_MPS_LOG_DIRECTORY"/control.log 2>/dev/null
+    die "a CUDA process failed under MPS: daemon stopped, run without it"
+  fi
+  echo "MPS on: $(echo get_server_list | nvidia-cuda-mps-control | wc -l) server(s)"
 }
 
 base() {  # the DAG's base (converted GGUF, bf16, evaluated on the config's test split on the GPU)
@@ -277,5 +295,6 @@ case "$cmd" in
   bg) bg "$@" ;;
   wait) bgwait "$@" ;;
   collect) collect ;;
-  *) die "usage: remote.sh stage1|stage2|deps|model|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect" ;;
+  mps) mps ;;
+  *) die "usage: remote.sh stage1|stage2|deps|model|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect|mps" ;;
 esac
