@@ -9,9 +9,10 @@
 #                                              #   writes the chosen task overlay (choose_task.py's rule)
 #   bash tools/gpu/remote.sh sweep [ARGS]      # benchmarks/smollm2_gpu/sweep.py (validation lr sweep, <= 5 min)
 #   bash tools/gpu/remote.sh bench [ARGS]      # benchmarks/smollm2_gpu/grpo_vs_trl.py (<= 2 min)
-#   bash tools/gpu/remote.sh dag [WAIT_S]      # start the DAG in the background (setsid: it survives this
-#                                              #   call while the machine stays warm) and wait up to WAIT_S
-#                                              #   (default 540) printing progress; call again to keep waiting
+#   bash tools/gpu/remote.sh dag [WAIT_S] [TARGET...] # start the DAG in the background (setsid: it survives
+#                                              #   this call while the machine stays warm) and wait up to WAIT_S
+#                                              #   (default 540) printing progress; call again to keep waiting;
+#                                              #   TARGETs (e.g. run.json paths) limit it to those outputs
 #   bash tools/gpu/remote.sh status            # progress of the DAG, no waiting
 #   bash tools/gpu/remote.sh bg NAME CMD [ARGS] # 'remote.sh CMD ARGS' in the background (setsid), log
 #                                              #   /tmp/rls-NAME.log, e.g. bg sweep sweep --slots 12
@@ -30,7 +31,8 @@ STAGE=/tmp/rls-stage
 CONFIG=${CONFIG:-config/smollm2-gpu.yaml}
 RESULTS=${RESULTS:-results/smollm2-gpu}
 SLOTS=${SLOTS:-12}
-CORES=${CORES:-$(nproc)}   # Snakemake --cores: every CPU of the host (16 on nvidia-h200, 32 on -x2)
+CORES=${CORES:-$(nproc --all)}   # Snakemake --cores: every CPU of the host (16 on nvidia-h200, 32 on -x2);
+# --all: plain nproc obeys OMP_NUM_THREADS, which this script exports as 1 (the DAG ran on 1 core)
 GPU_MEM=${GPU_MEM:-120}   # GB of the card the packed jobs may use (config gpu.job_memory_gb)
 DAGLOG=/tmp/rls-dag.log
 CHOSEN=$RESULTS/sweep/chosen_hparams.yaml
@@ -202,6 +204,7 @@ smk() {  # the DAG's snakemake command line; extra arguments appended (targets, 
   [ -f "$CHOSEN" ] && extra+=("$CHOSEN")
   # targets and -P lists first: --set-threads takes every word after it; analyze (one CPU job per
   # family, the DAG's tail once training ends) gets every core
+  echo "remote.sh: snakemake $* --configfile $CONFIG ${extra[*]} --cores $CORES --resources gpu_slots=$SLOTS gpu_mem_gb=$GPU_MEM" >&2
   snakemake "$@" --profile workflow/profiles/default --configfile "$CONFIG" "${extra[@]}" \
       --cores "$CORES" --resources gpu_slots="$SLOTS" gpu_mem_gb="$GPU_MEM" --scheduler greedy --keep-going \
       --set-threads analyze="$CORES"
@@ -213,9 +216,11 @@ dagbase() {  # the DAG's base alone, in the foreground (the same rule, so the fu
   python3 -c "import json; m = json.load(open('$RESULTS/base/smollm2-135m/metrics.json')); print('base:', {k: m.get(k) for k in ('task', 'accuracy', 'n_test', 'device')})"
 }
 
-dag() {
+dag() {  # dag [WAIT_S] [TARGET ...]: targets (run.json paths) restrict the DAG to those runs
   need_site
-  local wait_s=${1:-540} first=()
+  local wait_s=${1:-540} first=() targets=() t
+  shift || true
+  targets=("$@")
   [ -f "$TASK_CHOSEN" ] && echo "using the validation-chosen task from $TASK_CHOSEN"
   [ -f "$CHOSEN" ] && echo "using validation-chosen hparams from $CHOSEN"
   if ! dag_running; then
@@ -225,7 +230,15 @@ dag() {
       first+=("$RESULTS/runs/smollm2-135m/$a/on_policy/$p/seed$s/run.json"); done; done; done
     first+=("$RESULTS/runs/smollm2-135m/grpo/on_policy/bf16/seed1/run.json"
             "$RESULTS/runs/smollm2-135m/dpo/on_policy/bf16/seed1/run.json")
-    setsid nohup bash "$0" smk --prioritize "${first[@]}" >> "$DAGLOG" 2>&1 < /dev/null &
+    if (( ${#targets[@]} )); then  # prioritize only what was asked for (Snakemake refuses others)
+      local keep=(); for t in "${first[@]}"; do [[ " ${targets[*]} " == *" $t "* ]] && keep+=("$t"); done
+      first=("${keep[@]}")
+    fi
+    if (( ${#first[@]} )); then
+      setsid nohup bash "$0" smk "${targets[@]}" --prioritize "${first[@]}" >> "$DAGLOG" 2>&1 < /dev/null &
+    else
+      setsid nohup bash "$0" smk "${targets[@]}" >> "$DAGLOG" 2>&1 < /dev/null &
+    fi
     echo $! > /tmp/rls-dag.pid
     echo "DAG started (pid $(cat /tmp/rls-dag.pid), log $DAGLOG, $CORES cores, $SLOTS GPU slots, $GPU_MEM GB)"
   fi
