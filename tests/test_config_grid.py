@@ -82,6 +82,9 @@ def test_grouping_partitions_the_runs_into_jobs():
     (lambda c: c["families"]["llama"].update(hidden=3), r"families\.llama: Additional properties"),
     (lambda c: c["base"].update(target_accuracy=0.95), r"base\.target_accuracy"),
     (lambda c: c["grids"][1].update(families=["nosuch"]), r"grids\.1\.families: \['nosuch'\] not listed"),
+    (lambda c: c.update(gpu={"job_memory_gb": {"prme@fp32-master": 30}}), r"gpu\.job_memory_gb\.prme@fp32-master: not"),
+    (lambda c: c.update(gpu={"job_memory_gb": {"ppo@fp16": 30}}), r"gpu\.job_memory_gb\.ppo@fp16: not"),
+    (lambda c: c.update(gpu={"job_memory_gb": {"evals": 6}}), r"gpu\.job_memory_gb\.evals: not"),
 ])
 def test_schema_rejects_bad_configs_naming_the_key(cfg, mutate, match):
     bad = copy.deepcopy(cfg)

@@ -204,6 +204,10 @@ def test_gpu_mem_gb_per_job() -> None:
     assert GPU.gpu_mem_gb(cfg, "one", "grpo", "fp32") == 15 and GPU.gpu_mem_gb(cfg, "one", None, None) == 3
     assert GPU.gpu_mem_gb(cfg, "cpu", "dpo", "bf16") == 0 and GPU.gpu_mem_gb(cfg, "two", "dpo", "bf16") == 0
     assert GPU.gpu_mem_gb({"families": {"one": {"gpus": 1}}}, "one", "dpo", "bf16") == 0
+    # an "<algorithm>@<precision>" key is that pair's own peak: no factor, other precisions unchanged
+    cfg["gpu"]["job_memory_gb"]["dpo@fp32-master"] = 17.2
+    assert GPU.gpu_mem_gb(cfg, "one", "dpo", "fp32-master") == 18 and GPU.gpu_mem_gb(cfg, "one", "dpo", "fp32") == 22
+    assert GPU.gpu_mem_gb(cfg, "one", "dpo", "bf16") == 15
 
 
 def test_snakemake_packs_by_gpu_memory(tmp_path: Path) -> None:
@@ -268,15 +272,17 @@ def test_smollm2_gpu_config_plans_every_stage(tmp_path: Path) -> None:
     for stage in ("summary", "figure", "analyze", "entropy_family", "entropy_run", "subnetwork_job"):
         assert f"rule {stage}:" in r.stdout, stage
     assert r.stdout.count("gpu_slots=1") >= 38 + 6 + 4 + 1
-    # memory-aware packing: each train job's gpu_mem_gb = job_memory_gb[algorithm] (x1.85 for fp32*)
+    # memory-aware packing: each train job's gpu_mem_gb = job_memory_gb[algorithm] (x1.85 for fp32*),
+    # or job_memory_gb["<algorithm>@<precision>"] as it stands (ppo, prime in fp32-master)
     mem: dict[tuple[str, str], set[int]] = {}
     for block in r.stdout.split("\n\n"):
         if "rule train:" in block and "gpu_mem_gb=" in block:
             w = dict(x.split("=", 1) for x in block.split("wildcards: ")[1].splitlines()[0].split(", "))
             gb = int(block.split("gpu_mem_gb=")[1].split(",")[0].split()[0])
             mem.setdefault((w["algorithm"], w["precision"]), set()).add(gb)
-    assert mem[("grpo", "bf16")] == {12} and mem[("grpo", "fp32")] == {23} and mem[("prime", "fp32-master")] == {52}
-    assert mem[("dpo", "bf16")] == {15} and mem[("dpo", "fp32-master")] == {28} and mem[("sft", "bf16")] == {8}
+    assert mem[("grpo", "bf16")] == {12} and mem[("grpo", "fp32")] == {23} and mem[("prime", "fp32-master")] == {35}
+    assert mem[("prime", "bf16")] == {44} and mem[("ppo", "fp32-master")] == {28}
+    assert mem[("dpo", "bf16")] == {15} and mem[("dpo", "fp32-master")] == {28} and mem[("sft", "bf16")] == {9}
     assert sum(len(v) for v in mem.values()) == len(mem) == 18  # 8 algs x 2 precisions + grpo/dpo fp32
 
 

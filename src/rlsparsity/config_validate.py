@@ -394,6 +394,21 @@ def _check_sharding(cfg: dict[str, Any]) -> None:
                                  f"the {bad[0]} processes of a family with gpus: {bad[0]}")
 
 
+def _check_job_memory(cfg: dict[str, Any]) -> None:
+    """``gpu.job_memory_gb`` keys name something: ``default``, ``eval``, an algorithm, or
+    ``<algorithm>@<precision>`` (a misspelt key would silently fall back to ``default``)."""
+    from rlsparsity.grid import ALGORITHMS, PRECISIONS
+
+    for key in ((cfg.get("gpu") or {}).get("job_memory_gb") or {}):
+        alg, _, prec = str(key).partition("@")
+        if alg in ("default", "eval") and not prec:
+            continue
+        if alg not in ALGORITHMS or ("@" in str(key) and prec not in PRECISIONS):
+            raise _error(f"gpu.job_memory_gb.{key}", f"not 'default', 'eval', an algorithm "
+                         f"({', '.join(sorted(ALGORITHMS))}) or '<algorithm>@<precision>' "
+                         f"(precisions: {', '.join(PRECISIONS)})")
+
+
 def check_semantics(cfg: dict[str, Any]) -> None:
     """Cross-field checks the schema cannot express (see the module docstring)."""
     from rlsparsity.tasks import TASKS
@@ -407,4 +422,5 @@ def check_semantics(cfg: dict[str, Any]) -> None:
     _check_stage_families(cfg)
     _check_family_paths(cfg)
     _check_sharding(cfg)
+    _check_job_memory(cfg)
     check_hparams(cfg)

@@ -51,13 +51,18 @@ def gpu_mem_gb(config: dict[str, Any], family: str, algorithm: str | None, preci
                gpus: int | None = None) -> int:
     """``gpu_mem_gb`` resource of one packed job: config ``gpu.job_memory_gb[algorithm]`` (else
     its ``default``; ``algorithm=None`` = an evaluation-only job, key ``eval``), times
-    ``gpu.fp32_memory_factor`` for fp32 / fp32-master, rounded up. 0 for CPU jobs, for
-    multi-GPU jobs (they hold whole GPUs through gpu_slots) and when no table is configured."""
+    ``gpu.fp32_memory_factor`` for fp32 / fp32-master, rounded up. A key
+    ``"<algorithm>@<precision>"`` is that pair's measured peak itself and takes no factor (ppo and
+    prime hold a bf16 reference beside their fp32 models, so x1.85 overstates them). 0 for CPU
+    jobs, for multi-GPU jobs (they hold whole GPUs through gpu_slots) and when no table is
+    configured."""
     n = family_gpus(config, family) if gpus is None else int(gpus)
     table = (config.get("gpu") or {}).get("job_memory_gb") or {}
     if n != 1 or not table:
         return 0
     key = algorithm if algorithm is not None else "eval"
+    if precision is not None and f"{key}@{precision}" in table:
+        return int(math.ceil(float(table[f"{key}@{precision}"])))
     gb = float(table.get(key, table.get("default", 0)))
     if precision in ("fp32", "fp32-master"):
         gb *= float((config.get("gpu") or {}).get("fp32_memory_factor", 1.8))

@@ -113,7 +113,8 @@ else:
 
 
 # On-policy samples of the base, drawn once per (family, precision, seed, n_prompts, k, temperature) and
-# shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples).
+# shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples). Each gates up to
+# 10 runs, so it starts before other waiting jobs (priority; an H200 lease once drew them last).
 rule preference_samples:
     input:
         base=f"{R}/base/{{family}}/metrics.json",
@@ -128,6 +129,7 @@ rule preference_samples:
         n_prompts=r"\d+",
         k=r"\d+",
         temperature=r"\d+(\.\d+)?",
+    priority: 10
     conda:
         f"{ENVS}/train.yaml"
     threads: 1
