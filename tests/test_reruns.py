@@ -177,3 +177,27 @@ def test_job_slices_of_per_run_jobs_and_scheduling_keys() -> None:
         CS.config_slice(cfg, "entropy_run", "smollm2-135m__rho0.5-top-kept__bf16__seed1")
     with pytest.raises(ValueError, match="not in the config"):
         CS.config_slice(cfg, "subnetwork_job", job.replace("seed1", "seed9"))
+
+
+def test_multi_gpu_keys_rerun_training_but_not_the_base_or_its_samples() -> None:
+    """sharding / fsdp_units / gpus above 1 shape only multi-GPU training: the base build and the
+    sample draws (one process, one device) keep their digests; CPU vs GPU (gpus 0 vs 1) still counts."""
+    from rlsparsity import config_slices as CS
+    from rlsparsity.config import load_config
+
+    cfg = load_config(REPO / "config" / "smollm2-gpu.yaml")
+    fam, samples = "smollm2-135m", "smollm2-135m__bf16__seed1__n512_k8_t0.7"
+    group = sorted(CS.train_groups(cfg))[0]
+    # an entry without the keys is passed through untouched, so existing digests do not move
+    assert CS.base_slice(cfg, fam)["families"][fam] is cfg["families"][fam]
+    before = {s: CS.slice_digest(cfg, s, n) for s, n in (("base", fam), ("samples", samples), ("train", group))}
+    c = copy.deepcopy(cfg)
+    c["families"][fam].update(gpus=4, sharding="fsdp", fsdp_units="sublayer")
+    after = {s: CS.slice_digest(c, s, n) for s, n in (("base", fam), ("samples", samples), ("train", group))}
+    assert after["base"] == before["base"] and after["samples"] == before["samples"]
+    assert after["train"] != before["train"]
+    assert CS.base_slice(c, fam)["families"][fam] == cfg["families"][fam]  # gpus 4 -> 1, keys dropped
+    assert c["families"][fam]["gpus"] == 4 and c["families"][fam]["sharding"] == "fsdp"  # config untouched
+    c["families"][fam] = {k: v for k, v in cfg["families"][fam].items() if k != "gpus"}  # CPU
+    assert CS.slice_digest(c, "base", fam) != before["base"]
+    assert CS.slice_digest(c, "samples", samples) != before["samples"]

@@ -16,9 +16,15 @@ scheduling keys that change no result: ``gpu`` (slots, devices) and ``entropy.jo
 
 Scopes (``stage/name``):
 
-    base/<family>         task, the family's entry, base (its per_family entry of this family only),
-                          train.eval_n (the base's test accuracy)
-    samples/<setting>     task, the family's entry (setting: family, precision, seed, n_prompts, k, temperature)
+    base/<family>         task, the family's entry on one device (below), base (its per_family
+                          entry of this family only), train.eval_n (the base's test accuracy)
+    samples/<setting>     task, the family's entry on one device (setting: family, precision, seed,
+                          n_prompts, k, temperature)
+
+The base build and the sample draws run in one process on one device, whatever the family's
+multi-GPU keys say. Their slices hold the family's entry without ``sharding`` / ``fsdp_units``,
+with ``gpus`` above 1 counted as 1 (CPU or GPU is all it changes for them). An entry without those
+keys is left as it is, so its digest does not move.
     train/<group>         task, the runs of the group and their families' entries, train.steps,
                           checkpoint_every, eval_n, the hparams of the group's algorithms and
                           hparams_by_precision of its (precision, algorithm) pairs
@@ -100,6 +106,21 @@ def _families(config: dict[str, Any], names: Any) -> dict[str, Any]:
     return {f: config["families"][f] for f in sorted(set(names))}
 
 
+#: Family keys that shape only a multi-GPU training job (module doc: base and samples slices).
+_MULTI_GPU_KEYS = ("sharding", "fsdp_units")
+
+
+def _families_one_device(config: dict[str, Any], names: Any) -> dict[str, Any]:
+    out = {}
+    for f, spec in _families(config, names).items():
+        if isinstance(spec, dict) and (any(k in spec for k in _MULTI_GPU_KEYS) or int(spec.get("gpus", 0) or 0) > 1):
+            spec = {k: v for k, v in spec.items() if k not in _MULTI_GPU_KEYS}
+            if int(spec.get("gpus", 0) or 0) > 1:
+                spec["gpus"] = 1
+        out[f] = spec
+    return out
+
+
 #: Keys of the entropy / subnetwork blocks that only schedule jobs (no result depends on them).
 _SCHEDULING = ("families", "job_per_run")
 
@@ -129,7 +150,7 @@ def base_slice(config: dict[str, Any], family: str) -> dict[str, Any]:
     own = (config["base"].get("per_family") or {}).get(family)
     if own:
         base["per_family"] = {family: own}
-    return {"task": config["task"], "families": _families(config, [family]), "base": base,
+    return {"task": config["task"], "families": _families_one_device(config, [family]), "base": base,
             "eval_n": config["train"]["eval_n"]}
 
 
@@ -221,11 +242,11 @@ def causes_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 def samples_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The on-policy preference samples of one (family, precision, seed, n_prompts, k, temperature): the
-    setting is the name; the family's entry (its gpus pick the device) and the task."""
+    setting is the name; the family's entry on one device (its gpus pick CPU or GPU) and the task."""
     family = name.rsplit("__", 3)[0]
     if family not in config["families"]:
         raise ValueError(f"samples scope {name!r}: family {family!r} is not in the config")
-    return {"task": config["task"], "families": _families(config, [family])}
+    return {"task": config["task"], "families": _families_one_device(config, [family])}
 
 
 def accuracy_slice(config: dict[str, Any], name: str) -> dict[str, Any]:
