@@ -148,7 +148,7 @@ mps() {  # CUDA Multi-Process Service: one shared GPU context, so the kernels of
   # It changes no setting of the card (compute mode stays Default) and ends with the machine.
   command -v nvidia-cuda-mps-control > /dev/null || die "nvidia-cuda-mps-control not on this image: run without MPS"
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  pgrep -x nvidia-cuda-mps-control > /dev/null || nvidia-cuda-mps-control -d || die "MPS daemon did not start"
+  pgrep -f "[n]vidia-cuda-mps-control -d" > /dev/null || nvidia-cuda-mps-control -d || die "MPS daemon did not start"
   if ! timeout 90 python3 -c 'import torch; x = torch.ones(2048, 2048, device="cuda"); print("MPS client ok:", (x @ x)[0, 0].item())'; then
     echo quit | nvidia-cuda-mps-control; tail -5 "$CUDA_MPS_LOG_DIRECTORY"/control.log 2>/dev/null
     die "a CUDA process failed under MPS: daemon stopped, run without it"
