@@ -36,6 +36,10 @@ LRS = {  # the defaults (grpo/ppo 1e-4, dpo/sft 5e-5), 3x below and above them f
              "sft": [1.5e-5, 5e-5, 1.5e-4]},
 }
 LRS["fp32-master"] = LRS["fp32"]  # the same training (tinyrun.train_and_score), stored rounded
+# The main grid's other algorithms run in bf16 only; their defaults (prime 1e-4, kto/orpo/simpo 5e-5)
+# came from the issue-3 sweep, which scored on TEST. Validation grid: the default, 3x below and above.
+LRS["bf16"].update({"prime": [3e-5, 1e-4, 3e-4], "kto": [1.5e-5, 5e-5, 1.5e-4], "orpo": [1.5e-5, 5e-5, 1.5e-4],
+                    "simpo": [1.5e-5, 5e-5, 1.5e-4]})
 
 
 def _csv_list(s: str) -> list[str]:
