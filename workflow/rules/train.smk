@@ -113,8 +113,8 @@ else:
 
 
 # On-policy samples of the base, drawn once per (family, precision, seed, n_prompts, k, temperature) and
-# shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples). Each gates up to
-# 10 runs, so it starts before other waiting jobs (priority; an H200 lease once drew them last).
+# shared by the dpo/kto/orpo/simpo/sft runs that label them (rlsparsity.samples). Each gates all of
+# them, so it starts before other waiting jobs (priority; an H200 lease once drew them last).
 rule preference_samples:
     input:
         base=f"{R}/base/{{family}}/metrics.json",
