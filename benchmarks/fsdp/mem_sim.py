@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['world']} rank(s) {row['units'] or 'no FSDP'}: peak {row['peak_gib']:.3f} GiB, "
               f"ratio {row['ratio_to_one_process']:.4f}", file=sys.stderr)
     if a.out:
-        tmp = a.out.with_suffix(a.out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(a.out)
+        from rlsparsity.config_slices import write_json_atomic
+
+        write_json_atomic(a.out, out)
     return 0
 
 

@@ -370,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algorithms", default=",".join(OURS + TRL), help="comma list (default: all nine)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32-master", "fp32"])
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--fsdp-units", choices=["block", "sublayer"], default="block",
+    from rlsparsity.algorithms.distributed import UNITS
+
+    p.add_argument("--fsdp-units", choices=list(UNITS), default="block",
                    help="the FSDP runs' family fsdp_units (sublayer: attention and MLP units too; mem_sim.py)")
     p.add_argument("--eval-n", type=int, default=4)
     p.add_argument("--concurrent", action="store_true",

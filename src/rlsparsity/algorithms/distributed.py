@@ -95,13 +95,19 @@ def choose_strategy() -> str:
     return "fsdp"
 
 
-def setup(device: str, units: str = "block") -> Dist:
-    """Join the process group of a ``torchrun``/``accelerate launch`` run (once per process)."""
-    global _MESH
+def check_units(units: str) -> str:
+    """``units`` if it is one of :data:`UNITS`, else the one-line error that names it."""
     if units not in UNITS:
         from rlsparsity.config import ConfigError
 
-        raise ConfigError(f"fsdp_units {units!r}: expected one of {', '.join(UNITS)}")
+        raise ConfigError(f"unknown fsdp_units {units!r}: use one of {', '.join(UNITS)}")
+    return units
+
+
+def setup(device: str, units: str = "block") -> Dist:
+    """Join the process group of a ``torchrun``/``accelerate launch`` run (once per process)."""
+    global _MESH
+    check_units(units)
     if not launched():
         return Dist(device=device, units=units)
     import torch.distributed as dist
@@ -182,7 +188,7 @@ def unit_classes(model: nn.Module, units: str = "block") -> list[str]:
     ``torch.nn`` class (naming ``Linear`` would make every linear layer, lm_head too, a unit)."""
     blocks = _block_classes(model)
     names = set(blocks)
-    if units == "sublayer":
+    if check_units(units) == "sublayer":
         for m in model.modules():
             if type(m).__name__ not in blocks:
                 continue
@@ -190,8 +196,6 @@ def unit_classes(model: nn.Module, units: str = "block") -> list[str]:
             for c in m.children():
                 if not type(c).__module__.startswith("torch.nn") and _numel(c) >= SUBLAYER_SHARE * total:
                     names.add(type(c).__name__)
-    elif units != "block":
-        raise ValueError(f"unknown fsdp_units {units!r}: use one of {', '.join(UNITS)}")
     return sorted(names)
 
 

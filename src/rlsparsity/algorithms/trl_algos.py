@@ -314,11 +314,9 @@ def _fsdp_units(spec: TrainSpec, model: Any) -> None:
     setting ``FSDP_TRANSFORMER_CLS_TO_WRAP`` (= ``fsdp_transformer_layer_cls_to_wrap``), read
     when the trainer builds its Accelerator. ``block`` leaves accelerate's default, the
     ``_no_split_modules`` blocks, or what the accelerate config names."""
-    from rlsparsity.algorithms.distributed import UNITS, unit_classes
+    from rlsparsity.algorithms.distributed import check_units, unit_classes
 
-    if spec.fsdp_units not in UNITS:
-        raise ValueError(f"fsdp_units {spec.fsdp_units!r}: expected one of {', '.join(UNITS)}")
-    if fsdp_enabled() and spec.fsdp_units == "sublayer":
+    if check_units(spec.fsdp_units) == "sublayer" and fsdp_enabled():
         os.environ["FSDP_TRANSFORMER_CLS_TO_WRAP"] = ",".join(unit_classes(model, "sublayer"))
 
 
