@@ -35,6 +35,18 @@ def test_mean_interval_exact():
     assert (flat.low, flat.high) == (0.5, 0.5)
 
 
+def test_mean_interval_of_a_share_stays_in_0_1():
+    iv = S.mean_interval([0.9, 0.99])  # mean 0.945, half 12.7062 * 0.045 = 0.5718
+    assert iv.high == pytest.approx(0.945 + 0.571779) and iv.low == pytest.approx(0.945 - 0.571779)
+    cut = S.mean_interval([0.9, 0.99], share=True)
+    assert cut.estimate == pytest.approx(0.945) and cut.high == 1.0 and cut.low == pytest.approx(0.373221)
+    low = S.mean_interval([0.01, 0.1], share=True)  # mean 0.055, half 0.5718: low cut to 0
+    assert low.low == 0.0 and low.high == pytest.approx(0.055 + 0.571779)
+    inside = S.mean_interval([0.4, 0.5, 0.6], share=True)  # an interval inside [0, 1] is untouched
+    assert (inside.low, inside.high) == (S.mean_interval([0.4, 0.5, 0.6]).low, S.mean_interval([0.4, 0.5, 0.6]).high)
+    assert cut.fmt() == "94.5 [37.3, 100.0]"
+
+
 def test_paired_bootstrap_degenerate_and_exact_support():
     iv = S.paired_bootstrap([("1111", "0011"), ("1100", "0000")])  # diffs (1,1,0,0) twice
     assert iv.estimate == 0.5 and iv.n == 2 and 0.0 <= iv.low < 0.5 < iv.high <= 1.0

@@ -89,8 +89,10 @@ def decode_bits(bits: str) -> np.ndarray:
     return np.frombuffer(s.encode("ascii"), dtype=np.uint8).astype(np.float64) - 48.0
 
 
-def mean_interval(values: Sequence[float], method: str = T_INTERVAL) -> Interval:
-    """Mean and 95 % Student-t interval over units; NaN values are dropped."""
+def mean_interval(values: Sequence[float], method: str = T_INTERVAL, share: bool = False) -> Interval:
+    """Mean and 95 % Student-t interval over units; NaN values are dropped. ``share``: the
+    values are fractions in [0, 1] (sparsity, rank fraction, agreement), so the interval is cut
+    to [0, 1]: with 2 units the t-interval of 0.92 and 0.93 reaches past 1, which no share can."""
     x = np.asarray([float(v) for v in values], dtype=np.float64)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -100,6 +102,8 @@ def mean_interval(values: Sequence[float], method: str = T_INTERVAL) -> Interval
     if n == 1:
         return Interval(m, float("nan"), float("nan"), 1, method)
     half = t975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    if share:
+        return Interval(m, max(0.0, m - half), min(1.0, m + half), n, method)
     return Interval(m, m - half, m + half, n, method)
 
 

@@ -51,8 +51,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _ci(values: Any) -> str:
-    return S.mean_interval(list(values)).fmt()
+def _ci(values: Any, share: bool = True) -> str:
+    """Mean [95 % t-interval]; ``share``: a fraction, its interval cut to [0, 1]."""
+    return S.mean_interval(list(values), share=share).fmt()
 
 
 def n_problems(T: dict[str, pd.DataFrame]) -> int | None:
@@ -129,7 +130,7 @@ def section_overlap(ov: pd.DataFrame) -> list[str]:
     rows = []
     for (m, a), g in d.groupby(["mask", "axis"]):
         rows.append([m, a, _ci(g["o1"]), _ci(g["o2"]), _f(g["o1_random"].mean()), _f(g["o2_random"].mean()),
-                     _ci(g["obs"] - g["chance"]), len(g),
+                     _ci(g["obs"] - g["chance"], share=False), len(g),
                      "60.5 / 60.6 vs 36.7 / 36.7" if (a == "seed" and m == "exact") else "above chance"])
     return out + [_table(["mask", "runs differ in", "o1", "o2", "o1 random", "o2 random", "obs − chance", "pairs",
                           "paper"], rows), ""]

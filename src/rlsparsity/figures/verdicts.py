@@ -90,7 +90,7 @@ def rl_sparse(sp: pd.DataFrame) -> dict[str, str]:
         return verdict(claim, pap, "–", NODATA, rule)
     d = on_policy(at_tol(sp, paper.PAPER_TOL))
     rl = d[d["algorithm"].isin(PAPER_ALGORITHMS)]
-    parts = _per_precision(rl, lambda q: S.mean_interval(_run_values(q, "sparsity")), SPARSE_MIN)
+    parts = _per_precision(rl, lambda q: S.mean_interval(_run_values(q, "sparsity"), share=True), SPARSE_MIN)
     v, detail = judged(parts)
     return verdict(claim, pap, detail, v, rule)
 
@@ -123,7 +123,7 @@ def survives_fp32(sp: pd.DataFrame) -> dict[str, str]:
     rl = d[d["algorithm"].isin(PAPER_ALGORITHMS)] if not d.empty else d
     if rl.empty or not (rl["precision"] == "fp32").any():
         return verdict(claim, pap, "–", NODATA, rule + " (needs fp32 runs)")
-    parts = _per_precision(rl, lambda q: S.mean_interval(_run_values(q, "sparsity")), SPARSE_MIN)
+    parts = _per_precision(rl, lambda q: S.mean_interval(_run_values(q, "sparsity"), share=True), SPARSE_MIN)
     v = parts["fp32"][1]
     ours = "; ".join(f"{p}: {i.fmt()}" for p, (i, _) in parts.items())
     return verdict(claim, pap, ours, v, rule)
@@ -138,7 +138,7 @@ def full_rank(rk: pd.DataFrame) -> dict[str, str]:
     if rk.empty:
         return verdict(claim, pap, "–", NODATA, rule)
     d = rk[np.isfinite(pd.to_numeric(rk["rank_fraction"], errors="coerce")) & (rk["matrix_type"] != "norm")]
-    parts = _per_precision(d, lambda q: S.mean_interval(_run_values(q, "rank_fraction")), RANK_MIN)
+    parts = _per_precision(d, lambda q: S.mean_interval(_run_values(q, "rank_fraction"), share=True), RANK_MIN)
     v, detail = judged(parts, lambda iv: iv.fmt(digits=2))
     return verdict(claim, pap, detail, v, rule)
 
@@ -196,7 +196,7 @@ def layers_spread(ly: pd.DataFrame) -> dict[str, str]:
             float(g.groupby(["layer", "matrix_type"])["sparsity"].mean().pipe(lambda c: c.max() - c.min()))
             for _, g in q.groupby(k)
         ]
-        return S.mean_interval(vals)
+        return S.mean_interval(vals, share=True)
 
     v, detail = judged(_per_precision(w, spread, LAYER_SPREAD_MAX, "<="), lambda iv: "spread " + iv.fmt())
     return verdict(claim, pap, detail, v, rule)
@@ -212,7 +212,7 @@ def norms_unchanged(ly: pd.DataFrame) -> dict[str, str]:
         return verdict(claim, pap, "–", NODATA, rule)
     d = on_policy(at_tol(ly, paper.PAPER_TOL))
     parts = _per_precision(
-        d[d["matrix_type"] == "norm"], lambda q: S.mean_interval(_run_values(q, "sparsity")), NORMS_MIN
+        d[d["matrix_type"] == "norm"], lambda q: S.mean_interval(_run_values(q, "sparsity"), share=True), NORMS_MIN
     )
     rest = d[d["matrix_type"] != "norm"].groupby(d["precision"].astype(str))["sparsity"].mean()
     detail = "; ".join(
@@ -229,7 +229,7 @@ def never_updated(dy: pd.DataFrame) -> dict[str, str]:
         return verdict(claim, pap, "–", NODATA, rule)
     if "tolerance" in q and np.isclose(pd.to_numeric(q["tolerance"], errors="coerce"), paper.PAPER_TOL).any():
         q = at_tol(q, paper.PAPER_TOL)
-    parts = _per_precision(q, lambda g: S.mean_interval(_run_values(g, "value")), NEVER_MIN)
+    parts = _per_precision(q, lambda g: S.mean_interval(_run_values(g, "value"), share=True), NEVER_MIN)
     v, detail = judged(parts, lambda iv: "never " + iv.fmt())
     return verdict(claim, pap, detail, v, rule)
 

@@ -181,10 +181,11 @@ def subnetwork_agreement(sn: pd.DataFrame) -> dict[str, str]:
     parts, texts = {}, []
     for p in order_precisions(s["precision"].astype(str)):
         q = s[s["precision"].astype(str) == p]
-        iv = S.mean_interval(list(q["agreement_on_mask"]))
+        iv = S.mean_interval(list(q["agreement_on_mask"]), share=True)
         v = S.decide(iv, AGREEMENT_MIN)
         parts[p] = (iv, v)
-        texts.append(f"{p}: on mask {iv.fmt()}, all entries {S.mean_interval(list(q['agreement'])).fmt()} ({v})")
+        everywhere = S.mean_interval(list(q["agreement"]), share=True)
+        texts.append(f"{p}: on mask {iv.fmt()}, all entries {everywhere.fmt()} ({v})")
     v, _ = judged(parts)
     return verdict(claim, pap, "; ".join(texts), v, rule)
 
@@ -208,8 +209,8 @@ def subnetwork_beats_random(sn: pd.DataFrame) -> dict[str, str]:
         list(m["acc_subnetwork_r"]),
     )
     v = improves(iv)
-    rs = S.mean_interval(list(m["sparsity_subnetwork_r"])) if "sparsity_subnetwork_r" in m else None
-    ss = S.mean_interval(list(m["sparsity_subnetwork_s"])) if "sparsity_subnetwork_s" in m else None
+    rs = S.mean_interval(list(m["sparsity_subnetwork_r"]), share=True) if "sparsity_subnetwork_r" in m else None
+    ss = S.mean_interval(list(m["sparsity_subnetwork_s"]), share=True) if "sparsity_subnetwork_s" in m else None
     ours = f"sub − random {_pts(iv)}" + (f"; realised sparsity sub {ss.fmt()}, random {rs.fmt()}" if rs and ss else "")
     return verdict(claim, pap, ours, v, rule)
 
