@@ -1,6 +1,7 @@
 """Tables of an H200 run of config/smollm2-gpu.yaml from what came back from the GPU machine
 (`tools/gpu/finish.sh` / `remote.sh collect`: run.json files, diff/summary.json, rank.json,
-seed-pair overlap, subnetwork rows, and whatever tables and figures the DAG finished):
+seed-pair overlap, subnetwork rows, and whatever tables and figures the DAG finished; or a folder
+merged from several leases by merge_leases.py, with lease_tables.py's tables, figures and SUMMARY.md):
 
     python benchmarks/smollm2_gpu/partial_summary.py RESULTS_DIR docs/smollm2
 
@@ -11,17 +12,22 @@ two-way bootstrap over seeds and problems, mean sparsity and rank), sparsity_by_
 overlap.csv (seed 1 vs seed 2, with chance), subnetwork.csv, entropy_8020.csv (each token-entropy
 variant against all tokens and against the base, paired over seeds and problems), and copies
 every run.json (config, seed, precision, versions, device) under runs/, entropy/ and subnetwork/,
-and the DAG's tables/ and figures/. Weights are not copied.
+and the DAG's tables/ (those over 256 KB gzipped) and figures/. Weights are not copied.
 """
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import shutil
 import sys
 from pathlib import Path
 
 from rlsparsity.stats import paired_bootstrap
+
+# Tables above this many bytes are copied gzipped (pandas reads .csv.gz as is): the working tree
+# travels to the GPU machine with the model's parts, 64 MiB in all (benchmarks/smollm2_gpu/README.md)
+BIG_TABLE = 256 * 1024
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -102,6 +108,10 @@ def _entropy(res: Path, out: Path) -> None:
 def main(res: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows, over = [], []
+    lease_of = {}  # run folder -> lease, when RESULTS_DIR was written by merge_leases.py
+    if (res / "leases.csv").exists():
+        with (res / "leases.csv").open() as f:
+            lease_of = {r["run"]: r["lease"] for r in csv.DictReader(f)}
     for rec_path in sorted(res.glob("runs/*/*/*/*/seed*/run.json")):
         d = rec_path.parent
         rec = json.loads(rec_path.read_text())
@@ -119,6 +129,7 @@ def main(res: Path, out: Path) -> None:
                      "rank_fraction_mean": rank.get("mean_rank_fraction_no_embed"),
                      "train_s_per_step": rec.get("train_seconds_per_step"),
                      "peak_gpu_mb": rec.get("peak_gpu_memory_mb"), "device": rec.get("device"),
+                     **({"lease": lease_of.get(str(d.relative_to(res)))} if lease_of else {}),
                      "_bits": (rec["correct_trained"], rec["correct_base"])})
         dest = out / "runs" / d.relative_to(res / "runs")
         dest.mkdir(parents=True, exist_ok=True)
@@ -144,10 +155,17 @@ def main(res: Path, out: Path) -> None:
         _write(out / "subnetwork.csv", sub)
     _write_groups(out, rows, res)
     _entropy(res, out)
-    for sub_dir in ("tables", "figures"):  # what the DAG itself finished
+    for sub_dir in ("tables", "figures"):  # what the DAG (or lease_tables.py) finished
         for f in sorted((res / sub_dir).glob("*")):
             (out / sub_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, out / sub_dir / f.name)
+            if f.suffix == ".csv" and f.stat().st_size > BIG_TABLE:  # layers.csv (3.5 MB), rank.csv
+                with f.open("rb") as src, gzip.GzipFile(out / sub_dir / f"{f.name}.gz", "wb", 9, mtime=0) as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                shutil.copyfile(f, out / sub_dir / f.name)
+    for f in ("SUMMARY.md", "leases.csv", "repeats.csv"):  # lease_tables.py's summary, merge_leases.py's files
+        if (res / f).exists():
+            shutil.copyfile(res / f, out / f)
     base = json.loads((res / "base" / "smollm2-135m" / "metrics.json").read_text())
     (out / "base_metrics.json").write_text(json.dumps(base, indent=1) + "\n")
     print(f"{len(rows)} runs, {len(over)} seed pairs, {len(sub)} subnetwork rows -> {out}")
