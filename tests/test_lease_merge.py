@@ -103,7 +103,7 @@ def _cli(*args: str | Path) -> str:
 
 
 def _finish(res: Path) -> None:
-    """tools/gpu/finish.sh's diff, rank and seed-pair overlap steps, with its arguments (rank on CPU)."""
+    """tools/gpu/finish.sh's diff, rank, dynamics and seed-pair overlap steps, with its arguments (rank on CPU)."""
     base = res / "base" / FAM
     for rec in sorted(res.glob("runs/**/run.json")):
         d = rec.parent
@@ -113,6 +113,7 @@ def _finish(res: Path) -> None:
         (d / "diff" / "diff.json").write_text(_cli("diff", base, d, "--out", d / "diff", "--json", "--threads", "4",
                                                    "--quiet"))
         (d / "diff" / "rank.json").write_text(_cli("rank", base, d, "--json", "--quiet"))
+        _cli("dynamics", base, d, "--out", d / "diff" / "dynamics.csv", "--threads", "4")
     for d1 in sorted(res.glob("runs/**/seed1")):
         d2 = d1.parent / "seed2"
         if (d1 / "diff" / "mask.safetensors").is_file() and (d2 / "diff" / "mask.safetensors").is_file():
@@ -239,7 +240,8 @@ def test_lease_tables_are_exact_and_equal_analyze_family_rows(leases, tmp_path) 
     out = tmp_path / "merged"
     merge(out, [leases["A"], leases["B"]])
     assert grid_tables(out) == {"sparsity": 4 * len(DEFAULT_TOLERANCES), "layers": 4 * 5 * len(DEFAULT_TOLERANCES),
-                                "rank": 12, "overlap": 0, "accuracy": 4}
+                                "rank": 12, "overlap": 0, "dynamics": 4 * (len(DEFAULT_TOLERANCES) + 3),
+                                "accuracy": 4}
     t = out / "tables"
     sp = _read(t / "sparsity.csv")
     assert {(_key(r), float(r["tolerance"])) for r in sp} == {(k, tol) for k in lease_of for tol in DEFAULT_TOLERANCES}
@@ -267,7 +269,7 @@ def test_lease_tables_are_exact_and_equal_analyze_family_rows(leases, tmp_path) 
     runs_b = [leases["B"] / _rel("grpo", 1), leases["B"] / _rel("dpo", 2)]
     dag = analyze_family(leases["B"] / "base" / FAM, runs_b, tmp_path / "dag" / "diff", tmp_path / "dag", topk=None,
                          threads=1)
-    for name in ("sparsity", "layers", "rank"):
+    for name in ("sparsity", "layers", "rank", "dynamics"):
         ours = [r for r in _read(t / f"{name}.csv") if lease_of[_key(r)] == "B"]
         assert ours == sorted(_read(dag[name]), key=_key), name  # lease_tables writes runs in Run order
         assert (t / f"{name}.csv").read_text().splitlines()[0] == dag[name].read_text().splitlines()[0]
@@ -293,7 +295,7 @@ def test_seed_pair_overlap_from_one_lease_equals_analyze_family(leases, tmp_path
                          threads=1)
     dag_seed = [r for r in _read(dag["overlap"]) if r["axis"] == "seed"]
     assert _read(out / "tables" / "overlap.csv") == dag_seed
-    for name in ("sparsity", "layers", "rank"):
+    for name in ("sparsity", "layers", "rank", "dynamics"):
         ours = [r for r in _read(out / "tables" / f"{name}.csv") if _key(r) != ("dpo", 2)]
         assert sorted(ours, key=_key) == sorted(_read(dag[name]), key=_key), name
 

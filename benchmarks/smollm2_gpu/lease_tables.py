@@ -13,7 +13,9 @@ row builders, into MERGED/tables/:
 - overlap.csv: only the seed axis and the exact mask (finish.sh overlaps seed pairs; the DAG
   also overlaps pairs across algorithm, precision and data, and the top-1 % masks: missing);
 - accuracy.csv and accuracy_by_algorithm.csv: every run (``rlsparsity.train.accuracy_by_algorithm``);
-- dynamics.csv is NOT written: it needs the runs' checkpoints, which stay on the machine;
+- dynamics.csv: the runs whose lease ran `rlsparsity dynamics` on the machine, which needs the
+  checkpoints (they stay there): diff/dynamics.csv rows. finish.sh runs it; the two leases of
+  2026-12-01 predate that, so their runs have none;
 - subnetwork.csv comes from the lease that ran the reruns.
 
 Then `rlsparsity figures` for every figure whose tables are there and `rlsparsity summary`,
@@ -41,7 +43,7 @@ RANK_KEYS = ("tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "meth
 
 def grid_tables(res: Path) -> dict[str, int]:
     """sparsity, layers, rank, overlap (seed axis), accuracy tables of the main grid's runs."""
-    tables: dict[str, list[dict]] = {t: [] for t in ("sparsity", "layers", "rank", "overlap")}
+    tables: dict[str, list[dict]] = {t: [] for t in ("sparsity", "layers", "rank", "overlap", "dynamics")}
     acc = []
     runs: dict[Run, Path] = {}
     for rec_path in sorted(res.glob("runs/*/*/*/*/seed*/run.json")):
@@ -61,6 +63,8 @@ def grid_tables(res: Path) -> dict[str, int]:
                              for r in layer_table(tensors, [tol_key(t) for t in DEFAULT_TOLERANCES])]
         rank = json.loads((d / "diff" / "rank.json").read_text())
         tables["rank"] += [{**run.as_dict(), **{k: m[k] for k in RANK_KEYS}} for m in rank["matrices"]]
+        if (d / "diff" / "dynamics.csv").exists():  # finish.sh ran `rlsparsity dynamics` on the machine
+            tables["dynamics"] += [{**run.as_dict(), **r} for r in read_csv(d / "diff" / "dynamics.csv")]
         ov = d / "diff" / "overlap_seed2.json"
         if run.seed == 1 and ov.exists():
             o = json.loads(ov.read_text())
@@ -71,7 +75,8 @@ def grid_tables(res: Path) -> dict[str, int]:
                                                            "s1", "s2")}})
     out = res / "tables"
     for name, rows in tables.items():
-        write_csv(out / f"{name}.csv", rows, COLUMNS[name])
+        if name != "dynamics" or rows:  # no dynamics.csv at all rather than an empty one
+            write_csv(out / f"{name}.csv", rows, COLUMNS[name])
     df = pd.DataFrame(acc)
     df.to_csv(out / "accuracy.csv", index=False)
     accuracy_by_algorithm(df).to_csv(out / "accuracy_by_algorithm.csv", index=False)

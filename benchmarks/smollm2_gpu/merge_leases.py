@@ -12,6 +12,7 @@ reproducibility on the GPU: ``repeats.csv`` compares the two executions of the s
 seed (accuracy, paired over the test problems, and the share of entries unchanged).
 
 MERGED gets runs/, entropy/, subnetwork/ (run.json + diff/summary.json, tensors.csv, rank.json,
+dynamics.csv where finish.sh made it,
 overlap_seed2.json only where both seeds come from one lease, subnetwork rows),
 base/<family>/metrics.json, tables/subnetwork.csv when a
 lease made it, ``leases.csv`` (which lease each run came from) and ``repeats.csv``. Then
@@ -29,7 +30,7 @@ from pathlib import Path
 from rlsparsity.stats import paired_bootstrap
 
 KEEP = ("run.json", "rows.csv", "diff/summary.json", "diff/tensors.csv", "diff/rank.json",
-        "diff/overlap_seed2.json")
+        "diff/dynamics.csv", "diff/overlap_seed2.json")
 
 
 def _write(path: Path, rows: list[dict]) -> None:

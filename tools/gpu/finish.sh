@@ -26,7 +26,10 @@ for d in $(find "$R/runs" "$R/entropy" "$R/subnetwork" -name run.json -printf '%
   [ -f "$d/model.safetensors" ] && [ ! -f "$d/diff/diff.json" ] || continue
   mkdir -p "$d/diff"
   ( rlsparsity diff "$B" "$d" --out "$d/diff" --json --threads 4 --quiet > "$d/diff/diff.json" 2> "$d/diff/diff.err"
-    rlsparsity rank "$B" "$d" --json --quiet --device cuda > "$d/diff/rank.json" 2> "$d/diff/rank.err" ) &
+    rlsparsity rank "$B" "$d" --json --quiet --device cuda > "$d/diff/rank.json" 2> "$d/diff/rank.err"
+    # sparsity over the run's checkpoints (they stay here): the DAG's dynamics table, main grid only
+    case "$d" in "$R/runs/"*) rlsparsity dynamics "$B" "$d" --out "$d/diff/dynamics.csv" --threads 4 \
+        > /dev/null 2> "$d/diff/dynamics.err" || rm -f "$d/diff/dynamics.csv" ;; esac ) &
   n=$((n+1)); (( n % 8 == 0 )) && wait
 done; wait
 for d1 in $(find "$R/runs" "$R/entropy" -type d -name seed1); do d2=${d1%seed1}seed2
