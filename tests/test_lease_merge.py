@@ -178,7 +178,7 @@ def test_merge_takes_each_run_from_the_last_lease_and_compares_the_repeat(leases
         d = out / _rel(alg, seed)
         # the kept run's own files, nothing else (no weights, no masks; diff.json is not kept either)
         assert sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) == [
-            "diff/rank.json", "diff/summary.json", "diff/tensors.csv", "run.json"]
+            "diff/dynamics.csv", "diff/rank.json", "diff/summary.json", "diff/tensors.csv", "run.json"]
         assert (d / "run.json").read_bytes() == (leases[lease] / _rel(alg, seed) / "run.json").read_bytes()
         assert json.loads((d / "diff" / "summary.json").read_text())["changed"]["0"] == CHANGED[(lease, alg, seed)]
     assert json.loads((out / "base" / FAM / "metrics.json").read_text())["accuracy"] == 0.5
