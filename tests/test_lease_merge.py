@@ -326,3 +326,19 @@ def test_partial_summary_of_a_merged_folder_names_each_runs_lease(leases, tmp_pa
     assert (out / "leases.csv").read_bytes() == (merged / "leases.csv").read_bytes()
     assert (out / "repeats.csv").read_bytes() == (merged / "repeats.csv").read_bytes()
     assert (out / "tables" / "rank.csv").exists() and not (out / "overlap.csv").exists()
+
+
+def test_a_merged_folder_can_be_merged_again_with_a_new_lease(leases, tmp_path) -> None:
+    """The next lease is merged onto an earlier merge (docs keeps one as lease_outputs.tgz): the
+    earlier runs keep their own leases' names and repeats, and the new lease wins where it reran."""
+    merge = _module("merge_leases").merge
+    first = tmp_path / "first"
+    assert merge(first, [leases["A"], leases["B"]]) == (4, 1)
+    again = tmp_path / "again"
+    assert merge(again, [first, leases["C"]]) == (4, 2)  # C reran grpo seed 2
+    assert {r["run"]: r["lease"] for r in _read(again / "leases.csv")} == {
+        _rel("dpo", 1): "lease-a", _rel("dpo", 2): "lease-b", _rel("grpo", 1): "lease-b", _rel("grpo", 2): "lease-c"}
+    reps = _read(again / "repeats.csv")
+    assert [(r["run"], r["lease_kept"], r["lease_repeat"]) for r in reps] == [
+        (_rel("grpo", 1), "lease-b", "lease-a"), (_rel("grpo", 2), "lease-c", "lease-a")]
+    assert reps[0] == _read(first / "repeats.csv")[0]

@@ -5,17 +5,19 @@ part of the grid (a lease holds one machine for 30 min; the whole DAG needs more
 
 Each LEASE is what `tools/gpu/finish.sh` brought back (``results/smollm2-gpu`` unpacked: every
 finished run's run.json and its diff folder, made on that machine from the weights, which do not
-come back). Leases are given oldest first; a run finished in several leases is taken from the
-LAST one, because a seed pair's overlap needs both seeds' masks on one machine and the later
-lease reran the partner for that reason. The earlier copies are kept as evidence of run-to-run
-reproducibility on the GPU: ``repeats.csv`` compares the two executions of the same config and
+come back), or an earlier MERGED folder (its runs keep their leases' names, its repeats.csv rows
+are kept; `docs/smollm2/h200-2026-12-01/lease_outputs.tgz` is one). Leases are given oldest
+first; a run finished in several leases is taken from the LAST one, because a seed pair's
+overlap needs both seeds' masks on one machine and the later lease reran the partner for that
+reason. The earlier copies are kept as evidence of run-to-run reproducibility on the GPU:
+``repeats.csv`` compares the two executions of the same config and
 seed (accuracy, paired over the test problems, and the share of entries unchanged).
 
 MERGED gets runs/, entropy/, subnetwork/ (run.json + diff/summary.json, tensors.csv, rank.json,
 dynamics.csv where finish.sh made it,
 overlap_seed2.json only where both seeds come from one lease, subnetwork rows),
-base/<family>/metrics.json, tables/subnetwork.csv when a
-lease made it, ``leases.csv`` (which lease each run came from) and ``repeats.csv``. Then
+base/<family>/metrics.json, tables/subnetwork.csv, entropy.csv and entropy_stats.csv
+when a lease made them, ``leases.csv`` (which lease each run came from) and ``repeats.csv``. Then
 ``lease_tables.py`` writes the DAG's tables, figures and SUMMARY.md from it and
 ``partial_summary.py`` the per-run and per-algorithm CSVs.
 """
@@ -76,12 +78,20 @@ def merge(out: Path, leases: list[Path]) -> tuple[int, int]:
     chosen: dict[str, tuple[str, Path]] = {}
     earlier: dict[str, list[tuple[str, Path]]] = {}
     bases = []
+    old_reps: list[dict] = []
     for lease in leases:
         name = lease.parent.parent.name if lease.name == "smollm2-gpu" else lease.name
+        named = {}  # an earlier merge given as a lease: its runs keep their own leases' names
+        if (lease / "leases.csv").exists():
+            with (lease / "leases.csv").open() as f:
+                named = {r["run"]: r["lease"] for r in csv.DictReader(f)}
+        if (lease / "repeats.csv").exists():
+            with (lease / "repeats.csv").open() as f:
+                old_reps += list(csv.DictReader(f))
         for rel, d in _run_dirs(lease).items():
             if rel in chosen:
                 earlier.setdefault(rel, []).append(chosen[rel])
-            chosen[rel] = (name, d)
+            chosen[rel] = (named.get(rel, name), d)
         bases.append((name, lease / "base" / "smollm2-135m" / "metrics.json"))
     accs = {name: json.loads(p.read_text())["accuracy"] for name, p in bases}
     if len(set(accs.values())) != 1:  # checked before anything is written
@@ -95,14 +105,14 @@ def merge(out: Path, leases: list[Path]) -> tuple[int, int]:
                 shutil.copyfile(d / f, out / rel / f)
     (out / "base" / "smollm2-135m").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bases[-1][1], out / "base" / "smollm2-135m" / "metrics.json")
-    for lease in leases:  # the subnetwork table belongs to the lease that ran the reruns
-        t = lease / "tables" / "subnetwork.csv"
-        if t.exists():
-            (out / "tables").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(t, out / "tables" / "subnetwork.csv")
+    for lease in leases:  # tables made on one machine from all their runs: from the (last) lease that made them
+        for name in ("subnetwork.csv", "entropy.csv", "entropy_stats.csv"):
+            if (lease / "tables" / name).exists():
+                (out / "tables").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(lease / "tables" / name, out / "tables" / name)
     _write(out / "leases.csv", [{"run": rel, "lease": name} for rel, (name, _) in sorted(chosen.items())])
-    reps = [_repeat_row(rel, d_old, chosen[rel][1], n_old, chosen[rel][0])
-            for rel, olds in sorted(earlier.items()) for n_old, d_old in olds]
+    reps = old_reps + [_repeat_row(rel, d_old, chosen[rel][1], n_old, chosen[rel][0])
+                       for rel, olds in sorted(earlier.items()) for n_old, d_old in olds]
     if reps:
         _write(out / "repeats.csv", reps)
     return len(chosen), len(reps)
