@@ -31,14 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlsparsity.analysis.diff import DEFAULT_TOLERANCES, tol_key
-from rlsparsity.analysis.layers import layer_table
-from rlsparsity.analysis.tables import COLUMNS, read_csv, sparsity_rows, write_csv
+from rlsparsity.analysis.diff import DEFAULT_TOLERANCES
+from rlsparsity.analysis.tables import COLUMNS, layer_rows, overlap_row, rank_rows, read_csv, sparsity_rows, write_csv
 from rlsparsity.figures import SUMMARY_TABLES, families, figures_for
 from rlsparsity.grid import Run, parse_run_dir
-from rlsparsity.train import accuracy_by_algorithm
-
-RANK_KEYS = ("tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method")
+from rlsparsity.train import accuracy_by_algorithm, accuracy_row
 
 
 def grid_tables(res: Path) -> dict[str, int]:
@@ -51,28 +48,18 @@ def grid_tables(res: Path) -> dict[str, int]:
     for run in sorted(runs):
         d = runs[run]
         rec = json.loads((d / "run.json").read_text())
-        acc.append({**run.as_dict(), "acc_base": rec["acc_base"], "acc_trained": rec["acc_trained"],
-                    "delta": rec["acc_trained"] - rec["acc_base"], "steps": rec["steps"],
-                    "seconds_per_step": rec["seconds_per_step"], "wall_seconds": rec["wall_seconds"],
-                    "correct_base": rec.get("correct_base"), "correct_trained": rec.get("correct_trained")})
+        acc.append(accuracy_row(run, rec))
         if not (d / "diff" / "summary.json").exists():
             continue
         tables["sparsity"] += sparsity_rows(run, json.loads((d / "diff" / "summary.json").read_text()))
-        tensors = read_csv(d / "diff" / "tensors.csv")
-        tables["layers"] += [{**run.as_dict(), **r}
-                             for r in layer_table(tensors, [tol_key(t) for t in DEFAULT_TOLERANCES])]
-        rank = json.loads((d / "diff" / "rank.json").read_text())
-        tables["rank"] += [{**run.as_dict(), **{k: m[k] for k in RANK_KEYS}} for m in rank["matrices"]]
+        tables["layers"] += layer_rows(run, read_csv(d / "diff" / "tensors.csv"), DEFAULT_TOLERANCES)
+        tables["rank"] += rank_rows(run, json.loads((d / "diff" / "rank.json").read_text())["matrices"])
         if (d / "diff" / "dynamics.csv").exists():  # finish.sh ran `rlsparsity dynamics` on the machine
             tables["dynamics"] += [{**run.as_dict(), **r} for r in read_csv(d / "diff" / "dynamics.csv")]
         ov = d / "diff" / "overlap_seed2.json"
         if run.seed == 1 and ov.exists():
-            o = json.loads(ov.read_text())
             b = Run(run.family, run.algorithm, run.data, run.precision, 2)
-            tables["overlap"].append({"family": run.family, "axis": "seed", "mask": "exact",
-                                      "run_a": run.label, "run_b": b.label,
-                                      **{k: o[k] for k in ("o1", "o2", "o1_random", "o2_random", "jaccard",
-                                                           "s1", "s2")}})
+            tables["overlap"].append(overlap_row("seed", "exact", run, b, json.loads(ov.read_text())))
     out = res / "tables"
     for name, rows in tables.items():
         if name != "dynamics" or rows:  # no dynamics.csv at all rather than an empty one

@@ -29,20 +29,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from rlsparsity.analysis.tables import write_csv
 from rlsparsity.stats import paired_bootstrap
 
 KEEP = ("run.json", "rows.csv", "diff/summary.json", "diff/tensors.csv", "diff/rank.json",
         "diff/dynamics.csv", "diff/overlap_seed2.json")
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def _run_dirs(lease: Path) -> dict[str, Path]:
@@ -110,11 +101,11 @@ def merge(out: Path, leases: list[Path]) -> tuple[int, int]:
             if (lease / "tables" / name).exists():
                 (out / "tables").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(lease / "tables" / name, out / "tables" / name)
-    _write(out / "leases.csv", [{"run": rel, "lease": name} for rel, (name, _) in sorted(chosen.items())])
+    write_csv(out / "leases.csv", [{"run": rel, "lease": name} for rel, (name, _) in sorted(chosen.items())])
     reps = old_reps + [_repeat_row(rel, d_old, chosen[rel][1], n_old, chosen[rel][0])
                        for rel, olds in sorted(earlier.items()) for n_old, d_old in olds]
     if reps:
-        _write(out / "repeats.csv", reps)
+        write_csv(out / "repeats.csv", reps)
     return len(chosen), len(reps)
 
 

@@ -23,21 +23,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from rlsparsity.analysis.tables import write_csv
 from rlsparsity.stats import paired_bootstrap
 
 # Tables above this many bytes are copied gzipped (pandas reads .csv.gz as is): the working tree
 # travels to the GPU machine with the model's parts, 64 MiB in all (benchmarks/smollm2_gpu/README.md)
 BIG_TABLE = 256 * 1024
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def _mean(xs: list) -> float | None:
@@ -62,12 +53,12 @@ def _write_groups(out: Path, rows: list[dict], res: Path) -> None:
                       "rank_fraction_mean": _mean([r["rank_fraction_mean"] for r in rs]),
                       "train_s_per_step_mean": _mean([r["train_s_per_step"] for r in rs]),
                       "peak_gpu_mb_max": max((r["peak_gpu_mb"] or 0) for r in rs)})
-    _write(out / "algorithms.csv", table)
+    write_csv(out / "algorithms.csv", table)
     by_prec: dict[str, list[dict]] = {}
     for r in rows:
         if r["data"] == "on_policy" and r["sparsity_tol0"] is not None:
             by_prec.setdefault(r["precision"], []).append(r)
-    _write(out / "sparsity_by_precision.csv", [
+    write_csv(out / "sparsity_by_precision.csv", [
         {"precision": p, "runs": len(rs), "algorithms": " ".join(sorted({r["algorithm"] for r in rs})),
          "sparsity_tol0_mean": _mean([r["sparsity_tol0"] for r in rs]),
          "sparsity_tol0_min": min(float(r["sparsity_tol0"]) for r in rs),
@@ -102,7 +93,7 @@ def _entropy(res: Path, out: Path) -> None:
                      "delta_vs_all_tokens_lo95": round(100 * vs_all.low, 2),
                      "delta_vs_all_tokens_hi95": round(100 * vs_all.high, 2)})
     if rows:
-        _write(out / "entropy_8020.csv", rows)
+        write_csv(out / "entropy_8020.csv", rows)
 
 
 def main(res: Path, out: Path) -> None:
@@ -148,11 +139,11 @@ def main(res: Path, out: Path) -> None:
         dest = out / "subnetwork" / rows_csv.parent.relative_to(res / "subnetwork")
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(rj, dest / "run.json")
-    _write(out / "runs.csv", [{k: v for k, v in r.items() if k != "_bits"} for r in rows])
+    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "_bits"} for r in rows])
     if over:
-        _write(out / "overlap.csv", over)
+        write_csv(out / "overlap.csv", over)
     if sub:
-        _write(out / "subnetwork.csv", sub)
+        write_csv(out / "subnetwork.csv", sub)
     _write_groups(out, rows, res)
     _entropy(res, out)
     for sub_dir in ("tables", "figures"):  # what the DAG (or lease_tables.py) finished

@@ -202,27 +202,28 @@ def train_group(
     return records
 
 
+def accuracy_row(run: G.Run, rec: dict[str, Any]) -> dict[str, Any]:
+    """accuracy.csv row of one run from its run.json record."""
+    return {
+        **run.as_dict(),
+        "acc_base": rec["acc_base"],
+        "acc_trained": rec["acc_trained"],
+        "delta": rec["acc_trained"] - rec["acc_base"],
+        "steps": rec["steps"],
+        "seconds_per_step": rec["seconds_per_step"],
+        "wall_seconds": rec["wall_seconds"],
+        "correct_base": rec.get("correct_base"),
+        "correct_trained": rec.get("correct_trained"),
+    }
+
+
 def accuracy_table(config: dict[str, Any], out_csv: str | Path, by_algorithm_csv: str | Path | None = None) -> Any:
     """``results/tables/accuracy.csv``: one row per run (and, if asked, the per-algorithm summary
     :func:`accuracy_by_algorithm` as ``accuracy_by_algorithm.csv``)."""
     import pandas as pd
 
-    rows = []
-    for run in G.expand_runs(config):
-        rec = json.loads((run.dir(config["results"]) / "run.json").read_text())
-        rows.append(
-            {
-                **run.as_dict(),
-                "acc_base": rec["acc_base"],
-                "acc_trained": rec["acc_trained"],
-                "delta": rec["acc_trained"] - rec["acc_base"],
-                "steps": rec["steps"],
-                "seconds_per_step": rec["seconds_per_step"],
-                "wall_seconds": rec["wall_seconds"],
-                "correct_base": rec.get("correct_base"),
-                "correct_trained": rec.get("correct_trained"),
-            }
-        )
+    rows = [accuracy_row(run, json.loads((run.dir(config["results"]) / "run.json").read_text()))
+            for run in G.expand_runs(config)]
     df = pd.DataFrame(rows)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)

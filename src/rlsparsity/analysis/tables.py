@@ -35,13 +35,17 @@ TABLES: tuple[str, ...] = ("sparsity", "rank", "overlap", "layers", "dynamics")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    """Write rows (dicts) as CSV; ``columns`` fixes the header when rows may be empty."""
+    """Write rows (dicts) as CSV, atomically (temp file + rename); ``columns`` fixes the header
+    when rows may be empty, else it is every key of the rows in first-seen order."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = columns or (list(rows[0]) if rows else [])
-    with open(path, "w", newline="") as fh:
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="raise")
         w.writeheader()
         w.writerows(rows)
+    tmp.replace(path)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -109,6 +113,25 @@ def sparsity_rows(run: Run, summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def layer_rows(run: Run, tensor_rows: list[dict[str, Any]], tolerances: tuple[float, ...]) -> list[dict[str, Any]]:
+    """layers.csv rows of one run from its tensors.csv rows."""
+    return [{**run.as_dict(), **r} for r in layer_table(tensor_rows, [tol_key(t) for t in tolerances])]
+
+
+RANK_KEYS: tuple[str, ...] = ("tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method")
+
+
+def rank_rows(run: Run, matrices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """rank.csv rows of one run from :func:`rank_checkpoints` rows (or `rlsparsity rank --json`'s matrices)."""
+    return [{**run.as_dict(), **{k: m[k] for k in RANK_KEYS}} for m in matrices]
+
+
+def overlap_row(axis: str, kind: str, a: Run, b: Run, total: dict[str, Any]) -> dict[str, Any]:
+    """overlap.csv row of one pair from :func:`overlap_masks`' totals (or `rlsparsity overlap --json`)."""
+    return {"family": a.family, "axis": axis, "mask": kind, "run_a": a.label, "run_b": b.label,
+            **{k: total[k] for k in ("o1", "o2", "o1_random", "o2_random", "jaccard", "s1", "s2")}}
+
+
 def overlap_pairs(runs: list[Run]) -> list[tuple[str, Run, Run]]:
     """(axis, a, b) for every pair of runs differing in exactly that axis (a < b)."""
     out = []
@@ -127,16 +150,7 @@ def overlap_rows(runs: list[Run], diff_root: Path, mask_kinds: list[str]) -> lis
     for axis, a, b in overlap_pairs(runs):
         for kind in mask_kinds:
             tot, _ = overlap_masks(mask_file(diff_root / a.rel, kind), mask_file(diff_root / b.rel, kind))
-            rows.append(
-                {
-                    "family": a.family,
-                    "axis": axis,
-                    "mask": kind,
-                    "run_a": a.label,
-                    "run_b": b.label,
-                    **{k: tot[k] for k in ("o1", "o2", "o1_random", "o2_random", "jaccard", "s1", "s2")},
-                }
-            )
+            rows.append(overlap_row(axis, kind, a, b, tot))
     return rows
 
 
@@ -154,10 +168,8 @@ def _run_tables(base_path: Path, run_dir: Path, diff_root: Path, tolerances: tup
     summary = diff_run(base, str(base_path), Path(run_dir), diff_root / run.rel, tolerances, topk, threads)
     rows["sparsity"] = sparsity_rows(run, summary)
     tensor_rows = read_csv(diff_root / run.rel / "tensors.csv")
-    rows["layers"] = [{**run.as_dict(), **r} for r in layer_table(tensor_rows, [tol_key(t) for t in tolerances])]
-    keep = ("tensor", "matrix_type", "rank", "max_rank", "rank_fraction", "method")
-    rows["rank"] = [{**run.as_dict(), **{k: r[k] for k in keep}}
-                    for r in rank_checkpoints(base, open_checkpoint(run_dir), device=rank_device)]
+    rows["layers"] = layer_rows(run, tensor_rows, tolerances)
+    rows["rank"] = rank_rows(run, rank_checkpoints(base, open_checkpoint(run_dir), device=rank_device))
     rows["dynamics"] = [{**run.as_dict(), **r} for r in run_dynamics(base, Path(run_dir), tolerances, threads)]
     return run, rows
 
