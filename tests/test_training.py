@@ -230,3 +230,61 @@ def test_kto_trains_with_the_balanced_class_weights(trained_base, task, tmp_path
                                           hparams={**hp, "class_balance": "none"}))
     assert plain["hparams"]["desirable_weight"] == plain["hparams"]["undesirable_weight"] == 1.0
     assert n_changed(weights(tmp_path / "b"), weights(tmp_path / "p")) > 100
+
+
+def _eval_cli(*args: str) -> tuple[int, dict | str]:
+    import contextlib
+    import io
+    import json
+
+    from rlsparsity.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(["eval", *args])
+        except SystemExit as e:
+            rc = int(e.code or 0)
+    return rc, (json.loads(out.getvalue()) if rc == 0 else err.getvalue())
+
+
+def test_eval_rounds_to_bf16_exactly_as_bf16_storage_and_takes_the_configs_task(trained_base, task, tmp_path):
+    """``rlsparsity eval --round-bf16`` of an fp32 model = eval of the same model stored in bf16 (the
+    fp32-master storage rounding, the direct test of docs/smollm2's fp32-vs-fp32-master DPO finding);
+    ``--task-from CONFIG`` evaluates on the config's own split (as a run's acc_trained is measured)."""
+    import yaml
+
+    from rlsparsity.evaluate import evaluate
+    from rlsparsity.modeling import load_model, load_tokenizer, save_model
+
+    model, tok = load_model(trained_base, "fp32"), load_tokenizer(trained_base)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # off the bf16 grid: most entries by ~0.1 ulp, a tenth by ~4 ulps
+        for p in model.parameters():
+            big = torch.rand(p.shape, generator=g) < 0.1
+            p.add_(p.abs() * torch.randn(p.shape, generator=g) * torch.where(big, 2.0 ** -5, 2.0 ** -10))
+    fp32_dir, bf16_dir = save_model(model, tok, tmp_path / "fp32", "fp32"), save_model(model, tok, tmp_path / "bf16", "bf16")
+    stored = weights(fp32_dir)
+    assert stored["model.norm.weight"].dtype == torch.float32
+    assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in stored.values())
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    cfg["task"] = {"name": "tiny_arith", "n_train": 600, "n_test": 64, "seed": 7}  # the fixture `task`
+    cfg["train"]["eval_n"] = 64
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+
+    rc, raw = _eval_cli(str(fp32_dir), "--task-from", str(tmp_path / "cfg.yaml"), "--json")
+    assert rc == 0 and raw["n"] == 64 and raw["round_bf16"] is False
+    direct = evaluate(load_model(fp32_dir, "fp32"), tok, task, n=64)
+    assert (raw["accuracy"], raw["correct"]) == (direct["accuracy"], direct["correct"])
+
+    rc, rounded = _eval_cli(str(fp32_dir), "--task-from", str(tmp_path / "cfg.yaml"), "--round-bf16", "--json")
+    rc2, stored_bf16 = _eval_cli(str(bf16_dir), "--task-from", str(tmp_path / "cfg.yaml"), "--json")
+    assert rc == rc2 == 0 and rounded["round_bf16"] is True
+    assert (rounded["correct"], rounded["mean_reward"]) == (stored_bf16["correct"], stored_bf16["mean_reward"])
+    off_grid = sum(int((t != t.to(torch.bfloat16).float()).sum()) for t in stored.values())
+    assert rounded["entries_moved_by_rounding"] == off_grid > 0 and raw["entries_moved_by_rounding"] is None
+
+    for bad in ([], ["--task", "tiny_arith", "--task-from", str(tmp_path / "cfg.yaml")]):
+        rc, err = _eval_cli(str(fp32_dir), *bad)
+        assert rc == 2 and "exactly one of --task NAME and --task-from CONFIG" in err and err.count("\n") == 1

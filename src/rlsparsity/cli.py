@@ -38,7 +38,7 @@ def cmd_build_base(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rlsparsity.cliargs import check_device
     from rlsparsity.evaluate import evaluate
-    from rlsparsity.modeling import load_model, load_tokenizer, resolve_model, torch_threads
+    from rlsparsity.modeling import load_model, load_tokenizer, resolve_model, snap_to_bf16, torch_threads
     from rlsparsity.tasks import get_task
 
     try:
@@ -47,14 +47,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot load model {args.model!r}: {e}") from None
     check_device(args.device)
     torch_threads()
-    task = get_task(args.task, n_test=args.n, seed=args.split_seed)
+    if (args.task is None) == (args.task_from is None):
+        raise CLIError("eval needs exactly one of --task NAME and --task-from CONFIG")
+    if args.task_from is not None:  # the DAG's own test split, prompt and generation length
+        from rlsparsity.config import load_config
+        from rlsparsity.tasks import task_from_config
+
+        cfg = load_config(args.task_from)
+        task = task_from_config(cfg)
+        n = args.n or int(cfg["train"]["eval_n"])
+    else:
+        n = args.n or 200
+        task = get_task(args.task, n_test=n, seed=args.split_seed)
     try:
         model = load_model(args.model, args.precision, args.device)
         tok = load_tokenizer(args.model)
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot load model {args.model!r}: {str(e).splitlines()[0]}") from e
-    res = evaluate(model, tok, task, n=args.n, batch_size=args.batch_size, progress=not args.json)
-    res["model"] = str(args.model)
+    moved = None
+    if args.round_bf16:  # every fp32 weight to its nearest bf16 value, as fp32-master stores a run
+        import torch
+
+        with torch.no_grad():
+            moved = sum(int((p != p.to(torch.bfloat16).to(p.dtype)).sum()) for p in model.parameters())
+        snap_to_bf16(model, "bf16")
+    res = evaluate(model, tok, task, n=n, batch_size=args.batch_size, progress=not args.json)
+    res.update(model=str(args.model), precision=args.precision, round_bf16=bool(args.round_bf16),
+               entries_moved_by_rounding=moved, task=task.name, device=args.device)
     if args.json:
         print(json.dumps(res))
     else:
@@ -110,12 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="held-out greedy accuracy and mean reward of a model")
     p.add_argument("model", help="HF folder or hub id")
-    p.add_argument("--task", required=True)
-    p.add_argument("--n", type=positive_int, default=200)
-    p.add_argument("--split-seed", type=int, default=1234)
+    p.add_argument("--task", help="task name (its default prompt and splits; see --task-from)")
+    p.add_argument("--task-from", type=Path, metavar="CONFIG",
+                   help="the task of an experiment config (name, prompt, splits, max_new_tokens) as the DAG "
+                        "evaluates runs; --n defaults to its train.eval_n")
+    p.add_argument("--n", type=positive_int, default=None, help="test problems (default 200, or train.eval_n)")
+    p.add_argument("--split-seed", type=int, default=1234, help="with --task only")
     p.add_argument("--precision", default="fp32", choices=["bf16", "fp32-master", "fp32"])
+    p.add_argument("--round-bf16", action="store_true",
+                   help="round every fp32 weight to the nearest bf16 value before evaluating (the storage "
+                        "rounding of fp32-master, applied to any run)")
     p.add_argument("--device", type=device, default="cpu")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="generation batch (default: as a run's own evaluation, rlsparsity.modeling.gen_batch_size)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -3,7 +3,7 @@
 # for the DAG (and, past that, for a running `analyze` job: the family tables are the DAG's
 # tail and worth ANALYZE_S more seconds), stop it, then diff (+ rank on the GPU) every finished
 # run (grid, token-entropy and subnetwork runs) against the base, overlap of seed pairs, and
-# `remote.sh collect`. Used for the partial H200 runs in docs/smollm2/.
+# `remote.sh collect`; fp32 runs are also evaluated with their weights rounded to bf16. Used for the partial H200 runs in docs/smollm2/.
 #   bash tools/gpu/finish.sh 390
 set -u
 WAIT_S=${1:-400}
@@ -21,6 +21,17 @@ while dag_running && pgrep -f "rlsparsity analyze-family" > /dev/null && (( SECO
 pkill -TERM -f "snakemake --profile"; pkill -TERM -f "snakemake .* --profile"; sleep 2
 pkill -TERM -f "rlsparsity.cli"; sleep 3; pkill -KILL -f "rlsparsity.cli"
 B=$R/base/smollm2-135m
+CFG=${CONFIG:-config/smollm2-gpu.yaml}
+# fp32 runs: held-out accuracy of the stored weights and of the same weights rounded to bf16 (the
+# storage rounding of fp32-master), same problems, same batches: the direct test of "fp32 DPO gains
+# nothing and fp32-master DPO does only because bf16 rounding undoes most of the update"
+for d in $(find "$R/runs" -path '*/fp32/seed*' -name run.json -printf '%h\n' 2>/dev/null | sort); do
+  [ -f "$d/model.safetensors" ] || continue
+  mkdir -p "$d/diff"
+  ( for how in raw round_bf16; do flag=(); [ "$how" = round_bf16 ] && flag=(--round-bf16)
+      rlsparsity eval "$d" --task-from "$CFG" --device cuda --json "${flag[@]}" \
+        > "$d/diff/eval_$how.json" 2> "$d/diff/eval_$how.err" || rm -f "$d/diff/eval_$how.json"; done ) &
+done
 n=0
 for d in $(find "$R/runs" "$R/entropy" "$R/subnetwork" -name run.json -printf '%h\n' 2>/dev/null | sort); do
   [ -f "$d/model.safetensors" ] && [ ! -f "$d/diff/diff.json" ] || continue

@@ -236,6 +236,9 @@ dag() {  # dag [WAIT_S] [TARGET ...]: targets (run.json paths) restrict the DAG 
       first+=("$RESULTS/runs/smollm2-135m/$a/on_policy/$p/seed$s/run.json"); done; done; done
     first+=("$RESULTS/runs/smollm2-135m/grpo/on_policy/bf16/seed1/run.json"
             "$RESULTS/runs/smollm2-135m/dpo/on_policy/bf16/seed1/run.json")
+    # offline runs asked for by name: Snakemake gives a prioritized job's dependencies the same top
+    # priority, so their sample draws (3-4 min each) start at once instead of after the online runs
+    for t in "${targets[@]}"; do [[ "$t" =~ /(dpo|kto|orpo|simpo|sft)/on_policy/ ]] && first+=("$t"); done
     if (( ${#targets[@]} )); then  # prioritize only what was asked for (Snakemake refuses others)
       local keep=(); for t in "${first[@]}"; do [[ " ${targets[*]} " == *" $t "* ]] && keep+=("$t"); done
       first=("${keep[@]}")
