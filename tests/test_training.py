@@ -263,7 +263,8 @@ def test_eval_rounds_to_bf16_exactly_as_bf16_storage_and_takes_the_configs_task(
         for p in model.parameters():
             big = torch.rand(p.shape, generator=g) < 0.1
             p.add_(p.abs() * torch.randn(p.shape, generator=g) * torch.where(big, 2.0 ** -5, 2.0 ** -10))
-    fp32_dir, bf16_dir = save_model(model, tok, tmp_path / "fp32", "fp32"), save_model(model, tok, tmp_path / "bf16", "bf16")
+    fp32_dir = save_model(model, tok, tmp_path / "fp32", "fp32")
+    bf16_dir = save_model(model, tok, tmp_path / "bf16", "bf16")
     stored = weights(fp32_dir)
     assert stored["model.norm.weight"].dtype == torch.float32
     assert any(not torch.equal(t, t.to(torch.bfloat16).float()) for t in stored.values())
