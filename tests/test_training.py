@@ -289,3 +289,26 @@ def test_eval_rounds_to_bf16_exactly_as_bf16_storage_and_takes_the_configs_task(
     for bad in ([], ["--task", "tiny_arith", "--task-from", str(tmp_path / "cfg.yaml")]):
         rc, err = _eval_cli(str(fp32_dir), *bad)
         assert rc == 2 and "exactly one of --task NAME and --task-from CONFIG" in err and err.count("\n") == 1
+
+    # --update-part: base + the updates bf16 rounding erases, or + those it keeps (exact fp32 values)
+    base_w = weights(trained_base)
+    erased = {k: t.to(torch.bfloat16) == base_w[k].to(torch.bfloat16) for k, t in stored.items()}
+    changed = {k: t != base_w[k].float() for k, t in stored.items()}
+    want = {"n_entries": sum(t.numel() for t in stored.values()),
+            "n_changed": sum(int(c.sum()) for c in changed.values()),
+            "n_below": sum(int((changed[k] & erased[k]).sum()) for k in stored),
+            "n_above": sum(int((changed[k] & ~erased[k]).sum()) for k in stored)}
+    assert want["n_below"] > want["n_above"] > 0 and want["n_below"] + want["n_above"] == want["n_changed"]
+    cfg_args = ["--task-from", str(tmp_path / "cfg.yaml"), "--json", "--base", str(trained_base)]
+    got = {(part, rnd): _eval_cli(str(fp32_dir), *cfg_args, "--update-part", part, *(["--round-bf16"] if rnd else []))
+           for part in ("below-half-ulp", "above-half-ulp") for rnd in (False, True)}
+    assert all(rc == 0 and res["update_counts"] == want for rc, res in got.values())
+    rc, base_eval = _eval_cli(str(trained_base), "--task-from", str(tmp_path / "cfg.yaml"), "--json")
+    # exact identities: rounding the erased part alone gives the base; the kept part, the rounded model
+    assert got["below-half-ulp", True][1]["correct"] == base_eval["correct"]
+    assert got["below-half-ulp", True][1]["entries_moved_by_rounding"] == want["n_below"]
+    assert got["above-half-ulp", True][1]["correct"] == rounded["correct"]
+    for bad, msg in ((["--update-part", "below-half-ulp"], "--update-part and --base go together"),
+                     (["--update-part", "above-half-ulp", "--base", str(tmp_path / "none")], str(tmp_path / "none"))):
+        rc, err = _eval_cli(str(fp32_dir), "--task-from", str(tmp_path / "cfg.yaml"), *bad)
+        assert rc == 2 and msg in err and err.count("\n") == 1

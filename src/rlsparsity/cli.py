@@ -49,6 +49,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch_threads()
     if (args.task is None) == (args.task_from is None):
         raise CLIError("eval needs exactly one of --task NAME and --task-from CONFIG")
+    if bool(args.update_part) != bool(args.base):
+        raise CLIError("--update-part and --base go together (the base the update is measured from)")
+    if args.base:  # a bad base fails before the model loads
+        from rlsparsity.analysis.io import CheckpointError, open_checkpoint
+
+        try:
+            open_checkpoint(args.base)
+        except (CheckpointError, OSError) as e:
+            raise CLIError(f"--base: {str(e).splitlines()[0]}") from None
     if args.task_from is not None:  # the DAG's own test split, prompt and generation length
         from rlsparsity.config import load_config
         from rlsparsity.tasks import task_from_config
@@ -64,8 +73,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tok = load_tokenizer(args.model)
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot load model {args.model!r}: {str(e).splitlines()[0]}") from e
+    parts = None
+    if args.update_part:
+        from rlsparsity.analysis.io import CheckpointError
+        from rlsparsity.update_parts import UpdatePartError, keep_update_part
+
+        try:
+            parts = keep_update_part(model, args.base, args.update_part)
+        except (CheckpointError, UpdatePartError, OSError) as e:
+            raise CLIError(str(e).splitlines()[0]) from None
     moved = None
-    if args.round_bf16:  # every fp32 weight to its nearest bf16 value, as fp32-master stores a run
+    if args.round_bf16:  # every fp32 weight to its nearest bf16 value, as fp32-master stores a run (after
+        # --update-part: below-half-ulp then rounds to the base itself, above-half-ulp to the rounded model)
         import torch
 
         with torch.no_grad():
@@ -73,7 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         snap_to_bf16(model, "bf16")
     res = evaluate(model, tok, task, n=n, batch_size=args.batch_size, progress=not args.json)
     res.update(model=str(args.model), precision=args.precision, round_bf16=bool(args.round_bf16),
-               entries_moved_by_rounding=moved, task=task.name, device=args.device)
+               entries_moved_by_rounding=moved, update_part=args.update_part, update_counts=parts,
+               task=task.name, device=args.device)
     if args.json:
         print(json.dumps(res))
     else:
@@ -139,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-bf16", action="store_true",
                    help="round every fp32 weight to the nearest bf16 value before evaluating (the storage "
                         "rounding of fp32-master, applied to any run)")
+    p.add_argument("--update-part", choices=["below-half-ulp", "above-half-ulp"],
+                   help="evaluate base + only this part of the model's update: the entries bf16 rounding would "
+                        "erase, or those it keeps (exact fp32 values; rlsparsity.update_parts); needs --base")
+    p.add_argument("--base", help="the base model folder, with --update-part")
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="generation batch (default: as a run's own evaluation, rlsparsity.modeling.gen_batch_size)")

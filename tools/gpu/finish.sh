@@ -28,7 +28,10 @@ CFG=${CONFIG:-config/smollm2-gpu.yaml}
 for d in $(find "$R/runs" -path '*/fp32/seed*' -name run.json -printf '%h\n' 2>/dev/null | sort); do
   [ -f "$d/model.safetensors" ] || continue
   mkdir -p "$d/diff"
-  ( for how in raw round_bf16; do flag=(); [ "$how" = round_bf16 ] && flag=(--round-bf16)
+  # and base + only the updates that rounding erases / keeps (rlsparsity.update_parts), unrounded
+  ( for how in raw round_bf16 below_half_ulp above_half_ulp; do
+      case $how in raw) flag=() ;; round_bf16) flag=(--round-bf16) ;;
+        *) flag=(--update-part "${how//_/-}" --base "$B") ;; esac
       rlsparsity eval "$d" --task-from "$CFG" --device cuda --json "${flag[@]}" \
         > "$d/diff/eval_$how.json" 2> "$d/diff/eval_$how.err" || rm -f "$d/diff/eval_$how.json"; done ) &
 done
