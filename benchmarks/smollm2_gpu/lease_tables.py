@@ -14,7 +14,7 @@ row builders, into MERGED/tables/:
   also overlaps pairs across algorithm, precision and data, and the top-1 % masks: missing);
 - accuracy.csv and accuracy_by_algorithm.csv: every run (``rlsparsity.train.accuracy_by_algorithm``);
 - dynamics.csv: the runs whose lease ran `rlsparsity dynamics` on the machine, which needs the
-  checkpoints (they stay there): diff/dynamics.csv rows. finish.sh runs it; the two leases of
+  checkpoints (they stay there): diff/dynamics.csv rows. finish.sh runs it; the first two leases of
   2026-12-01 predate that, so their runs have none;
 - subnetwork.csv comes from the lease that ran the reruns.
 

@@ -14,7 +14,7 @@ reason. The earlier copies are kept as evidence of run-to-run reproducibility on
 seed (accuracy, paired over the test problems, and the share of entries unchanged).
 
 MERGED gets runs/, entropy/, subnetwork/ (run.json + diff/summary.json, tensors.csv, rank.json,
-dynamics.csv where finish.sh made it,
+dynamics.csv and the fp32 runs' eval_*.json where finish.sh made them,
 overlap_seed2.json only where both seeds come from one lease, subnetwork rows),
 base/<family>/metrics.json, tables/subnetwork.csv, entropy.csv and entropy_stats.csv
 when a lease made them, ``leases.csv`` (which lease each run came from) and ``repeats.csv``. Then
@@ -32,8 +32,10 @@ from pathlib import Path
 from rlsparsity.analysis.tables import write_csv
 from rlsparsity.stats import paired_bootstrap
 
+# finish.sh's evaluations of fp32 runs: stored, rounded to bf16, base + only the erased / kept updates
+EVAL_VARIANTS = ("raw", "round_bf16", "below_half_ulp", "above_half_ulp")
 KEEP = ("run.json", "rows.csv", "diff/summary.json", "diff/tensors.csv", "diff/rank.json",
-        "diff/dynamics.csv", "diff/overlap_seed2.json")
+        "diff/dynamics.csv", "diff/overlap_seed2.json", *(f"diff/eval_{v}.json" for v in EVAL_VARIANTS))
 
 
 def _run_dirs(lease: Path) -> dict[str, Path]:
