@@ -53,6 +53,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/entropy.smk"
 include: "workflow/rules/subnetwork.smk"
+include: "workflow/rules/rounding.smk"
 include: "workflow/rules/figures.smk"  # keep last: wires figures for the tables registered above
 
 

@@ -234,6 +234,26 @@ def entropy_stats() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def precision_rounding() -> pd.DataFrame:
+    """rlsparsity.rounding.table_rows of one family's fp32 dpo (2 seeds, all four models, with its
+    fp32-master partners) and grpo (1 seed, raw and rounded only, no partner)."""
+    from rlsparsity.rounding import COLUMNS, table_rows
+
+    counts = {"n_entries": 100, "n_changed": 90, "n_below": 70, "n_above": 20}
+
+    def rec(alg: str, seed: int, accs: dict[str, float]) -> dict:
+        return {"family": "llama", "algorithm": alg, "data": "on_policy", "precision": "fp32", "seed": seed,
+                "correct_base": bits(0.25),
+                "variants": {v: {"accuracy": a, "correct": bits(a),
+                                 "update_counts": counts if v.endswith("ulp") else None} for v, a in accs.items()}}
+
+    recs = [rec("dpo", 1, {"raw": 0.10, "round_bf16": 0.40, "below_half_ulp": 0.35, "above_half_ulp": 0.30}),
+            rec("dpo", 2, {"raw": 0.20, "round_bf16": 0.30, "below_half_ulp": 0.25, "above_half_ulp": 0.40}),
+            rec("grpo", 1, {"raw": 0.30, "round_bf16": 0.35})]
+    partners = {("llama", "dpo", "on_policy", 1): bits(0.40), ("llama", "dpo", "on_policy", 2): bits(0.30)}
+    return pd.DataFrame(table_rows(recs, partners), columns=COLUMNS)
+
+
 ALL = {
     "sparsity": sparsity,
     "rank": rank,
@@ -245,6 +265,7 @@ ALL = {
     "causes": causes,
     "entropy": entropy,
     "entropy_stats": entropy_stats,
+    "precision_rounding": precision_rounding,
 }
 
 

@@ -149,6 +149,25 @@ def test_accuracy(tmp_path):
     assert any(getattr(c, "errorbar", None) is not None for c in p.axes[1].containers)
 
 
+def test_precision_rounding_bars_and_summary_section(tmp_path):
+    from rlsparsity.figures.rounding import precision_rounding, section_rounding
+
+    df = D.precision_rounding()
+    p = precision_rounding(df, tmp_path / "r.png")
+    _png(p.path)
+    dpo, grpo = p.data["bars"]["llama dpo (on_policy)"], p.data["bars"]["llama grpo (on_policy)"]
+    assert dpo == pytest.approx({"base": 25.0, "raw": 15.0, "round_bf16": 35.0, "below_half_ulp": 30.0,
+                                 "above_half_ulp": 35.0, "fp32_master_run": 35.0})
+    assert grpo == pytest.approx({"base": 25.0, "raw": 30.0, "round_bf16": 35.0})  # no parts, no partner
+    heights = [b.get_height() for b in p.axes[0].patches]
+    np.testing.assert_allclose(heights, list(dpo.values()))
+    assert "2 seed(s)" in p.axes[0].get_title() and "1 seed(s)" in p.axes[1].get_title()
+    md = "\n".join(section_rounding(df))
+    # pooled dpo: rounded − raw = mean(0.40 − 0.10, 0.30 − 0.20) = +20 points; identical to the partners
+    assert "| llama dpo (on_policy) | fp32 rounded to bf16 | 35.0% | +20.0 [" in md
+    assert "| 0 / 400 |" in md and section_rounding(df.iloc[0:0]) == []
+
+
 def test_subnetwork(tmp_path):
     from rlsparsity.figures.subnetwork import subnetwork
 
@@ -220,7 +239,7 @@ def test_every_figure_survives_an_empty_table(fig, tmp_path):
 
 
 def test_registry_covers_every_figure_and_caption():
-    assert len({f.name for f in FIGURES}) == len(FIGURES) == 12
+    assert len({f.name for f in FIGURES}) == len(FIGURES) == 13
     captions = (REPO / "workflow" / "report" / "figure.rst").read_text()  # one Jinja branch per figure
     for f in FIGURES:
         assert captions.count(f'snakemake.wildcards.figure == "{f.name}" %}}') == 1, f.name

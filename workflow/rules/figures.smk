@@ -15,6 +15,7 @@ FIG_CATEGORIES = {
     "subnetwork": "5. Subnetwork and causes",
     "causes": "5. Subnetwork and causes",
     "entropy": "6. 80/20 token entropy",
+    "rounding": "1. Sparsity",
 }
 # tables that some stage makes: results/tables/<name>.csv in TARGETS
 FIG_TABLES = {Path(t).stem for t in all_targets() if str(Path(t).parent) == str(Path(R) / "tables")}

@@ -1,7 +1,7 @@
 """Figures, the Snakemake report and SUMMARY.md (GitHub issue 7).
 
 Each figure family is one module (sparsity, layers, rank, overlap, dynamics, accuracy,
-subnetwork, causes, entropy) with functions ``fig(df..., out=None) -> Plot``: they take the
+subnetwork, causes, entropy, rounding) with functions ``fig(df..., out=None) -> Plot``: they take the
 results tables as pandas frames, draw with the shared style (:mod:`rlsparsity.figures.style`),
 annotate the papers' numbers (:mod:`rlsparsity.figures.paper`) and return the figure, its axes and
 the exact data drawn. :data:`FIGURES` is the registry the Snakemake rules
@@ -38,10 +38,12 @@ FIGURES: tuple[Figure, ...] = (
     Figure("causes", "causes", "causes", "causes", ("causes",)),
     Figure("entropy_accuracy", "entropy", "entropy", "entropy_accuracy", ("entropy",)),
     Figure("entropy_distribution", "entropy", "entropy", "entropy_distribution", ("entropy_stats",)),
+    Figure("precision_rounding", "rounding", "rounding", "precision_rounding", ("precision_rounding",)),
 )
 #: Every table SUMMARY.md can use (it uses whichever exist).
 SUMMARY_TABLES: tuple[str, ...] = ("sparsity", "rank", "overlap", "layers", "dynamics", "accuracy", "subnetwork",
-                                   "causes", "entropy", "entropy_stats", "public_pairs")
+                                   "causes", "entropy", "entropy_stats", "public_pairs",
+                                   "precision_rounding")
 
 
 def families() -> list[str]:

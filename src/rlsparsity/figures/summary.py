@@ -21,6 +21,7 @@ import pandas as pd
 
 from rlsparsity import stats as S
 from rlsparsity.figures import FIGURES, paper
+from rlsparsity.figures.rounding import section_rounding
 from rlsparsity.figures.style import at_tol, order, order_precisions, read_table
 from rlsparsity.figures.verdicts import on_policy, prec_of_label, sparsity_verdicts
 from rlsparsity.figures.verdicts_accuracy import accuracy_verdicts, diff_interval, per_algorithm_intervals
@@ -331,6 +332,7 @@ def build_summary(tables: dict[str, Path], figures_dir: str | None = None) -> tu
     body: list[str] = []
     body += section_sparsity(get("sparsity"))
     body += section_precision(get("sparsity"))
+    body += section_rounding(get("precision_rounding"))
     body += section_rank(get("rank"))
     body += section_overlap(get("overlap"))
     body += section_layers(get("layers"))
